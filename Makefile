@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make run` and `make test`. Each builds .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.local-installed: $(BIN)/python requirements.txt requirements-local.txt
+	$(BIN)/python -m pip install --quiet -r requirements-local.txt
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.local-installed requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.local-installed
+	$(BIN)/python -m bridges serve
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_import.py
+
+clean:
+	rm -rf $(VENV) .bridge .pytest_cache .hypothesis

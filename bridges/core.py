@@ -1,0 +1,94 @@
+"""The bridge's request handling as plain functions on plain data.
+
+Triggers turn a host request into ``ingest(body, content_type, content_encoding)`` or
+``health()`` and the returned ``Reply`` into a host response; nothing here knows the host.
+The clock and the delivery stage are injected so tests control them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bridges import __version__
+from bridges.delivery import Delivery, DeliveryError
+from bridges.formats import BodyError, decompress
+from bridges.formats import canonical
+from bridges.normalize import Normalized, Normalizer
+from bridges.settings import Settings
+from bridges.sinks.outbox import OutboxSink
+
+RETRY_AFTER_SECONDS = 30
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        delivery: Delivery | None = None,
+        normalizer: Normalizer | None = None,
+    ):
+        self.settings = settings
+        self.clock = clock
+        self.delivery = delivery or Delivery([OutboxSink(settings.outbox_dir)])
+        self.normalizer = normalizer or Normalizer()
+
+    def parse(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Normalized:
+        """Decode, validate and normalize a canonical body; raises BodyError for the whole body."""
+        limit = self.settings.max_body_bytes
+        if len(body) > limit:
+            raise BodyError(413, f"the body is over the limit of {limit} bytes (BRIDGE_MAX_BODY_BYTES)")
+        decoded = canonical.decode(decompress(body, content_encoding, limit), content_type)
+        count = len(decoded.items)
+        if count > self.settings.max_items:
+            raise BodyError(413, f"{count} metrics is more than the limit of {self.settings.max_items} (BRIDGE_MAX_ITEMS)")
+        if count == 0:
+            raise BodyError(400, "the body holds no metrics")
+        return self.normalizer.normalize(decoded.items, self.clock(), decoded.item_pointer)
+
+    def ingest(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Reply:
+        """POST /api/metrics: 202 when at least one metric was accepted and handed on."""
+        try:
+            result = self.parse(body, content_type, content_encoding)
+        except BodyError as exc:
+            return Reply(exc.status, exc.to_json())
+        answer = {
+            "accepted": len(result.metrics),
+            "rejected": result.rejected,
+            "errors": [error.to_json() for error in result.errors],
+        }
+        if result.errors_not_shown:
+            answer["errors_not_shown"] = result.errors_not_shown
+        if not result.metrics:
+            return Reply(400, answer)
+        try:
+            answer["delivery"] = self.delivery.deliver(result.metrics, self.clock())
+        except DeliveryError as exc:
+            return Reply(
+                503,
+                {"error": f"accepted metrics could not be handed on ({exc}); nothing was kept, send again"},
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return Reply(202, answer)
+
+    def health(self) -> Reply:
+        """GET /api/health: version, sinks and configuration problems; never a secret."""
+        sinks = self.delivery.status()
+        problems = [
+            f"sink {name}: {sink.get('directory')} is not writable"
+            for name, sink in sinks.items()
+            if sink.get("writable") is False
+        ]
+        return Reply(
+            200,
+            {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks, "problems": problems},
+        )

@@ -1,0 +1,1 @@
+"""Hosts the indexed FunctionApp on this machine, standing in for Azure Functions Core Tools."""

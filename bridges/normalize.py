@@ -1,0 +1,292 @@
+"""Raw items -> canonical ``Metric`` objects, or errors that point at the offending field.
+
+Validation is per item: the valid items of a batch are kept when others fail. The JSON Schema
+in ``schemas/metric.schema.json`` is the contract; it is checked with jsonschema-rs (fast, the
+same standard) and, only for items that fail, with jsonschema, whose messages and paths we
+report. Rules a schema cannot state (finite numbers, ordered buckets, bucket counts within the
+total, consistent aggregates, real calendar dates) are checked while converting.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from bridges.model import (
+    CUMULATIVE,
+    POINT_KINDS,
+    Aggregate,
+    AzureTarget,
+    Bucket,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    Quantile,
+    Summary,
+)
+from bridges.timestamps import TimestampError, parse_timestamp
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+METRIC_SCHEMA = SCHEMA_DIR / "metric.schema.json"
+MAX_REPORTED_ERRORS = 100
+MAX_ERRORS_PER_ITEM = 10
+MAX_MESSAGE_CHARS = 300
+_BIG_INT = 2**63
+_AGGREGATE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why one item was rejected. ``pointer`` is a JSON pointer into the request document."""
+
+    index: int
+    pointer: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "pointer": self.pointer, "message": self.message}
+
+
+@dataclass
+class Normalized:
+    metrics: list[Metric] = field(default_factory=list)
+    errors: list[ItemError] = field(default_factory=list)
+    rejected: int = 0
+
+    @property
+    def errors_not_shown(self) -> int:
+        """Rejected items whose reasons were left out of ``errors`` to bound the answer."""
+        return self.rejected - len({e.index for e in self.errors})
+
+
+class _Invalid(Exception):
+    """A rule broken while converting; ``path`` is relative to the item."""
+
+    def __init__(self, path: Sequence[object], message: str):
+        super().__init__(message)
+        self.path = tuple(path)
+        self.message = message
+
+
+def json_pointer(parts: Iterable[object]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+class Normalizer:
+    """Compiles the schema once per process (on first use, to keep imports cheap)."""
+
+    def __init__(self, schema_path: Path = METRIC_SCHEMA):
+        self._schema_path = schema_path
+
+    @cached_property
+    def schema(self) -> dict:
+        return json.loads(self._schema_path.read_text(encoding="utf-8"))
+
+    @cached_property
+    def _fast(self):
+        import jsonschema_rs
+
+        return jsonschema_rs.Draft202012Validator(self.schema)
+
+    @cached_property
+    def _explaining(self):
+        import jsonschema
+
+        return jsonschema.Draft202012Validator(self.schema)
+
+    def normalize(self, items: Sequence[object], now_ns: int, item_pointer=None) -> Normalized:
+        """Convert every item; ``item_pointer(i)`` is the pointer of item i in the document."""
+        pointer_of = item_pointer or (lambda i: f"/{i}")
+        result = Normalized()
+        is_valid = self._fast.is_valid
+        for index, item in enumerate(items):
+            try:
+                valid = is_valid(item)
+            except (ValueError, TypeError, OverflowError):
+                valid = False
+            if not valid and result.rejected >= MAX_REPORTED_ERRORS:
+                # Past the reporting cap only the verdict is counted, not explained.
+                result.rejected += 1
+                continue
+            try:
+                if valid:
+                    result.metrics.append(_convert(item, now_ns))
+                    continue
+                problems = self._explain(item)
+                if not problems:
+                    result.metrics.append(_convert(item, now_ns))
+                    continue
+            except _Invalid as invalid:
+                problems = [(invalid.path, invalid.message)]
+            result.rejected += 1
+            if result.rejected <= MAX_REPORTED_ERRORS:
+                base = pointer_of(index)
+                for path, message in problems[:MAX_ERRORS_PER_ITEM]:
+                    result.errors.append(ItemError(index, base + json_pointer(path), _short(message)))
+        return result
+
+    def _explain(self, item: object) -> list[tuple[tuple, str]]:
+        """jsonschema's readable errors for an item, most specific first."""
+        odd = _first_non_json(item, ())
+        if odd is not None:
+            return [odd]
+        errors = sorted(self._explaining.iter_errors(item), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+        return [(tuple(e.absolute_path), _message(e, item)) for e in errors]
+
+
+def _first_non_json(value: object, path: tuple) -> tuple[tuple, str] | None:
+    """Find values JSON cannot carry (msgpack bytes, non-string keys) before a validator trips on them."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                return path, f"object keys must be strings, found {type(key).__name__}"
+            found = _first_non_json(inner, path + (key,))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            found = _first_non_json(inner, path + (i,))
+            if found:
+                return found
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        return path, f"{type(value).__name__} values are not accepted here"
+    return None
+
+
+def _message(error, item: object) -> str:
+    path = list(error.absolute_path)
+    if error.validator == "oneOf" and not path:
+        found = [k for k in POINT_KINDS if isinstance(item, dict) and k in item]
+        return (
+            "exactly one of gauge, counter, histogram, summary, aggregate is required"
+            + (f"; found {', '.join(found)}" if found else "")
+        )
+    if path == ["dt"] and error.validator == "anyOf":
+        try:
+            parse_timestamp(error.instance)
+        except TimestampError as exc:
+            return str(exc)
+    return error.message
+
+
+def _number(value: object, path: tuple) -> float:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(path, "NaN and infinities are not accepted")
+        return value
+    if abs(value) >= _BIG_INT:
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Invalid(path, "number too large") from None
+    return value
+
+
+def _convert(item: dict, now_ns: int) -> Metric:
+    """Build a Metric from a schema-valid item, checking what the schema cannot."""
+    kind = next(k for k in POINT_KINDS if k in item)
+    point = _POINT_BUILDERS[kind](item[kind], (kind,))
+    dt = item.get("dt")
+    if dt is None:
+        time_ns = now_ns
+    else:
+        try:
+            time_ns = parse_timestamp(dt)
+        except TimestampError as exc:
+            raise _Invalid(("dt",), str(exc)) from None
+    tags = item.get("tags")
+    azure = item.get("azure")
+    _check_text(item, tags)
+    return Metric(
+        name=item["name"],
+        point=point,
+        time_ns=time_ns,
+        tags=tuple(sorted(tags.items())) if tags else (),
+        namespace=item.get("namespace"),
+        unit=item.get("unit"),
+        description=item.get("description"),
+        azure=AzureTarget(azure["resource_id"], azure.get("region")) if azure else None,
+    )
+
+
+def _check_text(item: dict, tags: dict | None) -> None:
+    """Refuse strings that are not valid Unicode (lone surrogates from JSON escapes)."""
+    for field_name in ("name", "namespace", "unit", "description"):
+        _encodable(item.get(field_name), (field_name,))
+    for key, value in (tags or {}).items():
+        _encodable(key, ("tags",))
+        _encodable(value, ("tags", key))
+
+
+def _encodable(text: object, path: tuple) -> None:
+    if isinstance(text, str) and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid(path, "text must be valid Unicode (no lone surrogates)") from None
+
+
+def _gauge(body: dict, path: tuple) -> Gauge:
+    return Gauge(_number(body["value"], path + ("value",)))
+
+
+def _counter(body: dict, path: tuple) -> Counter:
+    return Counter(_number(body["value"], path + ("value",)), body.get("temporality", CUMULATIVE))
+
+
+def _histogram(body: dict, path: tuple) -> Histogram:
+    buckets = []
+    previous = None
+    for i, raw in enumerate(body["buckets"]):
+        limit = _number(raw["upper_limit"], path + ("buckets", i, "upper_limit"))
+        if previous is not None and limit <= previous:
+            raise _Invalid(path + ("buckets", i, "upper_limit"), "bucket upper limits must strictly increase")
+        previous = limit
+        buckets.append(Bucket(limit, int(raw["count"])))
+    count = int(body["count"])
+    if sum(b.count for b in buckets) > count:
+        raise _Invalid(path + ("buckets",), f"bucket counts add up to more than count ({count})")
+    return Histogram(count, _number(body["sum"], path + ("sum",)), tuple(buckets))
+
+
+def _summary(body: dict, path: tuple) -> Summary:
+    quantiles = []
+    previous = None
+    for i, raw in enumerate(body["quantiles"]):
+        q = raw["quantile"]
+        if previous is not None and q <= previous:
+            raise _Invalid(path + ("quantiles", i, "quantile"), "quantiles must strictly increase")
+        previous = q
+        quantiles.append(Quantile(q, _number(raw["value"], path + ("quantiles", i, "value"))))
+    return Summary(int(body["count"]), _number(body["sum"], path + ("sum",)), tuple(quantiles))
+
+
+def _aggregate(body: dict, path: tuple) -> Aggregate:
+    low = _number(body["min"], path + ("min",))
+    high = _number(body["max"], path + ("max",))
+    total = _number(body["sum"], path + ("sum",))
+    count = int(body["count"])
+    if low > high:
+        raise _Invalid(path + ("min",), "min is greater than max")
+    mean = total / count
+    slack = _AGGREGATE_TOLERANCE * max(1.0, abs(low), abs(high))
+    if not (low - slack <= mean <= high + slack):
+        raise _Invalid(path + ("sum",), f"sum/count ({mean:g}) must lie between min and max")
+    return Aggregate(low, high, total, count)
+
+
+_POINT_BUILDERS = {
+    "gauge": _gauge,
+    "counter": _counter,
+    "histogram": _histogram,
+    "summary": _summary,
+    "aggregate": _aggregate,
+}

@@ -1,0 +1,1 @@
+"""Sinks: where accepted metrics go. One module per backend."""

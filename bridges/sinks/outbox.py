@@ -1,0 +1,48 @@
+"""The embedded default sink: canonical NDJSON appended to a local folder.
+
+It lets a user see exactly what the bridge accepted before any backend is configured. Files
+are named by the UTC day of receipt (``metrics-2026-11-22.ndjson``); one request's metrics are
+written with a single append, so concurrent requests never interleave lines.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from bridges.formats.canonical import encode_ndjson
+from bridges.model import Metric
+from bridges.timestamps import NS_PER_SECOND
+
+
+class OutboxSink:
+    name = "outbox"
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+
+    def path_for(self, now_ns: int) -> Path:
+        day = datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=timezone.utc).strftime("%Y-%m-%d")
+        return self.directory / f"metrics-{day}.ndjson"
+
+    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int:
+        """Append the metrics; raises OSError when they could not be written."""
+        data = encode_ndjson(metrics)
+        path = self.path_for(now_ns)
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as handle:
+                handle.write(data)
+        return len(metrics)
+
+    def status(self) -> dict:
+        """What /api/health shows: where the outbox is and whether it can be written."""
+        existing = self.directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        writable = os.access(existing, os.W_OK)
+        report = {"configured": True, "directory": str(self.directory), "writable": writable}
+        return report

@@ -1,0 +1,10 @@
+"""What the Functions host indexes: the app and its Blueprints. Logic lives in bridges/."""
+import azure.functions as func
+
+from bridges import runtime
+from bridges.triggers import http
+
+runtime.start()  # validates the settings: a bad one stops start-up with its name
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(http.blueprint)

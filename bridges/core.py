@@ -53,7 +53,9 @@ class Bridge:
             raise BodyError(413, f"{count} metrics is more than the limit of {self.settings.max_items} (BRIDGE_MAX_ITEMS)")
         if count == 0:
             raise BodyError(400, "the body holds no metrics")
-        return self.normalizer.normalize(decoded.items, self.clock(), decoded.item_pointer)
+        return self.normalizer.normalize(
+            decoded.items, self.clock(), decoded.item_pointer, check_unicode=decoded.may_hold_surrogates
+        )
 
     def ingest(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Reply:
         """POST /api/metrics: 202 when at least one metric was accepted and handed on."""

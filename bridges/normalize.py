@@ -102,27 +102,38 @@ class Normalizer:
 
         return jsonschema.Draft202012Validator(self.schema)
 
-    def normalize(self, items: Sequence[object], now_ns: int, item_pointer=None) -> Normalized:
-        """Convert every item; ``item_pointer(i)`` is the pointer of item i in the document."""
+    @cached_property
+    def _fast_batch(self):
+        import jsonschema_rs
+
+        return jsonschema_rs.Draft202012Validator({"type": "array", "items": self.schema})
+
+    def normalize(
+        self, items: Sequence[object], now_ns: int, item_pointer=None, check_unicode: bool = True
+    ) -> Normalized:
+        """Convert every item; ``item_pointer(i)`` is the pointer of item i in the document.
+
+        ``check_unicode=False`` skips the lone-surrogate check for input that cannot hold them.
+        """
         pointer_of = item_pointer or (lambda i: f"/{i}")
         result = Normalized()
+        # One call for the whole batch is the common case; items are checked one by one only
+        # when the batch holds an invalid one.
+        all_valid = _safely(self._fast_batch.is_valid, items)
         is_valid = self._fast.is_valid
         for index, item in enumerate(items):
-            try:
-                valid = is_valid(item)
-            except (ValueError, TypeError, OverflowError):
-                valid = False
+            valid = all_valid or _safely(is_valid, item)
             if not valid and result.rejected >= MAX_REPORTED_ERRORS:
                 # Past the reporting cap only the verdict is counted, not explained.
                 result.rejected += 1
                 continue
             try:
                 if valid:
-                    result.metrics.append(_convert(item, now_ns))
+                    result.metrics.append(_convert(item, now_ns, check_unicode))
                     continue
                 problems = self._explain(item)
                 if not problems:
-                    result.metrics.append(_convert(item, now_ns))
+                    result.metrics.append(_convert(item, now_ns, check_unicode))
                     continue
             except _Invalid as invalid:
                 problems = [(invalid.path, invalid.message)]
@@ -161,6 +172,14 @@ def _first_non_json(value: object, path: tuple) -> tuple[tuple, str] | None:
     return None
 
 
+def _safely(is_valid, instance: object) -> bool:
+    """jsonschema-rs refuses values JSON cannot hold (non-string keys) by raising: invalid."""
+    try:
+        return is_valid(instance)
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
 def _message(error, item: object) -> str:
     path = list(error.absolute_path)
     if error.validator == "oneOf" and not path:
@@ -177,22 +196,25 @@ def _message(error, item: object) -> str:
     return error.message
 
 
-def _number(value: object, path: tuple) -> float:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Invalid(path, "NaN and infinities are not accepted")
+def _number(value: object, path: tuple, *tail: object) -> float:
+    """A finite number, ints beyond 64 bits as floats; the error path is built only on error."""
+    if value.__class__ is float:
+        if value - value == 0.0:  # false for NaN and the infinities
+            return value
+        raise _Invalid(path + tail, "NaN and infinities are not accepted")
+    if -_BIG_INT < value < _BIG_INT:
         return value
-    if abs(value) >= _BIG_INT:
-        try:
-            return float(value)
-        except OverflowError:
-            raise _Invalid(path, "number too large") from None
-    return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise _Invalid(path + tail, "number too large") from None
 
 
-def _convert(item: dict, now_ns: int) -> Metric:
+def _convert(item: dict, now_ns: int, check_unicode: bool = True) -> Metric:
     """Build a Metric from a schema-valid item, checking what the schema cannot."""
-    kind = next(k for k in POINT_KINDS if k in item)
+    for kind in POINT_KINDS:
+        if kind in item:
+            break
     point = _POINT_BUILDERS[kind](item[kind], (kind,))
     dt = item.get("dt")
     if dt is None:
@@ -204,16 +226,17 @@ def _convert(item: dict, now_ns: int) -> Metric:
             raise _Invalid(("dt",), str(exc)) from None
     tags = item.get("tags")
     azure = item.get("azure")
-    _check_text(item, tags)
-    return Metric(
-        name=item["name"],
-        point=point,
-        time_ns=time_ns,
-        tags=tuple(sorted(tags.items())) if tags else (),
-        namespace=item.get("namespace"),
-        unit=item.get("unit"),
-        description=item.get("description"),
-        azure=AzureTarget(azure["resource_id"], azure.get("region")) if azure else None,
+    if check_unicode:
+        _check_text(item, tags)
+    return Metric(  # positional: the frozen constructor is on the hot path
+        item["name"],
+        point,
+        time_ns,
+        tuple(sorted(tags.items())) if tags else (),
+        item.get("namespace"),
+        item.get("unit"),
+        item.get("description"),
+        AzureTarget(azure["resource_id"], azure.get("region")) if azure else None,
     )
 
 
@@ -235,18 +258,18 @@ def _encodable(text: object, path: tuple) -> None:
 
 
 def _gauge(body: dict, path: tuple) -> Gauge:
-    return Gauge(_number(body["value"], path + ("value",)))
+    return Gauge(_number(body["value"], path, "value"))
 
 
 def _counter(body: dict, path: tuple) -> Counter:
-    return Counter(_number(body["value"], path + ("value",)), body.get("temporality", CUMULATIVE))
+    return Counter(_number(body["value"], path, "value"), body.get("temporality", CUMULATIVE))
 
 
 def _histogram(body: dict, path: tuple) -> Histogram:
     buckets = []
     previous = None
     for i, raw in enumerate(body["buckets"]):
-        limit = _number(raw["upper_limit"], path + ("buckets", i, "upper_limit"))
+        limit = _number(raw["upper_limit"], path, "buckets", i, "upper_limit")
         if previous is not None and limit <= previous:
             raise _Invalid(path + ("buckets", i, "upper_limit"), "bucket upper limits must strictly increase")
         previous = limit
@@ -254,7 +277,7 @@ def _histogram(body: dict, path: tuple) -> Histogram:
     count = int(body["count"])
     if sum(b.count for b in buckets) > count:
         raise _Invalid(path + ("buckets",), f"bucket counts add up to more than count ({count})")
-    return Histogram(count, _number(body["sum"], path + ("sum",)), tuple(buckets))
+    return Histogram(count, _number(body["sum"], path, "sum"), tuple(buckets))
 
 
 def _summary(body: dict, path: tuple) -> Summary:
@@ -265,14 +288,14 @@ def _summary(body: dict, path: tuple) -> Summary:
         if previous is not None and q <= previous:
             raise _Invalid(path + ("quantiles", i, "quantile"), "quantiles must strictly increase")
         previous = q
-        quantiles.append(Quantile(q, _number(raw["value"], path + ("quantiles", i, "value"))))
-    return Summary(int(body["count"]), _number(body["sum"], path + ("sum",)), tuple(quantiles))
+        quantiles.append(Quantile(q, _number(raw["value"], path, "quantiles", i, "value")))
+    return Summary(int(body["count"]), _number(body["sum"], path, "sum"), tuple(quantiles))
 
 
 def _aggregate(body: dict, path: tuple) -> Aggregate:
-    low = _number(body["min"], path + ("min",))
-    high = _number(body["max"], path + ("max",))
-    total = _number(body["sum"], path + ("sum",))
+    low = _number(body["min"], path, "min")
+    high = _number(body["max"], path, "max")
+    total = _number(body["sum"], path, "sum")
     count = int(body["count"])
     if low > high:
         raise _Invalid(path + ("min",), "min is greater than max")

@@ -1,24 +1,41 @@
-"""The process-wide Bridge that triggers use, built from the settings once per process."""
+"""The process-wide Bridge that triggers use.
+
+``start()`` validates the settings when the host imports the app, so a bad setting stops
+start-up with its name; the Bridge itself (schemas, codecs, sinks) is built on first use,
+keeping the import that every cold start pays small.
+"""
 from __future__ import annotations
 
-from bridges.core import Bridge
-from bridges.settings import load_settings
+from typing import TYPE_CHECKING
 
+from bridges.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from bridges.core import Bridge
+
+_settings: Settings | None = None
 _bridge: Bridge | None = None
 
 
-def start() -> Bridge:
-    """Validate the settings and build the Bridge; raises SettingsError naming a bad setting."""
-    global _bridge
-    _bridge = Bridge(load_settings())
-    return _bridge
+def start() -> Settings:
+    """Validate the settings; raises SettingsError naming a bad setting."""
+    global _settings
+    _settings = load_settings()
+    return _settings
 
 
 def bridge() -> Bridge:
-    return _bridge or start()
+    global _bridge
+    if _bridge is None:
+        from bridges.core import Bridge
+
+        _bridge = Bridge(_settings or start())
+    return _bridge
 
 
 def use(replacement: Bridge | None) -> None:
-    """Install a Bridge built by a test (or None to rebuild from the settings on next use)."""
-    global _bridge
+    """Install a Bridge built by a test (None: rebuild from the settings on next use)."""
+    global _bridge, _settings
     _bridge = replacement
+    if replacement is None:
+        _settings = None

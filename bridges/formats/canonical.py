@@ -7,6 +7,7 @@ metric per line. ``decode`` returns the raw items and how to point into the docu
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -16,15 +17,18 @@ from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, format_rfc3339
 JSON_TYPES = ("application/json", "text/json", "")
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 SUPPORTED = "application/json, application/x-ndjson or application/msgpack"
 
 
 @dataclass
 class Decoded:
-    """Raw items plus the JSON pointer of item i in the request document."""
+    """Raw items, the JSON pointer of item i in the request document, and whether the text
+    may hold lone surrogates (only JSON's \\uD800-\\uDFFF escapes can produce them)."""
 
     items: list
     item_pointer: Callable[[int], str]
+    may_hold_surrogates: bool = False
 
 
 def decode(body: bytes, content_type: str | None) -> Decoded:
@@ -32,9 +36,14 @@ def decode(body: bytes, content_type: str | None) -> Decoded:
     if not body.strip():
         raise BodyError(400, "the body is empty")
     if kind in JSON_TYPES:
-        return _container(_load_json(body))
-    if kind in NDJSON_TYPES:
-        return Decoded(_load_ndjson(body), lambda i: f"/{i}")
+        decoded = _container(_load_json(body))
+    elif kind in NDJSON_TYPES:
+        decoded = Decoded(_load_ndjson(body), lambda i: f"/{i}")
+    else:
+        decoded = None
+    if decoded is not None:
+        decoded.may_hold_surrogates = _SURROGATE_ESCAPE.search(body) is not None
+        return decoded
     if kind in MSGPACK_TYPES:
         decoded = _container(_load_msgpack(body))
         _msgpack_timestamps_to_text(decoded.items)

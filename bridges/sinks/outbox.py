@@ -43,6 +43,5 @@ class OutboxSink:
         existing = self.directory
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        writable = os.access(existing, os.W_OK)
-        report = {"configured": True, "directory": str(self.directory), "writable": writable}
-        return report
+        writable = existing.is_dir() and os.access(existing, os.W_OK)
+        return {"configured": True, "directory": str(self.directory), "writable": writable}

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from bridges import runtime
-from bridges.core import Reply
+
+if TYPE_CHECKING:
+    from bridges.core import Reply
 
 blueprint = func.Blueprint()
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: a Bridge on a temporary outbox with a clock the test controls."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bridges import runtime  # noqa: E402
+from bridges.core import Bridge  # noqa: E402
+from bridges.settings import load_settings  # noqa: E402
+
+# 2026-11-22T10:00:00Z: the receipt time every test sees.
+NOW_NS = 1_795_341_600 * 1_000_000_000
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """Each test runs in an empty folder with no BRIDGE_* settings from the machine."""
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+    runtime.use(None)
+
+
+@pytest.fixture
+def settings_env(tmp_path):
+    return {"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")}
+
+
+@pytest.fixture
+def bridge(settings_env):
+    """The process Bridge the triggers use, on a temporary outbox and a fixed clock."""
+    instance = Bridge(load_settings(settings_env), clock=lambda: NOW_NS)
+    runtime.use(instance)
+    return instance
+
+
+def outbox_lines(bridge: Bridge) -> list[dict]:
+    files = sorted(bridge.settings.outbox_dir.glob("*.ndjson"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]

@@ -1,0 +1,62 @@
+"""Start ``python -m bridges serve`` as a subprocess on a free port and stop it with Ctrl-C."""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from conftest import ROOT
+
+
+@contextmanager
+def running_bridge(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
+    """Yield (base_url, output_lines); on exit send SIGINT and check the runner stopped cleanly."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    environment.update(env or {})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridges", "serve", "--port", "0", *args],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    ready: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Listening on "):
+                ready.put(line.split()[2])
+        ready.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        base = ready.get(timeout=timeout)
+        if base is None:
+            raise RuntimeError("the runner did not start:\n" + "\n".join(lines))
+        yield base, lines
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        reader.join(timeout=5)
+    assert process.returncode == 0, "\n".join(lines)
+    assert "Stopped." in lines
+
+
+def wait_for_line(lines: list[str], text: str, timeout: float = 10) -> str:
+    """The first output line containing ``text``, waiting for the runner to write it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            if text in line:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(lines))

@@ -1,0 +1,67 @@
+"""python -m bridges validate / functions, as a user runs them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import msgpack
+
+from conftest import ROOT
+
+
+def run(*args: str, stdin: bytes | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bridges", *args], cwd=cwd, input=stdin, capture_output=True, timeout=60)
+
+
+def test_validate_prints_canonical_ndjson_and_exits_0(tmp_path):
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps([{"name": "a", "counter": {"value": 3}, "dt": "2024-01-07 18:25:20+01:00"}]))
+    done = run("validate", str(payload))
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(l) for l in done.stdout.splitlines()] == [
+        {"name": "a", "counter": {"value": 3, "temporality": "cumulative"}, "dt": "2024-01-07T17:25:20Z"}
+    ]
+
+
+def test_validate_reports_each_rejection_and_exits_1(tmp_path):
+    payload = tmp_path / "payload.ndjson"
+    payload.write_text('{"name":"a","gauge":{"value":1},"dt":0}\n{"name":"b","gauge":{"value":1},"tags":{"k":2}}\n')
+    done = run("validate", str(payload))
+    assert done.returncode == 1
+    assert len(done.stdout.splitlines()) == 1
+    assert "rejected item 1 at /1/tags/k: 2 is not of type 'string'" in done.stderr.decode()
+    assert "1 accepted, 1 rejected" in done.stderr.decode()
+
+
+def test_validate_reads_msgpack_from_stdin():
+    done = run("validate", "--format", "msgpack", "-", stdin=msgpack.packb({"name": "m", "gauge": {"value": 2}, "dt": 1}))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["dt"] == "1970-01-01T00:00:01Z"
+
+
+def test_validate_malformed_and_missing_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"name": }]')
+    done = run("validate", str(broken))
+    assert done.returncode == 1
+    assert "malformed JSON" in done.stderr.decode() and "position 10" in done.stderr.decode()
+    missing = run("validate", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and b"no such file" in missing.stderr
+
+
+def test_functions_lists_what_the_host_indexes():
+    done = run("functions")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.decode().splitlines()]
+    assert rows[0][0] == "NAME"
+    assert ["ingest_metrics", "httpTrigger", "metrics", "[POST]", "function"] in rows
+    assert ["health", "httpTrigger", "health", "[GET]", "anonymous"] in rows
+
+
+def test_functions_shows_timers_with_their_schedule():
+    env_run = subprocess.run(
+        [sys.executable, "-m", "bridges", "functions", "--app", "tests.apps.sample_app"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert ["tick", "timerTrigger", "%SAMPLE_SCHEDULE%", "-"] in [l.split() for l in env_run.stdout.splitlines()]

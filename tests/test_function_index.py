@@ -1,0 +1,63 @@
+"""The host's view of the app: what get_functions() and each binding JSON say."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def indexed():
+    # get_functions() may be called once per app; a fresh import gives a fresh app.
+    import importlib
+    import sys
+
+    sys.modules.pop("function_app", None)
+    app = importlib.import_module("function_app").app
+    return {f.get_function_name(): json.loads(f.get_function_json()) for f in app.get_functions()}
+
+
+def test_every_function_and_its_bindings(indexed):
+    assert {name: doc["bindings"] for name, doc in indexed.items()} == {
+        "ingest_metrics": [
+            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["POST"],
+             "authLevel": "FUNCTION", "route": "metrics"},
+            {"direction": "OUT", "type": "http", "name": "$return"},
+        ],
+        "health": [
+            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"],
+             "authLevel": "ANONYMOUS", "route": "health"},
+            {"direction": "OUT", "type": "http", "name": "$return"},
+        ],
+    }
+
+
+def test_function_app_is_thin():
+    from conftest import ROOT
+
+    source = (ROOT / "function_app.py").read_text()
+    code = [line for line in source.splitlines() if line.strip() and not line.lstrip().startswith(("#", '"""'))]
+    assert len(code) <= 20
+    assert "func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)" in source
+    assert "register_functions(" in source
+
+
+def test_host_json_shape():
+    from conftest import ROOT
+
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}
+    assert host["logging"]["logLevel"]["default"]
+    queues = host["extensions"]["queues"]
+    assert queues["messageEncoding"] == "base64" and queues["maxDequeueCount"] >= 1
+
+
+def test_runtime_requirements_are_pinned_and_functions_below_2():
+    from conftest import ROOT
+
+    lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert all("==" in line for line in lines)
+    version = next(l.split("==")[1] for l in lines if l.startswith("azure-functions=="))
+    assert int(version.split(".")[0]) < 2
+    assert not any(l.startswith(("pytest", "hypothesis")) for l in lines)

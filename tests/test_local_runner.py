@@ -1,0 +1,124 @@
+"""The local runner as a user meets it: a subprocess answering over a real socket."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import requests
+
+from conftest import ROOT
+from runner import running_bridge, wait_for_line
+
+GAUGE = {"name": "queue_depth", "gauge": {"value": 7}, "tags": {"queue": "orders"}}
+
+
+@pytest.fixture(scope="module")
+def bridge_url(tmp_path_factory):
+    outbox = tmp_path_factory.mktemp("outbox")
+    env = {"BRIDGE_OUTBOX_DIR": str(outbox), "BRIDGE_MAX_BODY_BYTES": "4096"}
+    with running_bridge(env=env) as (base, lines):
+        yield base, outbox, lines
+
+
+def test_banner_lists_routes_and_a_working_curl_example(bridge_url):
+    base, _, lines = bridge_url
+    text = "\n".join(lines)
+    assert f"ingest_metrics: [POST] {base}/api/metrics" in text
+    assert f"health: [GET] {base}/api/health" in text
+    assert f"curl -sS -X POST {base}/api/metrics" in text
+
+
+def test_accepts_metrics_and_writes_the_outbox(bridge_url):
+    base, outbox, lines = bridge_url
+    answer = requests.post(f"{base}/api/metrics", json=[GAUGE, {"name": "q", "gauge": {"value": "x"}}], timeout=10)
+    assert answer.status_code == 202
+    assert answer.json()["errors"] == [{"index": 1, "pointer": "/1/gauge/value", "message": "'x' is not of type 'number'"}]
+    written = [json.loads(l) for f in Path(outbox).glob("*.ndjson") for l in f.read_text().splitlines()]
+    assert {**GAUGE} == {k: v for k, v in written[-1].items() if k != "dt"}
+    wait_for_line(lines, "POST /api/metrics -> ingest_metrics 202")
+
+
+def test_msgpack_and_ndjson_over_the_socket(bridge_url):
+    base, _, _ = bridge_url
+    packed = requests.post(f"{base}/api/metrics", data=msgpack.packb([GAUGE]), headers={"Content-Type": "application/msgpack"}, timeout=10)
+    assert packed.status_code == 202
+    lines = requests.post(f"{base}/api/metrics", data=json.dumps(GAUGE) + "\n", headers={"Content-Type": "application/x-ndjson"}, timeout=10)
+    assert lines.status_code == 202
+
+
+def test_chunked_upload(bridge_url):
+    base, _, _ = bridge_url
+    chunks = (part.encode() for part in ['[{"name":"a",', '"gauge":{"value":1}}]'])
+    answer = requests.post(f"{base}/api/metrics", data=chunks, headers={"Content-Type": "application/json"}, timeout=10)
+    assert answer.status_code == 202
+
+
+def test_rejections_over_the_socket(bridge_url):
+    base, _, _ = bridge_url
+    none_valid = requests.post(f"{base}/api/metrics", json={"metrics": [{"name": "a", "gauge": {"value": 1}, "dt": "soon"}]}, timeout=10)
+    assert none_valid.status_code == 400
+    assert none_valid.json()["errors"][0]["pointer"] == "/metrics/0/dt"
+    malformed = requests.post(f"{base}/api/metrics", data=b'{"name": "a",', headers={"Content-Type": "application/json"}, timeout=10)
+    assert malformed.status_code == 400 and malformed.json()["position"] == 13
+    too_big = requests.post(f"{base}/api/metrics", json=[GAUGE] * 200, timeout=10)
+    assert too_big.status_code == 413 and "BRIDGE_MAX_BODY_BYTES" in too_big.json()["error"]
+    wrong_type = requests.post(f"{base}/api/metrics", data="x", headers={"Content-Type": "text/csv"}, timeout=10)
+    assert wrong_type.status_code == 415
+    assert wrong_type.headers["Content-Type"].startswith("application/json")
+
+
+def test_health_and_unknown_routes(bridge_url):
+    base, _, _ = bridge_url
+    health = requests.get(f"{base}/api/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert requests.get(f"{base}/api/nothing-here", timeout=10).status_code == 404
+    wrong_method = requests.get(f"{base}/api/metrics", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+
+
+def test_keys_are_demanded_only_when_asked(tmp_path):
+    with running_bridge("--require-keys", env={"BRIDGE_OUTBOX_DIR": str(tmp_path)}) as (base, lines):
+        key = (ROOT / ".bridge" / "function-key").read_text().strip()
+        assert key not in "\n".join(lines)
+        assert requests.post(f"{base}/api/metrics", json=GAUGE, timeout=10).status_code == 401
+        assert requests.post(f"{base}/api/metrics", json=GAUGE, headers={"x-functions-key": "wrong"}, timeout=10).status_code == 401
+        assert requests.post(f"{base}/api/metrics", json=GAUGE, headers={"x-functions-key": key}, timeout=10).status_code == 202
+        assert requests.post(f"{base}/api/metrics?code={key}", json=GAUGE, timeout=10).status_code == 202
+        assert requests.get(f"{base}/api/health", timeout=10).status_code == 200
+
+
+def test_route_parameters_methods_errors_and_timers(tmp_path):
+    ticks = tmp_path / "ticks.ndjson"
+    env = {"SAMPLE_SCHEDULE": "*/1 * * * * *", "SAMPLE_TIMER_FILE": str(ticks)}
+    with running_bridge("--app", "tests.apps.sample_app", env=env) as (base, lines):
+        assert requests.get(f"{base}/api/items/42?x=1", timeout=10).json() == {"id": "42", "params": {"x": "1"}}
+        assert requests.get(f"{base}/api/ITEMS/special", timeout=10).json() == {"special": True}
+        assert requests.get(f"{base}/api/items/abc", timeout=10).status_code == 404
+        assert requests.get(f"{base}/api/files/a/b/c.txt", timeout=10).json() == {"path": "a/b/c.txt", "method": "GET", "size": 0}
+        assert requests.put(f"{base}/api/files/x", data=b"12345", timeout=10).json()["size"] == 5
+        assert requests.delete(f"{base}/api/files/x", timeout=10).status_code == 405
+        assert requests.post(f"{base}/api/secret", timeout=10).status_code == 201  # keys not demanded locally
+        broken = requests.get(f"{base}/api/broken", timeout=10)
+        assert broken.status_code == 500 and "broken" in broken.json()["error"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(ticks.read_text().splitlines() if ticks.exists() else []) < 2:
+            time.sleep(0.2)
+        assert len(ticks.read_text().splitlines()) >= 2
+        assert "tick: timer */1 * * * * *" in "\n".join(lines)
+        wait_for_line(lines, "timer tick (*/1 * * * * *) succeeded")
+        wait_for_line(lines, "RuntimeError: this function always fails")
+
+
+def test_a_missing_schedule_setting_stops_start_up_with_its_name():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.sample_app"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "SAMPLE_SCHEDULE" in done.stderr

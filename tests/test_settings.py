@@ -1,0 +1,80 @@
+"""Settings: validated at start-up with the setting's name, documented in README exactly as coded."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridges.settings import SETTINGS, SettingsError, load_settings
+from conftest import ROOT
+
+
+def readme_settings() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|\s*(.*?)\s*\|", section, re.MULTILINE)
+    return {name: default.strip("`") for name, default in rows}
+
+
+def test_readme_table_matches_the_code():
+    assert readme_settings() == {s.name: s.default for s in SETTINGS}
+
+
+def test_defaults():
+    settings = load_settings({})
+    assert settings.max_body_bytes == 20 * 1024 * 1024
+    assert settings.max_items == 100_000
+    assert settings.outbox_dir == Path(".bridge/outbox")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("BRIDGE_MAX_BODY_BYTES", "lots"), ("BRIDGE_MAX_BODY_BYTES", "-5"), ("BRIDGE_MAX_ITEMS", "0"), ("BRIDGE_MAX_ITEMS", "1.5")],
+)
+def test_a_bad_value_names_the_setting(name, value):
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value})
+    assert str(caught.value).startswith(name + ":")
+    assert repr(value) in str(caught.value)
+
+
+def test_an_unresolved_key_vault_reference_is_named():
+    reference = "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/outbox/)"
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"BRIDGE_OUTBOX_DIR": reference})
+    assert "BRIDGE_OUTBOX_DIR" in str(caught.value)
+    assert "did not resolve" in str(caught.value)
+    assert "vault.azure.net" not in str(caught.value)
+
+
+def test_local_settings_values_are_read_and_the_environment_wins(tmp_path):
+    local = tmp_path / "local.settings.json"
+    local.write_text(json.dumps({"IsEncrypted": False, "Values": {"BRIDGE_MAX_ITEMS": "7", "BRIDGE_MAX_BODY_BYTES": "999"}}))
+    settings = load_settings({"BRIDGE_MAX_BODY_BYTES": "1234"}, local)
+    assert (settings.max_items, settings.max_body_bytes) == (7, 1234)
+
+
+def test_local_settings_are_ignored_in_azure(tmp_path):
+    local = tmp_path / "local.settings.json"
+    local.write_text(json.dumps({"Values": {"BRIDGE_MAX_ITEMS": "7"}}))
+    assert load_settings({"WEBSITE_INSTANCE_ID": "abc"}, local).max_items == 100_000
+
+
+def test_a_broken_local_settings_file_is_named(tmp_path):
+    local = tmp_path / "local.settings.json"
+    local.write_text("{not json")
+    with pytest.raises(SettingsError, match="local.settings.json"):
+        load_settings({}, local)
+
+
+def test_function_app_start_up_fails_naming_the_setting(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "BRIDGE_MAX_ITEMS": "many"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import function_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "BRIDGE_MAX_ITEMS: expected a positive whole number, got 'many'" in done.stderr

@@ -6,12 +6,15 @@ hits both alike; the script prints the best and median wall time of each and the
 """
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import best_and_median, report  # noqa: E402
+
 ROUNDS = 25
 TIMER = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
@@ -28,15 +31,13 @@ def main() -> None:
     for _ in range(ROUNDS):
         baseline.append(import_seconds("azure.functions"))
         ours.append(import_seconds("function_app"))
-    lines = [
-        f"import azure.functions: best {min(baseline) * 1000:.1f} ms, median {statistics.median(baseline) * 1000:.1f} ms",
-        f"import function_app:    best {min(ours) * 1000:.1f} ms, median {statistics.median(ours) * 1000:.1f} ms",
-        f"ratio: {min(ours) / min(baseline):.2f} best, {statistics.median(ours) / statistics.median(baseline):.2f} median (target <= 1.25)",
-    ]
-    print("\n".join(lines))
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "import.txt").write_text("\n".join(lines) + "\n")
+    base_best, base_median = best_and_median(baseline)
+    ours_best, ours_median = best_and_median(ours)
+    report("import", [
+        f"import azure.functions: best {base_best * 1000:.1f} ms, median {base_median * 1000:.1f} ms",
+        f"import function_app:    best {ours_best * 1000:.1f} ms, median {ours_median * 1000:.1f} ms",
+        f"ratio: {ours_best / base_best:.2f} best, {ours_median / base_median:.2f} median (target <= 1.25)",
+    ])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ bridge's parse and for the floor measured in the same run, and their ratio (targ
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import msgpack
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import best_and_median, report  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
 
@@ -47,13 +47,10 @@ def payload(points: int = POINTS) -> bytes:
     return json.dumps(items).encode()
 
 
-def best_and_median(action, rounds: int = ROUNDS) -> tuple[float, float]:
-    timings = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - started)
-    return min(timings), statistics.median(timings)
+def seconds(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -62,8 +59,12 @@ def main() -> None:
     result = bridge.parse(body, "application/json")  # warm up: compiles the schema once
     assert len(result.metrics) == POINTS and result.rejected == 0, result.errors[:3]
 
-    floor_best, floor_median = best_and_median(lambda: msgpack.packb(json.loads(body)))
-    ours_best, ours_median = best_and_median(lambda: bridge.parse(body, "application/json"))
+    floor, ours = [], []
+    for _ in range(ROUNDS):  # alternate, so machine noise hits both alike
+        floor.append(seconds(lambda: msgpack.packb(json.loads(body))))
+        ours.append(seconds(lambda: bridge.parse(body, "application/json")))
+    floor_best, floor_median = best_and_median(floor)
+    ours_best, ours_median = best_and_median(ours)
     per_point = lambda seconds: seconds / POINTS * 1e6  # noqa: E731
     lines = [
         f"payload: {POINTS} points, {len(body)} bytes of JSON, 3 tags each, mixed types and timestamp forms",
@@ -71,10 +72,7 @@ def main() -> None:
         f"bridge decode+validate+normalize:   {per_point(ours_best):.2f} us/point (median {per_point(ours_median):.2f})",
         f"ratio: {ours_best / floor_best:.2f}x best, {ours_median / floor_median:.2f}x median (target <= 4x)",
     ]
-    print("\n".join(lines))
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "ingest.txt").write_text("\n".join(lines) + "\n")
+    report("ingest", lines)
 
 
 if __name__ == "__main__":

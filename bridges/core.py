@@ -6,6 +6,7 @@ The clock and the delivery stage are injected so tests control them.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ from bridges.settings import Settings
 from bridges.sinks.outbox import OutboxSink
 
 RETRY_AFTER_SECONDS = 30
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,7 +64,9 @@ class Bridge:
         try:
             result = self.parse(body, content_type, content_encoding)
         except BodyError as exc:
+            log.info("ingest refused the body: %d %s", exc.status, exc.message)
             return Reply(exc.status, exc.to_json())
+        log.info("ingest: %d accepted, %d rejected", len(result.metrics), result.rejected)
         answer = {
             "accepted": len(result.metrics),
             "rejected": result.rejected,

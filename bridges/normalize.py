@@ -188,6 +188,8 @@ def _message(error, item: object) -> str:
             "exactly one of gauge, counter, histogram, summary, aggregate is required"
             + (f"; found {', '.join(found)}" if found else "")
         )
+    if path == ["name"] and error.validator == "pattern":
+        return "a metric name must not contain control characters"
     if path == ["dt"] and error.validator == "anyOf":
         try:
             parse_timestamp(error.instance)

@@ -122,3 +122,16 @@ def test_a_missing_schedule_setting_stops_start_up_with_its_name():
     )
     assert done.returncode == 2
     assert "SAMPLE_SCHEDULE" in done.stderr
+
+
+def test_a_bad_content_length_is_400(bridge_url):
+    import socket
+    from urllib.parse import urlsplit
+
+    base, _, _ = bridge_url
+    address = urlsplit(base)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
+        answer = connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 400")
+    assert "Content-Length" in answer.split("\r\n\r\n", 1)[1]

@@ -61,3 +61,61 @@ def test_arbitrary_json(tmp_path, document, content_type):
 def test_arbitrary_bytes(tmp_path, body, content_type):
     _use_bridge(tmp_path)
     _answer(body, content_type)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+counts = st.integers(min_value=0, max_value=10**6)
+
+
+@st.composite
+def histograms(draw):
+    limits = sorted(set(draw(st.lists(finite, max_size=8))))
+    per_bucket = [draw(counts) for _ in limits]
+    total = sum(per_bucket) + draw(counts)
+    return {"count": total, "sum": draw(finite), "buckets": [{"upper_limit": u, "count": c} for u, c in zip(limits, per_bucket)]}
+
+
+@st.composite
+def summaries(draw):
+    quantiles = sorted(set(draw(st.lists(st.floats(min_value=0, max_value=1), max_size=5))))
+    return {"count": draw(counts), "sum": draw(finite), "quantiles": [{"quantile": q, "value": draw(finite)} for q in quantiles]}
+
+
+@st.composite
+def aggregates(draw):
+    low, high = sorted([draw(st.integers(-10**6, 10**6)), draw(st.integers(-10**6, 10**6))])
+    count = draw(st.integers(min_value=1, max_value=1000))
+    return {"min": low, "max": high, "sum": draw(st.integers(low * count, high * count)), "count": count}
+
+
+moments = st.datetimes(min_value=__import__("datetime").datetime(1971, 1, 1), max_value=__import__("datetime").datetime(2200, 1, 1))
+valid_metrics = st.fixed_dictionaries(
+    {"name": st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=["Cs", "Cc"]), min_size=1, max_size=30)},
+    optional={
+        "tags": st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=20), max_size=5),
+        "dt": st.one_of(
+            st.integers(min_value=0, max_value=10**18),
+            moments.map(lambda m: m.isoformat() + "Z"),
+            moments.map(lambda m: m.isoformat(sep=" ") + "+05:30"),
+        ),
+        "unit": st.sampled_from(["ms", "By", "1"]),
+    },
+).flatmap(lambda base: st.one_of(
+    st.fixed_dictionaries({"gauge": st.fixed_dictionaries({"value": finite})}),
+    st.fixed_dictionaries({"counter": st.fixed_dictionaries({"value": st.floats(min_value=0, allow_infinity=False)}, optional={"temporality": st.sampled_from(["delta", "cumulative"])})}),
+    st.fixed_dictionaries({"histogram": histograms()}),
+    st.fixed_dictionaries({"summary": summaries()}),
+    st.fixed_dictionaries({"aggregate": aggregates()}),
+).map(lambda point: {**base, **point}))
+
+
+@SETTINGS
+@given(items=st.lists(valid_metrics, min_size=1, max_size=5))
+def test_valid_metrics_are_accepted_and_their_canonical_form_reads_back_the_same(items):
+    from bridges.normalize import Normalizer
+
+    normalizer = Normalizer()
+    first = normalizer.normalize(items, NOW_NS)
+    assert first.errors == [] and len(first.metrics) == len(items)
+    again = normalizer.normalize([m.to_json() for m in first.metrics], NOW_NS)
+    assert again.metrics == first.metrics

@@ -78,3 +78,12 @@ def test_function_app_start_up_fails_naming_the_setting(tmp_path):
     )
     assert done.returncode != 0
     assert "BRIDGE_MAX_ITEMS: expected a positive whole number, got 'many'" in done.stderr
+
+
+def test_the_local_runner_refuses_to_start_on_a_bad_setting():
+    env = {"PATH": "/usr/bin:/bin", "BRIDGE_MAX_BODY_BYTES": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bridges", "serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "configuration error: BRIDGE_MAX_BODY_BYTES: expected a positive whole number, got '0'"

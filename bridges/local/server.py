@@ -123,8 +123,14 @@ def _handler_class(host: HttpHost):
 
         def _dispatch(self) -> None:
             started = time.perf_counter()
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, extra, body, name = host.handle(self.command, self.path, headers, self._read_body)
+            length = self.headers.get("Content-Length")
+            if length is not None and not length.strip().isdigit():
+                self.close_connection = True
+                status, extra, body = _json(400, {"error": f"Content-Length {length!r} is not a number of bytes"})
+                name = ""
+            else:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, extra, body, name = host.handle(self.command, self.path, headers, self._read_body)
             self.send_response(status)
             for key, value in extra.items():
                 self.send_header(key, value)
@@ -136,6 +142,7 @@ def _handler_class(host: HttpHost):
             log.info("%s %s -> %s %d (%.1f ms)", self.command, self.path.split("?")[0], name or "-", status, elapsed)
 
         def _read_body(self) -> bytes | None:
+            """The request body, or None when it is over the host's limit."""
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 return self._read_chunked()
             length = int(self.headers.get("Content-Length") or 0)

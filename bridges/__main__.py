@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 something was rejected or failed, 2 bad usage or settin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ total, consistent aggregates, real calendar dates) are checked while converting.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +34,7 @@ METRIC_SCHEMA = SCHEMA_DIR / "metric.schema.json"
 MAX_REPORTED_ERRORS = 100
 MAX_ERRORS_PER_ITEM = 10
 MAX_MESSAGE_CHARS = 300
+MAX_NESTING = 16  # a metric is at most 4 levels deep; beyond this an item is refused unexplored
 _BIG_INT = 2**63
 _AGGREGATE_TOLERANCE = 1e-6
 
@@ -146,29 +146,30 @@ class Normalizer:
 
     def _explain(self, item: object) -> list[tuple[tuple, str]]:
         """jsonschema's readable errors for an item, most specific first."""
-        odd = _first_non_json(item, ())
+        odd = _first_non_json(item)
         if odd is not None:
             return [odd]
         errors = sorted(self._explaining.iter_errors(item), key=lambda e: (list(map(str, e.absolute_path)), e.message))
         return [(tuple(e.absolute_path), _message(e, item)) for e in errors]
 
 
-def _first_non_json(value: object, path: tuple) -> tuple[tuple, str] | None:
-    """Find values JSON cannot carry (msgpack bytes, non-string keys) before a validator trips on them."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            if not isinstance(key, str):
-                return path, f"object keys must be strings, found {type(key).__name__}"
-            found = _first_non_json(inner, path + (key,))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, inner in enumerate(value):
-            found = _first_non_json(inner, path + (i,))
-            if found:
-                return found
-    elif not isinstance(value, (str, int, float, bool, type(None))):
-        return path, f"{type(value).__name__} values are not accepted here"
+def _first_non_json(item: object) -> tuple[tuple, str] | None:
+    """The first value JSON cannot carry (msgpack bytes, non-string keys) or nesting deeper than
+    any metric has, found without recursion so no input can exhaust the stack."""
+    pending = [(item, ())]
+    while pending:
+        value, path = pending.pop()
+        if len(path) > MAX_NESTING:
+            return path, f"nested deeper than {MAX_NESTING} levels"
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if not isinstance(key, str):
+                    return path, f"object keys must be strings, found {type(key).__name__}"
+                pending.append((inner, path + (key,)))
+        elif isinstance(value, list):
+            pending.extend((inner, path + (i,)) for i, inner in enumerate(value))
+        elif not isinstance(value, (str, int, float, bool, type(None))):
+            return path, f"{type(value).__name__} values are not accepted here"
     return None
 
 

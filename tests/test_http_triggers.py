@@ -266,3 +266,14 @@ def test_health_reports_an_outbox_that_cannot_be_created(tmp_path):
     assert answer["status"] == "degraded"
     assert answer["sinks"]["outbox"]["writable"] is False
     assert "outbox" in answer["problems"][0]
+
+
+@pytest.mark.parametrize("depth", [17, 900, 990, 5000])
+def test_deep_nesting_inside_an_item_is_refused_without_exhausting_the_stack(bridge, depth):
+    deep = b"\x91" * depth + b"\xc0"
+    status, answer = post(b"\x81\xa4name" + deep, "application/msgpack")
+    assert status == 400
+    assert "nested" in (answer.get("error") or answer["errors"][0]["message"])
+    status, answer = post(b"\x82\xa4name\xa1x\xa5gauge\x81\xa5value" + deep, "application/msgpack")
+    assert status == 400
+    assert "nested" in (answer.get("error") or answer["errors"][0]["message"])

@@ -72,7 +72,7 @@ def histograms(draw):
     limits = sorted(set(draw(st.lists(finite, max_size=8))))
     per_bucket = [draw(counts) for _ in limits]
     total = sum(per_bucket) + draw(counts)
-    return {"count": total, "sum": draw(finite), "buckets": [{"upper_limit": u, "count": c} for u, c in zip(limits, per_bucket)]}
+    return {"count": total, "sum": draw(finite), "buckets": [{"upper_limit": u, "count": c} for u, c in zip(limits, per_bucket, strict=True)]}
 
 
 @st.composite

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,7 +35,14 @@ METRIC_SCHEMA = SCHEMA_DIR / "metric.schema.json"
 MAX_REPORTED_ERRORS = 100
 MAX_ERRORS_PER_ITEM = 10
 MAX_MESSAGE_CHARS = 300
+MAX_SHOWN_VALUE_CHARS = 60
 MAX_NESTING = 16  # a metric is at most 4 levels deep; beyond this an item is refused unexplored
+EXPLAIN_BUDGET = 4096  # values copied to explain one invalid item
+# Errors that hold for the item when they hold for a cut copy of it (not "required", "oneOf"...).
+_TRUE_OF_A_CUT_COPY = frozenset(
+    ["maxItems", "maxProperties", "additionalProperties", "propertyNames", "type", "enum",
+     "maxLength", "minLength", "pattern", "minimum", "maximum"]
+)
 _BIG_INT = 2**63
 _AGGREGATE_TOLERANCE = 1e-6
 
@@ -140,37 +148,65 @@ class Normalizer:
             result.rejected += 1
             if result.rejected <= MAX_REPORTED_ERRORS:
                 base = pointer_of(index)
-                for path, message in problems[:MAX_ERRORS_PER_ITEM]:
+                for path, message in problems:
                     result.errors.append(ItemError(index, base + json_pointer(path), _short(message)))
         return result
 
     def _explain(self, item: object) -> list[tuple[tuple, str]]:
-        """jsonschema's readable errors for an item, most specific first."""
-        odd = _first_non_json(item)
-        if odd is not None:
-            return [odd]
-        errors = sorted(self._explaining.iter_errors(item), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+        """jsonschema's readable errors for an item, most specific first.
+
+        jsonschema is slow on huge items, so it reads a copy cut to EXPLAIN_BUDGET values:
+        still too big for every size limit of the schema, yet cheap to walk.
+        """
+        preview = _Preview()
+        copy = preview.copy(item, ())
+        found = self._explaining.iter_errors(copy)
+        if preview.cut:  # the cut copy may lack what the item has: trust only what it shows
+            found = (e for e in found if e.validator in _TRUE_OF_A_CUT_COPY)
+        first = islice(found, MAX_ERRORS_PER_ITEM)
+        errors = sorted(first, key=lambda e: (list(map(str, e.absolute_path)), e.message))
+        if not errors and preview.cut:
+            return [((), f"the item is too large: it holds more than {EXPLAIN_BUDGET} values")]
         return [(tuple(e.absolute_path), _message(e, item)) for e in errors]
 
 
-def _first_non_json(item: object) -> tuple[tuple, str] | None:
-    """The first value JSON cannot carry (msgpack bytes, non-string keys) or nesting deeper than
-    any metric has, found without recursion so no input can exhaust the stack."""
-    pending = [(item, ())]
-    while pending:
-        value, path = pending.pop()
+class _Preview:
+    """Copies an item up to a budget of values, refusing what JSON cannot carry (msgpack bytes,
+    non-string keys) and nesting deeper than any metric has; recursion is bounded by that depth."""
+
+    def __init__(self) -> None:
+        self.budget = EXPLAIN_BUDGET
+        self.cut = False
+
+    def copy(self, value: object, path: tuple) -> object:
         if len(path) > MAX_NESTING:
-            return path, f"nested deeper than {MAX_NESTING} levels"
+            raise _Invalid(path, f"nested deeper than {MAX_NESTING} levels")
         if isinstance(value, dict):
+            copied = {}
             for key, inner in value.items():
                 if not isinstance(key, str):
-                    return path, f"object keys must be strings, found {type(key).__name__}"
-                pending.append((inner, path + (key,)))
-        elif isinstance(value, list):
-            pending.extend((inner, path + (i,)) for i, inner in enumerate(value))
-        elif not isinstance(value, (str, int, float, bool, type(None))):
-            return path, f"{type(value).__name__} values are not accepted here"
-    return None
+                    raise _Invalid(path, f"object keys must be strings, found {type(key).__name__}")
+                if not self._spend():
+                    break
+                copied[key] = self.copy(inner, path + (key,))
+            return copied
+        if isinstance(value, list):
+            copied = []
+            for index, inner in enumerate(value):
+                if not self._spend():
+                    break
+                copied.append(self.copy(inner, path + (index,)))
+            return copied
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            raise _Invalid(path, f"{type(value).__name__} values are not accepted here")
+        return value
+
+    def _spend(self) -> bool:
+        if self.budget <= 0:
+            self.cut = True
+            return False
+        self.budget -= 1
+        return True
 
 
 def _safely(is_valid, instance: object) -> bool:
@@ -196,6 +232,9 @@ def _message(error, item: object) -> str:
             parse_timestamp(error.instance)
         except TimestampError as exc:
             return str(exc)
+    shown = repr(error.instance)
+    if len(shown) > MAX_SHOWN_VALUE_CHARS:  # keep the reason readable, not the value
+        return error.message.replace(shown, shown[:MAX_SHOWN_VALUE_CHARS] + "…")
     return error.message
 
 

@@ -277,3 +277,20 @@ def test_deep_nesting_inside_an_item_is_refused_without_exhausting_the_stack(bri
     status, answer = post(b"\x82\xa4name\xa1x\xa5gauge\x81\xa5value" + deep, "application/msgpack")
     assert status == 400
     assert "nested" in (answer.get("error") or answer["errors"][0]["message"])
+
+
+@pytest.mark.parametrize(
+    "item, pointer, reason",
+    [
+        ({"name": "x", "gauge": {"value": 1}, "tags": {f"k{i}": "v" for i in range(300_000)}}, "/tags", "has too many properties"),
+        ({"name": "x", "summary": {"count": 1, "sum": 1, "quantiles": [{"quantile": 0.5, "value": 1}] * 300_000}}, "/summary/quantiles", "is too long"),
+        ({"name": "x", "gauge": {"value": 1}, **{f"field{i}": 1 for i in range(300_000)}}, "", "Additional properties are not allowed"),
+    ],
+    ids=["many-tags", "many-quantiles", "many-fields"],
+)
+def test_huge_items_are_explained_briefly_and_truly(bridge, item, pointer, reason):
+    status, answer = post(as_json(item))
+    assert status == 400
+    [error] = answer["errors"]
+    assert error["pointer"] == pointer
+    assert reason in error["message"] and len(error["message"]) <= 300

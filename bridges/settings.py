@@ -70,7 +70,7 @@ class Settings:
 
 
 def in_azure(environ: Mapping[str, str]) -> bool:
-    return "WEBSITE_INSTANCE_ID" in environ or "CONTAINER_NAME" in environ
+    return any(name in environ for name in ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME", "CONTAINER_NAME"))
 
 
 def local_values(path: Path | None = None) -> dict[str, str]:

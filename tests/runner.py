@@ -60,3 +60,17 @@ def wait_for_line(lines: list[str], text: str, timeout: float = 10) -> str:
                 return line
         time.sleep(0.05)
     raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(lines))
+
+
+def raw_request(base: str, request: bytes) -> str:
+    """Send raw bytes to the runner and read its answer until it closes the connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base)
+    received = b""
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(request)
+        while chunk := connection.recv(4096):
+            received += chunk
+    return received.decode()

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-from runner import running_bridge, wait_for_line
+from runner import raw_request, running_bridge, wait_for_line
 
 GAUGE = {"name": "queue_depth", "gauge": {"value": 7}, "tags": {"queue": "orders"}}
 
@@ -88,6 +88,9 @@ def test_keys_are_demanded_only_when_asked(tmp_path):
         assert requests.post(f"{base}/api/metrics", json=GAUGE, headers={"x-functions-key": key}, timeout=10).status_code == 202
         assert requests.post(f"{base}/api/metrics?code={key}", json=GAUGE, timeout=10).status_code == 202
         assert requests.get(f"{base}/api/health", timeout=10).status_code == 200
+        with requests.Session() as session:  # a refused body must not be read as the next request
+            assert session.post(f"{base}/api/metrics", json=[GAUGE] * 50, timeout=10).status_code == 401
+            assert session.post(f"{base}/api/metrics", json=GAUGE, headers={"x-functions-key": key}, timeout=10).status_code == 202
 
 
 def test_route_parameters_methods_errors_and_timers(tmp_path):
@@ -125,13 +128,13 @@ def test_a_missing_schedule_setting_stops_start_up_with_its_name():
 
 
 def test_a_bad_content_length_is_400(bridge_url):
-    import socket
-    from urllib.parse import urlsplit
-
-    base, _, _ = bridge_url
-    address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
-        connection.sendall(b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
-        answer = connection.recv(4096).decode()
+    answer = raw_request(bridge_url[0], b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
     assert answer.startswith("HTTP/1.1 400")
     assert "Content-Length" in answer.split("\r\n\r\n", 1)[1]
+
+
+def test_malformed_chunked_body_is_400(bridge_url):
+    request = b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    answer = raw_request(bridge_url[0], request)
+    assert answer.startswith("HTTP/1.1 400")
+    assert "chunked" in answer.split("\r\n\r\n", 1)[1]

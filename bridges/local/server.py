@@ -17,6 +17,7 @@ import secrets
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +45,20 @@ def _invoke(function: IndexedFunction, argument: object) -> object:
     return result
 
 
+@dataclass
+class Answer:
+    """One HTTP answer of the runner, and the function that gave it (if any)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    function: str = ""
+
+
+def _json(status: int, document: dict, function: str = "") -> Answer:
+    return Answer(status, json.dumps(document).encode(), {"Content-Type": "application/json; charset=utf-8"}, function)
+
+
 class HttpHost:
     """Routes requests to HTTP-triggered functions and turns their responses into HTTP."""
 
@@ -56,27 +71,26 @@ class HttpHost:
     def url_path(self, function: IndexedFunction) -> str:
         return "/" + "/".join(p for p in (self.route_prefix, function.route.strip("/")) if p)
 
-    def handle(self, method: str, target: str, headers: dict[str, str], read_body) -> tuple[int, dict, bytes, str]:
-        """(status, headers, body, function name) for one request."""
+    def handle(self, method: str, target: str, headers: dict[str, str], read_body) -> Answer:
         parts = urlsplit(target)
         path = parts.path
         prefix = "/" + self.route_prefix if self.route_prefix else ""
         if prefix and not (path == prefix or path.startswith(prefix + "/")):
-            return _json(404, {"error": f"no function at {path}"}) + ("",)
-        relative = path[len(prefix):]
-        allowed: list[str] = []
+            return _json(404, {"error": f"no function at {path}"})
+        allowed: set[str] = set()
         for template, function in self.routes:
-            route_params = template.match(relative)
+            route_params = template.match(path[len(prefix):])
             if route_params is None:
                 continue
             if function.methods and method not in function.methods:
-                allowed += function.methods
+                allowed.update(function.methods)
                 continue
             if not self._authorized(function, parts.query, headers):
-                return _json(401, {"error": "this function needs a key: ?code=<key> or header x-functions-key"}) + (function.name,)
+                return _json(401, {"error": "this function needs a key: ?code=<key> or header x-functions-key"}, function.name)
             body = read_body()
-            if body is None:
-                return _json(413, {"error": f"the body is over the host limit of {HOST_MAX_BODY_BYTES} bytes"}) + (function.name,)
+            if isinstance(body, Answer):  # the body could not be read
+                body.function = function.name
+                return body
             request = func.HttpRequest(
                 method, f"http://{headers.get('host', 'localhost')}{target}",
                 headers=headers, params=dict(parse_qsl(parts.query)), route_params=route_params, body=body,
@@ -85,13 +99,14 @@ class HttpHost:
                 response = _invoke(function, request)
             except Exception:
                 log.exception("function %s failed", function.name)
-                return _json(500, {"error": f"function {function.name} failed; see the runner's log"}) + (function.name,)
-            return _from_response(response) + (function.name,)
+                return _json(500, {"error": f"function {function.name} failed; see the runner's log"}, function.name)
+            return _from_response(response, function.name)
         if allowed:
-            status, extra, body = _json(405, {"error": f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}"})
-            extra["Allow"] = ", ".join(sorted(set(allowed)))
-            return status, extra, body, ""
-        return _json(404, {"error": f"no function at {path}"}) + ("",)
+            methods = ", ".join(sorted(allowed))
+            answer = _json(405, {"error": f"{method} is not allowed here; use {methods}"})
+            answer.headers["Allow"] = methods
+            return answer
+        return _json(404, {"error": f"no function at {path}"})
 
     def _authorized(self, function: IndexedFunction, query: str, headers: dict[str, str]) -> bool:
         if self.function_key is None or function.auth_level == "ANONYMOUS":
@@ -100,20 +115,16 @@ class HttpHost:
         return secrets.compare_digest(given.encode(), self.function_key.encode())
 
 
-def _json(status: int, body: dict) -> tuple[int, dict, bytes]:
-    return status, {"Content-Type": "application/json; charset=utf-8"}, json.dumps(body).encode()
-
-
-def _from_response(response: object) -> tuple[int, dict, bytes]:
+def _from_response(response: object, function: str) -> Answer:
     if response is None:
-        return 204, {}, b""
+        return Answer(204, function=function)
     if not isinstance(response, func.HttpResponse):
-        return _json(500, {"error": f"the function returned {type(response).__name__}, not an HttpResponse"})
+        return _json(500, {"error": f"the function returned {type(response).__name__}, not an HttpResponse"}, function)
     headers = dict(response.headers)
     if response.mimetype and not any(k.lower() == "content-type" for k in headers):
         charset = f"; charset={response.charset}" if response.charset else ""
         headers["Content-Type"] = response.mimetype + charset
-    return response.status_code, headers, response.get_body() or b""
+    return Answer(response.status_code, response.get_body() or b"", headers, function)
 
 
 def _handler_class(host: HttpHost):
@@ -123,45 +134,54 @@ def _handler_class(host: HttpHost):
 
         def _dispatch(self) -> None:
             started = time.perf_counter()
+            self._body_read = False
             length = self.headers.get("Content-Length")
             if length is not None and not length.strip().isdigit():
-                self.close_connection = True
-                status, extra, body = _json(400, {"error": f"Content-Length {length!r} is not a number of bytes"})
-                name = ""
+                answer = _json(400, {"error": f"Content-Length {length!r} is not a number of bytes"})
             else:
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                status, extra, body, name = host.handle(self.command, self.path, headers, self._read_body)
-            self.send_response(status)
-            for key, value in extra.items():
+                answer = host.handle(self.command, self.path, headers, self._read_body)
+            if not self._body_read and (length or self.headers.get("Transfer-Encoding")):
+                self.close_connection = True  # an unread body must not be taken for the next request
+            self.send_response(answer.status)
+            for key, value in answer.headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self.wfile.write(answer.body)
             elapsed = (time.perf_counter() - started) * 1000
-            log.info("%s %s -> %s %d (%.1f ms)", self.command, self.path.split("?")[0], name or "-", status, elapsed)
+            log.info(
+                "%s %s -> %s %d (%.1f ms)",
+                self.command, self.path.split("?")[0], answer.function or "-", answer.status, elapsed,
+            )
 
-        def _read_body(self) -> bytes | None:
-            """The request body, or None when it is over the host's limit."""
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                return self._read_chunked()
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > HOST_MAX_BODY_BYTES:
-                self.close_connection = True
-                return None
-            return self.rfile.read(length) if length else b""
+        def _read_body(self) -> bytes | Answer:
+            """The request body, or the answer to give when it is too large or malformed."""
+            try:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    body = self._read_chunked()
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length <= HOST_MAX_BODY_BYTES else None
+            except ValueError:
+                return _json(400, {"error": "malformed chunked transfer encoding"})
+            if body is None:
+                return _json(413, {"error": f"the body is over the host limit of {HOST_MAX_BODY_BYTES} bytes"})
+            self._body_read = True
+            return body
 
         def _read_chunked(self) -> bytes | None:
+            """De-chunk the body; None as soon as it grows past the host's limit."""
             chunks, total = [], 0
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline().strip():
+                    while self.rfile.readline().strip():  # trailers
                         pass
                     return b"".join(chunks)
                 total += size
                 if total > HOST_MAX_BODY_BYTES:
-                    self.close_connection = True
                     return None
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()

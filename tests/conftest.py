@@ -36,12 +36,17 @@ def settings_env(tmp_path):
     return {"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")}
 
 
+def use_bridge(settings: dict[str, str], now_ns: int = NOW_NS) -> Bridge:
+    """Install, for the triggers, a Bridge built from these settings on a fixed clock."""
+    instance = Bridge(load_settings(settings), clock=lambda: now_ns)
+    runtime.use(instance)
+    return instance
+
+
 @pytest.fixture
 def bridge(settings_env):
     """The process Bridge the triggers use, on a temporary outbox and a fixed clock."""
-    instance = Bridge(load_settings(settings_env), clock=lambda: NOW_NS)
-    runtime.use(instance)
-    return instance
+    return use_bridge(settings_env)
 
 
 def outbox_lines(bridge: Bridge) -> list[dict]:

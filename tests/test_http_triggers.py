@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from bridges.triggers.http import health, ingest_metrics
-from conftest import outbox_lines
+from conftest import outbox_lines, use_bridge
 
 GAUGE = {"name": "node_cpu_temperature_celsius", "gauge": {"value": 63.5}, "tags": {"host": "server_1"}}
 COUNTER = {"name": "http_requests_total", "counter": {"value": 42}}
@@ -118,22 +118,14 @@ def test_missing_content_type_is_read_as_json(bridge):
 
 
 def test_body_over_the_limit_is_413(tmp_path, settings_env):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
-    runtime.use(Bridge(load_settings({**settings_env, "BRIDGE_MAX_BODY_BYTES": "100"})))
+    use_bridge({**settings_env, "BRIDGE_MAX_BODY_BYTES": "100"})
     status, answer = post(as_json([GAUGE] * 5))
     assert status == 413
     assert "BRIDGE_MAX_BODY_BYTES" in answer["error"]
 
 
 def test_gzip_body_is_accepted_and_a_gzip_bomb_is_413(settings_env):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
-    runtime.use(Bridge(load_settings({**settings_env, "BRIDGE_MAX_BODY_BYTES": "10000"})))
+    use_bridge({**settings_env, "BRIDGE_MAX_BODY_BYTES": "10000"})
     status, _ = post(gzip.compress(as_json([GAUGE])), **{"Content-Encoding": "gzip"})
     assert status == 202
     bomb = gzip.compress(b"[" + b" " * 1_000_000 + b"]")
@@ -147,11 +139,7 @@ def test_gzip_body_is_accepted_and_a_gzip_bomb_is_413(settings_env):
 
 
 def test_too_many_items_is_413(settings_env):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
-    runtime.use(Bridge(load_settings({**settings_env, "BRIDGE_MAX_ITEMS": "3"})))
+    use_bridge({**settings_env, "BRIDGE_MAX_ITEMS": "3"})
     status, answer = post(as_json([GAUGE] * 4))
     assert status == 413
     assert "BRIDGE_MAX_ITEMS" in answer["error"]
@@ -218,13 +206,9 @@ def test_lone_surrogates_are_rejected(bridge):
 
 
 def test_outbox_failure_is_503_with_retry_after(tmp_path, settings_env):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("x")
-    runtime.use(Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox")})))
+    use_bridge({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox")})
     status, answer = post(as_json(GAUGE))
     assert status == 503
     assert "send again" in answer["error"]
@@ -233,13 +217,8 @@ def test_outbox_failure_is_503_with_retry_after(tmp_path, settings_env):
 
 
 def test_outbox_files_are_named_by_utc_day_of_receipt(settings_env):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
     late = int(datetime(2026, 11, 22, 23, 59, 59, tzinfo=timezone.utc).timestamp()) * 10**9
-    instance = Bridge(load_settings(settings_env), clock=lambda: late)
-    runtime.use(instance)
+    instance = use_bridge(settings_env, now_ns=late)
     post(as_json(GAUGE))
     assert [p.name for p in instance.settings.outbox_dir.iterdir()] == ["metrics-2026-11-22.ndjson"]
 
@@ -255,13 +234,9 @@ def test_health_reports_version_and_sinks(bridge):
 
 
 def test_health_reports_an_outbox_that_cannot_be_created(tmp_path):
-    from bridges import runtime
-    from bridges.core import Bridge
-    from bridges.settings import load_settings
-
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    runtime.use(Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox")})))
+    use_bridge({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox")})
     answer = json.loads(health(func.HttpRequest("GET", "/api/health", body=b"")).get_body())
     assert answer["status"] == "degraded"
     assert answer["sinks"]["outbox"]["writable"] is False

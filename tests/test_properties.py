@@ -8,11 +8,8 @@ import azure.functions as func
 import msgpack
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from bridges import runtime
-from bridges.core import Bridge
-from bridges.settings import load_settings
 from bridges.triggers.http import ingest_metrics
-from conftest import NOW_NS
+from conftest import NOW_NS, use_bridge
 
 CONTENT_TYPES = ["application/json", "application/x-ndjson", "application/msgpack", None, "text/plain"]
 json_values = st.recursive(
@@ -40,14 +37,10 @@ def _answer(body: bytes, content_type: str | None) -> None:
     assert isinstance(json.loads(response.get_body()), dict)
 
 
-def _use_bridge(tmp_path) -> None:
-    runtime.use(Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")}), clock=lambda: NOW_NS))
-
-
 @SETTINGS
 @given(document=json_values | st.lists(metric_like, max_size=4) | metric_like, content_type=st.sampled_from(CONTENT_TYPES))
 def test_arbitrary_json(tmp_path, document, content_type):
-    _use_bridge(tmp_path)
+    use_bridge({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")})
     _answer(json.dumps(document).encode(), content_type)
     try:
         packed = msgpack.packb(document)
@@ -59,7 +52,7 @@ def test_arbitrary_json(tmp_path, document, content_type):
 @SETTINGS
 @given(body=st.binary(max_size=300), content_type=st.sampled_from(CONTENT_TYPES))
 def test_arbitrary_bytes(tmp_path, body, content_type):
-    _use_bridge(tmp_path)
+    use_bridge({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")})
     _answer(body, content_type)
 
 

@@ -21,6 +21,7 @@ run: $(VENV)/.local-installed
 	$(BIN)/python -m bridges serve
 
 test: $(VENV)/.dev-installed
+	bash scripts/install-peers.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev-installed
@@ -28,4 +29,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_import.py
 
 clean:
-	rm -rf $(VENV) .bridge .pytest_cache .hypothesis
+	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bridges import __version__
-from bridges.delivery import Delivery, DeliveryError
+from bridges.delivery import Delivery, DeliveryError, PendingFile
 from bridges.formats import BodyError, decompress
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
 from bridges.settings import Settings
-from bridges.sinks.outbox import OutboxSink
+from bridges.sinks import build_sinks
 
 RETRY_AFTER_SECONDS = 30
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ class Bridge:
     ):
         self.settings = settings
         self.clock = clock
-        self.delivery = delivery or Delivery([OutboxSink(settings.outbox_dir)])
+        self.delivery = delivery or Delivery(
+            build_sinks(settings), PendingFile(settings.outbox_dir), timeout_seconds=settings.http_timeout_seconds
+        )
         self.normalizer = normalizer or Normalizer()
 
     def parse(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Normalized:
@@ -77,23 +79,26 @@ class Bridge:
         if not result.metrics:
             return Reply(400, answer)
         try:
-            answer["delivery"] = self.delivery.deliver(result.metrics, self.clock())
+            reports = self.delivery.deliver(result.metrics, self.clock())
         except DeliveryError as exc:
             return Reply(
                 503,
                 {"error": f"accepted metrics could not be handed on ({exc}); nothing was kept, send again"},
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        original = result.indexes.__getitem__
+        answer["delivery"] = {name: report.to_json(original) for name, report in reports.items()}
         return Reply(202, answer)
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""
         sinks = self.delivery.status()
-        problems = [
-            f"sink {name}: {sink.get('directory')} is not writable"
-            for name, sink in sinks.items()
-            if sink.get("writable") is False
-        ]
+        problems = list(self.settings.sink_problems)
+        for name, sink in sinks.items():
+            if sink.get("writable") is False:
+                problems.append(f"{name}: {sink.get('directory')} is not writable")
+            if sink.get("misconfigured"):
+                problems.append(f"{name}: {sink['misconfigured']}")
         return Reply(
             200,
             {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks, "problems": problems},

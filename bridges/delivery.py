@@ -1,28 +1,50 @@
-"""The delivery stage: hand accepted metrics to every enabled sink.
+"""The delivery stage: fan accepted metrics out to every enabled sink, alike for all of them.
 
-A sink that cannot take the metrics raises; the stage turns that into ``DeliveryError`` so the
-HTTP answer can say 503 (try again) instead of claiming an acceptance that was lost.
+Each sink runs in its own worker with the shared HTTP session, so one slow or failing sink
+never delays or duplicates another. Per sink: encode (pure), send each request, classify the
+answer, and act on the outcome: count deliveries, record rejections with reasons, split and
+resend what was too large, and hand what may succeed later to the retry hand-off. Sinks never
+sleep, loop or queue: this module does, for all of them.
+
+Nothing accepted is lost silently: a metric ends as delivered, rejected (with the reason, in
+the HTTP answer), or pending (handed off durably). If a hand-off itself fails, ``deliver``
+raises ``DeliveryError`` and the caller answers 503 so the sender tries again (at-least-once).
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Protocol, Sequence
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
+from bridges import transport
 from bridges.model import Metric
+from bridges.sinks.base import (
+    Delivered,
+    Drop,
+    Encoded,
+    Partial,
+    Rejection,
+    Request,
+    Resend,
+    Retry,
+    Sink,
+)
+from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    name: str
-
-    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int: ...
-
-    def status(self) -> dict: ...
+MAX_REPORTED_REJECTIONS = 100
+MAX_RESENDS = 3  # re-encodings of the same metrics without splitting (a sink changing its mode)
 
 
 class DeliveryError(Exception):
-    """No sink failure may pass silently: the caller must tell the sender to retry."""
+    """Accepted metrics could be neither delivered nor kept: the sender must try again."""
 
     def __init__(self, sink: str, reason: str):
         super().__init__(f"{sink}: {reason}")
@@ -30,21 +52,218 @@ class DeliveryError(Exception):
         self.reason = reason
 
 
-class Delivery:
-    def __init__(self, sinks: Sequence[Sink]):
-        self.sinks = list(sinks)
+class LocalSink(Protocol):
+    """A sink on this machine (the outbox): it takes metrics or raises OSError."""
 
-    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> dict[str, dict]:
-        """Per-sink report; raises DeliveryError when a sink could not take the metrics."""
-        report = {}
-        for sink in self.sinks:
-            try:
-                delivered = sink.deliver(metrics, now_ns)
-            except OSError as exc:
-                log.error("sink %s failed: %s", sink.name, exc.strerror or exc)
-                raise DeliveryError(sink.name, exc.strerror or type(exc).__name__) from exc
-            report[sink.name] = {"delivered": delivered}
+    name: str
+
+    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int: ...
+
+    def status(self) -> dict: ...
+
+
+class RetryHandoff(Protocol):
+    """Where retryable failures go; the retry queue implements it. Raises when it cannot keep them."""
+
+    def hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None: ...
+
+
+class PendingFile:
+    """The embedded hand-off until the retry queue exists: pending metrics are appended to
+    ``pending-<day>.ndjson`` beside the outbox, one line each with the sink and the reason,
+    so they are visible (and never counted as delivered)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+
+    def hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None:
+        day = datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=timezone.utc).strftime("%Y-%m-%d")
+        failed_at = format_rfc3339(now_ns)
+        lines = [
+            json.dumps({"sink": sink, "reason": reason, "retry_after": after, "failed_at": failed_at,
+                        "metric": m.to_json()}, separators=(",", ":"))
+            for m in metrics
+        ]
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(self.directory / f"pending-{day}.ndjson", "a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+
+
+@dataclass
+class SinkReport:
+    delivered: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    rejected_without_detail: int = 0
+    pending: int = 0
+    pending_reasons: list[str] = field(default_factory=list)
+    conversions: Counter = field(default_factory=Counter)
+
+    def to_json(self, original_index: Callable[[int], int] = lambda i: i) -> dict:
+        rejected = len({r.index for r in self.rejected}) + self.rejected_without_detail
+        report: dict = {"delivered": self.delivered, "rejected": rejected, "pending": self.pending}
+        if self.rejected:
+            report["rejections"] = [
+                {"index": original_index(r.index), "reason": r.reason} for r in self.rejected[:MAX_REPORTED_REJECTIONS]
+            ]
+        if self.pending_reasons:
+            report["pending_reasons"] = sorted(set(self.pending_reasons))
+        if self.conversions:
+            report["conversions"] = dict(self.conversions)
         return report
 
+
+class RateLimiter:
+    """At most ``per_minute`` requests in any sliding minute, per process."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def wait_needed(self) -> float:
+        """0 when a request may go now (and counts it), else the seconds until one may."""
+        with self._lock:
+            now = self.clock()
+            while self._sent and now - self._sent[0] >= 60:
+                self._sent.popleft()
+            if len(self._sent) < self.per_minute:
+                self._sent.append(now)
+                return 0.0
+            return 60 - (now - self._sent[0])
+
+
+class Delivery:
+    def __init__(
+        self,
+        sinks: Sequence[Sink | LocalSink],
+        handoff: RetryHandoff,
+        *,
+        timeout_seconds: float = 10.0,
+        session_factory: Callable = transport.shared_session,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.sinks = list(sinks)
+        self.handoff = handoff
+        self.timeout_seconds = timeout_seconds
+        self.session_factory = session_factory
+        self.misconfigured: dict[str, str] = {}
+        self._limiters = {
+            s.name: RateLimiter(s.limits.max_requests_per_minute, clock)
+            for s in self.sinks
+            if getattr(getattr(s, "limits", None), "max_requests_per_minute", None)
+        }
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
+
+    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> dict[str, SinkReport]:
+        """Per-sink reports; raises DeliveryError when metrics could be neither delivered nor kept."""
+        if len(self.sinks) == 1:
+            outcomes = [self._guarded(self.sinks[0], metrics, now_ns)]
+        else:
+            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns), self.sinks))
+        reports = {}
+        for sink, (report, failure) in zip(self.sinks, outcomes, strict=True):
+            if failure is not None:
+                raise failure
+            reports[sink.name] = report
+        return reports
+
+    def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int) -> tuple[SinkReport, DeliveryError | None]:
+        try:
+            if hasattr(sink, "deliver"):
+                return SinkReport(delivered=sink.deliver(metrics, now_ns)), None
+            return self._deliver_to(sink, metrics, now_ns), None
+        except OSError as exc:
+            log.error("sink %s could not take the metrics: %s", sink.name, exc.strerror or type(exc).__name__)
+            return SinkReport(), DeliveryError(sink.name, exc.strerror or type(exc).__name__)
+
+    def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int) -> SinkReport:
+        report = SinkReport()
+        pending: dict[str, tuple[list[int], float | None]] = {}
+
+        def wait(items: Sequence[int], reason: str, after: float | None) -> None:
+            waiting, latest = pending.setdefault(reason, ([], after))
+            waiting.extend(items)
+            pending[reason] = (waiting, max(filter(None, (latest, after)), default=None))
+
+        try:
+            queue = deque((request, 0) for request in self._encode(sink, metrics, range(len(metrics)), now_ns, report))
+            session = self.session_factory()
+            while queue:
+                request, resends = queue.popleft()
+                delay = self._limiters[sink.name].wait_needed() if sink.name in self._limiters else 0.0
+                if delay:
+                    wait(request.items, f"client-side rate limit of {sink.limits.max_requests_per_minute} requests a minute", delay)
+                    continue
+                outcome = sink.classify(request, transport.send(session, request, self.timeout_seconds))
+                if isinstance(outcome, Delivered):
+                    report.delivered += len(request.items)
+                elif isinstance(outcome, Partial):
+                    report.rejected.extend(outcome.rejected)
+                    report.rejected_without_detail += outcome.unidentified
+                    refused = len({r.index for r in outcome.rejected}) + outcome.unidentified
+                    report.delivered += max(0, len(request.items) - refused)
+                elif isinstance(outcome, Retry):
+                    wait(request.items, outcome.reason, outcome.after)
+                elif isinstance(outcome, Drop):
+                    report.rejected.extend(Rejection(i, outcome.reason) for i in request.items)
+                    if outcome.misconfigured:
+                        self.misconfigured[sink.name] = outcome.reason
+                elif isinstance(outcome, Resend):
+                    queue.extendleft(reversed(self._resend(sink, metrics, request, outcome, resends, now_ns, report)))
+        except Exception:  # a bug in a sink must not lose what was accepted
+            log.exception("sink %s failed unexpectedly; its undelivered metrics are kept as pending", sink.name)
+            done = {r.index for r in report.rejected}
+            undelivered = [i for i in range(len(metrics)) if i not in done]
+            report.delivered = 0  # unknown: re-sending may duplicate, never lose
+            wait(undelivered, "internal error in the sink (see the log)", None)
+        for reason, (items, after) in pending.items():
+            self._hand_off(sink.name, [metrics[i] for i in items], reason, after, now_ns)
+            report.pending += len(items)
+            report.pending_reasons.append(reason)
+        if report.rejected:
+            log.warning("sink %s rejected %d metrics, e.g. %s", sink.name, len(report.rejected), report.rejected[0].reason)
+        return report
+
+    def _encode(self, sink: Sink, metrics: Sequence[Metric], indexes: Sequence[int], now_ns: int, report: SinkReport) -> list[Request]:
+        """Encode a subset of the metrics, mapping the sink's indexes back to ours."""
+        indexes = list(indexes)
+        encoded: Encoded = sink.encode([metrics[i] for i in indexes], now_ns)
+        report.rejected.extend(Rejection(indexes[r.index], r.reason) for r in encoded.rejected)
+        report.conversions.update(encoded.conversions)
+        for request in encoded.requests:
+            request.items = tuple(indexes[i] for i in request.items)
+            request.lines = tuple(None if i is None else indexes[i] for i in request.lines)
+        return encoded.requests
+
+    def _resend(self, sink, metrics, request: Request, outcome: Resend, resends: int, now_ns: int, report) -> list:
+        items = list(request.items)
+        if outcome.split:
+            if len(items) == 1:
+                report.rejected.append(Rejection(items[0], f"too large for {sink.name} even alone ({outcome.reason})"))
+                return []
+            half = len(items) // 2
+            parts = [items[:half], items[half:]]
+            return [(r, 0) for part in parts for r in self._encode(sink, metrics, part, now_ns, report)]
+        if resends >= MAX_RESENDS:
+            report.rejected.extend(Rejection(i, f"gave up after {MAX_RESENDS} resends: {outcome.reason}") for i in items)
+            return []
+        return [(r, resends + 1) for r in self._encode(sink, metrics, items, now_ns, report)]
+
+    def _hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None:
+        try:
+            self.handoff.hand_off(sink, metrics, reason, after, now_ns)
+        except OSError as exc:
+            raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {exc.strerror}") from exc
+        log.warning("sink %s: %d metrics pending (%s)", sink, len(metrics), reason)
+
     def status(self) -> dict[str, dict]:
-        return {sink.name: sink.status() for sink in self.sinks}
+        statuses = {}
+        for sink in self.sinks:
+            status = sink.status() if hasattr(sink, "status") else {"configured": True}
+            if sink.name in self.misconfigured:
+                status = {**status, "misconfigured": self.misconfigured[sink.name]}
+            statuses[sink.name] = status
+        return statuses

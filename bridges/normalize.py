@@ -62,6 +62,7 @@ class ItemError:
 @dataclass
 class Normalized:
     metrics: list[Metric] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # each accepted metric's item index
     errors: list[ItemError] = field(default_factory=list)
     rejected: int = 0
 
@@ -138,10 +139,12 @@ class Normalizer:
             try:
                 if valid:
                     result.metrics.append(_convert(item, now_ns, check_unicode))
+                    result.indexes.append(index)
                     continue
                 problems = self._explain(item)
                 if not problems:
                     result.metrics.append(_convert(item, now_ns, check_unicode))
+                    result.indexes.append(index)
                     continue
             except _Invalid as invalid:
                 problems = [(invalid.path, invalid.message)]

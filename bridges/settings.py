@@ -3,23 +3,55 @@
 Settings come from the environment (app settings in Azure) and, when run locally, from the
 ``Values`` of ``local.settings.json``, as Core Tools does; the environment wins. Every setting
 is declared once in ``SETTINGS`` with its default and meaning: the README table is checked
-against that list. A bad value stops start-up with a message that names the setting and never
+against that list, and ``Settings`` has one field per setting (its name lower-cased, without
+``BRIDGE_``). A bad value stops start-up with a message that names the setting and never
 echoes a secret.
+
+Sinks are enabled by their settings. With ``BRIDGE_SINKS`` unset, every sink whose required
+settings are all present is enabled (the local outbox when none is); a sink that is only
+partly configured is left out and reported, at start-up and by /api/health, with the name of
+the setting to fix. A sink named in ``BRIDGE_SINKS`` must be complete, or start-up fails.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
+OUTBOX = "outbox"
+BACKEND_SINKS = ("dynatrace", "betterstack", "unleash")
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message starts with the setting's name."""
+
+
+class Secret:
+    """A token that prints as *** wherever it ends up (logs, reprs, error messages)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
 @dataclass(frozen=True)
@@ -28,12 +60,27 @@ class Setting:
     default: str
     parse: Callable[[str], object]
     meaning: str
-    secret: bool = False
+    sink: str | None = None  # the sink this setting configures, if any
+
+    @property
+    def secret(self) -> bool:
+        return self.parse is _secret
+
+    @property
+    def field_name(self) -> str:
+        return self.name.removeprefix("BRIDGE_").lower()
 
 
 def _positive_int(text: str) -> int:
     value = int(text.strip().replace("_", ""))
     if value <= 0:
+        raise ValueError
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = float(text.strip())
+    if not value > 0 or value == float("inf"):
         raise ValueError
     return value
 
@@ -44,29 +91,144 @@ def _folder(text: str) -> Path:
     return Path(text.strip())
 
 
-_EXPECTED = {_positive_int: "a positive whole number", _folder: "a folder path"}
+def _url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError
+    return parts.geturl().rstrip("/")
+
+
+def _secret(text: str) -> Secret | None:
+    return Secret(text.strip()) if text.strip() else None
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError
+    return lowered in ("true", "1", "yes")
+
+
+def _dimensions(text: str) -> dict[str, str]:
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip().lower() not in options:
+            raise ValueError
+        return text.strip().lower()
+
+    parse.expected = "one of " + ", ".join(options)
+    return parse
+
+
+def _sink_list(text: str) -> tuple[str, ...] | None:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    if not names:
+        return None
+    if any(n not in (OUTBOX, *BACKEND_SINKS) for n in names):
+        raise ValueError
+    return names
+
+
+_EXPECTED = {
+    _positive_int: "a positive whole number",
+    _positive_number: "a positive number",
+    _folder: "a folder path",
+    _url: "an http(s) URL",
+    _secret: "a token",
+    _text: "text",
+    _boolean: "true or false",
+    _dimensions: "key=value pairs separated by commas",
+    _sink_list: f"a comma list of {', '.join((OUTBOX, *BACKEND_SINKS))}",
+}
+_BETTERSTACK_FORMATS = _choice("msgpack", "json", "ndjson")
+_UNLEASH_APIS = _choice("auto", "custom", "impact")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "BRIDGE_MAX_BODY_BYTES", "20971520", _positive_int,
-        "Largest request body accepted, in bytes, before and after gzip decompression; a larger one gets 413.",
-    ),
-    Setting(
-        "BRIDGE_MAX_ITEMS", "100000", _positive_int,
-        "Most metrics accepted in one request; more gets 413.",
-    ),
-    Setting(
-        "BRIDGE_OUTBOX_DIR", ".bridge/outbox", _folder,
-        "Folder where the embedded outbox sink appends accepted metrics as canonical NDJSON, one file per UTC day.",
-    ),
+    Setting("BRIDGE_MAX_BODY_BYTES", "20971520", _positive_int,
+            "Largest request body accepted, in bytes, before and after gzip decompression; a larger one gets 413."),
+    Setting("BRIDGE_MAX_ITEMS", "100000", _positive_int, "Most metrics accepted in one request; more gets 413."),
+    Setting("BRIDGE_OUTBOX_DIR", ".bridge/outbox", _folder,
+            "Folder where the outbox sink appends accepted metrics as canonical NDJSON, one file per UTC day, "
+            "and where retryable failures wait (pending-*.ndjson) until the retry queue exists."),
+    Setting("BRIDGE_SINKS", "", _sink_list,
+            "Comma list of sinks to deliver to (outbox, dynatrace, betterstack, unleash). Empty: every sink whose "
+            "required settings are present, or the outbox when none is."),
+    Setting("BRIDGE_HTTP_TIMEOUT_SECONDS", "10", _positive_number,
+            "Connect and read timeout, each, for every request to a backend."),
+    Setting("DYNATRACE_URL", "", _url,
+            "Metrics ingest URL: `https://<env>.live.dynatrace.com/api/v2/metrics/ingest`, a Managed or ActiveGate "
+            "`.../e/<env>/api/v2/metrics/ingest`, or the OneAgent local `http://localhost:14499/metrics/ingest` "
+            "(no token). A bare host or environment URL gets `/api/v2/metrics/ingest` appended.", "dynatrace"),
+    Setting("DYNATRACE_API_TOKEN", "", _secret, "API token with the `metrics.ingest` scope.", "dynatrace"),
+    Setting("DYNATRACE_METRIC_PREFIX", "", _text, "Prefix put before every metric key (a dot is added).", "dynatrace"),
+    Setting("DYNATRACE_DEFAULT_DIMENSIONS", "", _dimensions,
+            "Dimensions added to every line (`key=value,key2=value2`); a metric's own tags win.", "dynatrace"),
+    Setting("DYNATRACE_METADATA", "true", _boolean,
+            "Send `#key gauge dt.meta.unit=...,dt.meta.description=...` lines for metrics with a unit or description.",
+            "dynatrace"),
+    Setting("BETTERSTACK_URL", "", _url,
+            "The source's ingesting host (`https://s1234567.eu-nbg-2.betterstackdata.com`) or the older "
+            "`https://in.logs.betterstack.com`; `/metrics` is appended when the URL has no path.", "betterstack"),
+    Setting("BETTERSTACK_SOURCE_TOKEN", "", _secret, "The metrics source's token.", "betterstack"),
+    Setting("BETTERSTACK_FORMAT", "msgpack", _BETTERSTACK_FORMATS, "Body encoding: msgpack, json or ndjson.",
+            "betterstack"),
+    Setting("BETTERSTACK_MAX_REQUESTS_PER_MINUTE", "500", _positive_int,
+            "Client-side rate limit per process (Better Stack allows 500 requests a minute per IP).", "betterstack"),
+    Setting("UNLEASH_URL", "", _url, "Base URL of the Unleash server (`https://unleash.example.com`).", "unleash"),
+    Setting("UNLEASH_API_TOKEN", "", _secret, "A client or backend API token, sent raw in `Authorization`.",
+            "unleash"),
+    Setting("UNLEASH_API", "auto", _UNLEASH_APIS,
+            "custom: `/api/client/metrics/custom` (Unleash 7.0-8.0); impact: impact metrics in `/api/client/metrics` "
+            "(8.1+); auto: custom, switching to impact for the process on a 404.", "unleash"),
+    Setting("UNLEASH_APP_NAME", "metrics-bridge", _text, "appName reported with impact metrics.", "unleash"),
 )
+_EXPECTED[_BETTERSTACK_FORMATS] = _BETTERSTACK_FORMATS.expected
+_EXPECTED[_UNLEASH_APIS] = _UNLEASH_APIS.expected
+_REQUIRED = {
+    "dynatrace": ("DYNATRACE_URL", "DYNATRACE_API_TOKEN"),
+    "betterstack": ("BETTERSTACK_URL", "BETTERSTACK_SOURCE_TOKEN"),
+    "unleash": ("UNLEASH_URL", "UNLEASH_API_TOKEN"),
+}
 
 
 @dataclass(frozen=True)
 class Settings:
-    max_body_bytes: int
-    max_items: int
-    outbox_dir: Path
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_items: int = 100_000
+    outbox_dir: Path = Path(".bridge/outbox")
+    sinks: tuple[str, ...] | None = None  # as BRIDGE_SINKS says; see ``enabled_sinks``
+    http_timeout_seconds: float = 10.0
+    dynatrace_url: str | None = None
+    dynatrace_api_token: Secret | None = None
+    dynatrace_metric_prefix: str = ""
+    dynatrace_default_dimensions: dict = field(default_factory=dict)
+    dynatrace_metadata: bool = True
+    betterstack_url: str | None = None
+    betterstack_source_token: Secret | None = None
+    betterstack_format: str = "msgpack"
+    betterstack_max_requests_per_minute: int = 500
+    unleash_url: str | None = None
+    unleash_api_token: Secret | None = None
+    unleash_api: str = "auto"
+    unleash_app_name: str = "metrics-bridge"
+    enabled_sinks: tuple[str, ...] = (OUTBOX,)
+    sink_problems: tuple[str, ...] = ()  # partly configured sinks, each naming the setting to fix
 
 
 def in_azure(environ: Mapping[str, str]) -> bool:
@@ -95,26 +257,67 @@ def environment(environ: Mapping[str, str] | None = None, local_file: Path | Non
     return merged
 
 
+def _parse(setting: Setting, text: str) -> object:
+    if text.startswith(KEY_VAULT_PREFIX):
+        raise SettingsError(
+            f"{setting.name}: the Key Vault reference did not resolve (check the vault, the secret "
+            "name, and the app's identity and its 'Key Vault Secrets User' role)"
+        )
+    try:
+        return setting.parse(text)
+    except ValueError:
+        shown = "" if setting.secret else f", got {text!r}"
+        raise SettingsError(f"{setting.name}: expected {_EXPECTED[setting.parse]}{shown}") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None, local_file: Path | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad one."""
     values = environment(environ, local_file)
-    parsed = {}
+    parsed: dict[str, object] = {}
+    broken: dict[str, list[str]] = {}
     for setting in SETTINGS:
         text = values.get(setting.name, "")
         if not text.strip():
             text = setting.default
-        if text.startswith(KEY_VAULT_PREFIX):
-            raise SettingsError(
-                f"{setting.name}: the Key Vault reference did not resolve (check the vault, the secret "
-                "name and the app's identity and its 'Key Vault Secrets User' role)"
-            )
         try:
-            parsed[setting.name] = setting.parse(text)
-        except ValueError:
-            shown = "" if setting.secret else f", got {text!r}"
-            raise SettingsError(f"{setting.name}: expected {_EXPECTED[setting.parse]}{shown}") from None
-    return Settings(
-        max_body_bytes=parsed["BRIDGE_MAX_BODY_BYTES"],
-        max_items=parsed["BRIDGE_MAX_ITEMS"],
-        outbox_dir=parsed["BRIDGE_OUTBOX_DIR"],
-    )
+            parsed[setting.field_name] = _parse(setting, text)
+        except SettingsError as exc:
+            if setting.sink is None:
+                raise
+            broken.setdefault(setting.sink, []).append(str(exc))
+    enabled, problems = _choose_sinks(parsed, broken)
+    # A setting that could not be read keeps its default; its sink stays off and is reported.
+    return Settings(**parsed, enabled_sinks=enabled, sink_problems=problems)
+
+
+def _missing(sink: str, parsed: dict[str, object]) -> list[str]:
+    required = list(_REQUIRED[sink])
+    if sink == "dynatrace" and _is_oneagent_local(parsed.get("dynatrace_url")):
+        required.remove("DYNATRACE_API_TOKEN")
+    return [name for name in required if parsed.get(name.lower()) is None]
+
+
+def _is_oneagent_local(url: object) -> bool:
+    if not isinstance(url, str):
+        return False
+    parts = urlsplit(url)
+    return parts.hostname in ("localhost", "127.0.0.1", "::1") and parts.path.rstrip("/") == "/metrics/ingest"
+
+
+def _choose_sinks(parsed: dict[str, object], broken: dict[str, list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    requested = parsed["sinks"]
+    problems: list[str] = []
+    complete = []
+    for sink in BACKEND_SINKS:
+        missing = _missing(sink, parsed)
+        mentioned = any(parsed.get(name.lower()) is not None for name in _REQUIRED[sink]) or sink in broken
+        reasons = broken.get(sink, []) + [f"{name} is not set" for name in missing if name.lower() in parsed]
+        if not reasons:
+            complete.append(sink)
+        elif requested and sink in requested:
+            raise SettingsError(f"{reasons[0]} (BRIDGE_SINKS names {sink})")
+        elif mentioned:
+            problems.extend(f"{sink}: {reason}" for reason in reasons)
+    if requested:
+        return tuple(requested), tuple(problems)
+    return tuple(complete) or (OUTBOX,), tuple(problems)

@@ -31,7 +31,7 @@ def as_json(document) -> bytes:
 def test_single_object_is_accepted_and_written_to_the_outbox(bridge):
     status, answer = post(as_json(GAUGE))
     assert status == 202
-    assert answer == {"accepted": 1, "rejected": 0, "errors": [], "delivery": {"outbox": {"delivered": 1}}}
+    assert answer == {"accepted": 1, "rejected": 0, "errors": [], "delivery": {"outbox": {"delivered": 1, "rejected": 0, "pending": 0}}}
     assert outbox_lines(bridge) == [{**GAUGE, "dt": "2026-11-22T10:00:00Z"}]
 
 

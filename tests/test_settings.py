@@ -17,7 +17,7 @@ def readme_settings() -> dict[str, str]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|\s*(.*?)\s*\|", section, re.MULTILINE)
-    return {name: default.strip("`") for name, default in rows}
+    return {name: "" if default == "(none)" else default.strip("`") for name, default in rows}
 
 
 def test_readme_table_matches_the_code():

@@ -1,1 +1,30 @@
-"""Sinks: where accepted metrics go. One module per backend."""
+"""Sinks: where accepted metrics go. One module per backend, each behind ``base.Sink``.
+
+``build_sinks`` makes the sinks the settings enable; backend modules are imported only when
+enabled, so a cold start pays for what it uses.
+"""
+from __future__ import annotations
+
+from bridges.settings import OUTBOX, Settings
+
+
+def build_sinks(settings: Settings) -> list:
+    sinks = []
+    for name in settings.enabled_sinks:
+        if name == OUTBOX:
+            from bridges.sinks.outbox import OutboxSink
+
+            sinks.append(OutboxSink(settings.outbox_dir))
+        elif name == "dynatrace":
+            from bridges.sinks.dynatrace import DynatraceSink
+
+            sinks.append(DynatraceSink.from_settings(settings))
+        elif name == "betterstack":
+            from bridges.sinks.betterstack import BetterStackSink
+
+            sinks.append(BetterStackSink.from_settings(settings))
+        elif name == "unleash":
+            from bridges.sinks.unleash import UnleashSink
+
+            sinks.append(UnleashSink.from_settings(settings))
+    return sinks

@@ -1,0 +1,62 @@
+"""Requests in a form a person (and a golden file) can read: secrets masked, bodies decoded.
+
+Used by ``python -m bridges render`` and by the sinks' golden tests, so both show the same.
+"""
+from __future__ import annotations
+
+import json
+
+from bridges.formats import media_type
+from bridges.sinks.base import Request
+from bridges.timestamps import NS_PER_SECOND, format_rfc3339
+
+SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
+
+
+def masked_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Header values that carry credentials become their scheme and ***."""
+    shown = {}
+    for name, value in headers.items():
+        if name.lower() in SECRET_HEADERS:
+            scheme, _, secret = value.partition(" ")
+            shown[name] = f"{scheme} ***" if secret else "***"
+        else:
+            shown[name] = value
+    return shown
+
+
+def readable_body(body: bytes, content_type: str) -> object:
+    kind = media_type(content_type)
+    if kind == "text/plain":
+        return body.decode("utf-8").split("\n")
+    if kind == "application/json":
+        return json.loads(body)
+    if kind == "application/x-ndjson":
+        return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+    if kind == "application/msgpack":
+        import msgpack
+
+        return _timestamps_as_text(msgpack.unpackb(body, raw=False))
+    return body.hex()
+
+
+def _timestamps_as_text(value: object) -> object:
+    import msgpack
+
+    if isinstance(value, msgpack.Timestamp):
+        return format_rfc3339(value.seconds * NS_PER_SECOND + value.nanoseconds)
+    if isinstance(value, list):
+        return [_timestamps_as_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _timestamps_as_text(v) for k, v in value.items()}
+    return value
+
+
+def readable(request: Request) -> dict:
+    content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
+    return {
+        "method": request.method,
+        "url": request.url,
+        "headers": masked_headers(request.headers),
+        "body": readable_body(request.body, content_type),
+    }

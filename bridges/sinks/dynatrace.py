@@ -1,0 +1,333 @@
+"""Dynatrace Metrics API v2: the metric ingestion line protocol over HTTP.
+
+One line per data point: ``key,dim=value,... payload timestamp``, sent as
+``text/plain; charset=utf-8`` with ``Authorization: Api-Token <token>`` (no header for the
+OneAgent local endpoint). Requests hold at most 1,000 lines and 1,000,000 bytes.
+
+What each canonical type becomes:
+- gauge: ``gauge,<value>``; aggregate: ``gauge,min=,max=,sum=,count=``.
+- delta counter: ``count,delta=<value>``.
+- cumulative counter: Dynatrace takes only deltas, and a delta needs the previous total, which
+  a stateless bridge does not have: it is sent as a gauge of the running total (counted as a
+  conversion).
+- histogram: gauges ``<key>_count``, ``<key>_sum`` and one ``<key>_bucket`` per bucket with
+  dimension ``le`` (cumulative counts, the last ``le=+Inf``), as Prometheus names them.
+- summary: gauges ``<key>_count``, ``<key>_sum`` and ``<key>`` with dimension ``quantile``.
+Every conversion that loses a type is counted in the report.
+
+Normalization follows the protocol (and Dynatrace's own metric-utils libraries): keys made of
+``[A-Za-z0-9_-]`` sections, sections not starting with a digit (the server refuses them, though
+the libraries allow it), 3 to 255 characters, ``dt.`` reserved; dimension keys lower-case
+``[a-z0-9_:-]`` sections of at most 100 characters; values at most 250 characters with control
+characters replaced and ``= , space \\ "`` escaped. At most 50 dimensions a line: the metric's
+own tags in key order, then the default dimensions; the rest are dropped and counted. Points
+outside [now - 1 h, now + 10 min] are refused locally.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from typing import Sequence
+from urllib.parse import urlsplit
+
+from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
+from bridges.sinks.base import (
+    Delivered,
+    Drop,
+    Encoded,
+    Limits,
+    Partial,
+    Rejection,
+    Reply,
+    Request,
+    Resend,
+    Retry,
+    retry_after_seconds,
+    transport_outcome,
+)
+
+log = logging.getLogger(__name__)
+NS_PER_MS = 1_000_000
+MAX_LINES = 1000
+MAX_LINE_CHARS = 50_000
+MAX_DIMENSIONS = 50
+PAST_WINDOW_MS = 60 * 60 * 1000
+FUTURE_WINDOW_MS = 10 * 60 * 1000
+INGEST_PATH = "/api/v2/metrics/ingest"
+
+_KEY_SECTION_START = re.compile(r"^[^A-Za-z_]+")
+_KEY_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
+_DIM_SECTION_START = re.compile(r"^[^a-z_]+")
+_DIM_INVALID = re.compile(r"[^a-z0-9_:-]+")
+_VALUE_ESCAPE = re.compile(r'([= ,\\"])')
+
+# What each answer means; classify() reads this table and a test walks it.
+STATUS_OUTCOMES = {
+    202: "delivered",
+    400: "partial: invalid lines are refused, the valid ones were taken",
+    401: "drop: the token is wrong (misconfigured)",
+    403: "drop: the token lacks metrics.ingest (misconfigured)",
+    404: "drop: the ingest URL is wrong (misconfigured)",
+    413: "resend in halves",
+    429: "retry (Retry-After)",
+    500: "retry",
+    502: "retry",
+    503: "retry (Retry-After)",
+    504: "retry",
+}
+
+
+def metric_key(name: str) -> str | None:
+    """A Dynatrace metric key for a name, or None when nothing usable is left."""
+    sections = []
+    for section in name[:250].split("."):
+        section = _KEY_INVALID.sub("_", _KEY_SECTION_START.sub("_", section))
+        if section:
+            sections.append(section)
+    key = ".".join(sections)
+    return key if len(key) >= 3 else None
+
+
+def dimension_key(key: str) -> str | None:
+    sections = []
+    for section in key[:100].lower().split("."):
+        section = _DIM_INVALID.sub("_", _DIM_SECTION_START.sub("_", section))
+        if section:
+            sections.append(section)
+    return ".".join(sections) or None
+
+
+def dimension_value(value: str) -> str:
+    value = value[:250]
+    if not value.isprintable():
+        value = re.sub("_+", "_", "".join("_" if unicodedata.category(c).startswith("C") else c for c in value))
+    escaped = _VALUE_ESCAPE.sub(r"\\\1", value)[:250]
+    trailing = len(escaped) - len(escaped.rstrip("\\"))
+    return escaped[:-1] if trailing % 2 else escaped
+
+
+def number(value: float) -> str:
+    """Dynatrace's notation: no NaN or infinity; an exponent needs a decimal point (1.0e+16)."""
+    if isinstance(value, int):
+        return str(value)
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        return f"{mantissa}.0e{exponent}"
+    return text
+
+
+class DynatraceSink:
+    name = "dynatrace"
+    limits = Limits(
+        max_body_bytes=1_000_000, max_items=MAX_LINES, max_dimensions=MAX_DIMENSIONS,
+        max_age_seconds=PAST_WINDOW_MS / 1000, max_future_seconds=FUTURE_WINDOW_MS / 1000,
+    )
+
+    def __init__(self, url: str, token=None, prefix: str = "", default_dimensions: dict | None = None,
+                 metadata: bool = True):
+        self.url = ingest_url(url)
+        self._token = token
+        self.prefix = prefix.strip(".")
+        self.default_dimensions = self._dimensions(default_dimensions or {})[0]
+        self.metadata = metadata
+
+    @classmethod
+    def from_settings(cls, settings) -> DynatraceSink:
+        return cls(settings.dynatrace_url, settings.dynatrace_api_token, settings.dynatrace_metric_prefix,
+                   settings.dynatrace_default_dimensions, settings.dynatrace_metadata)
+
+    def status(self) -> dict:
+        return {"configured": True, "endpoint": urlsplit(self.url).netloc}
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:
+        encoded = Encoded()
+        now_ms = now_ns // NS_PER_MS
+        groups: list[tuple[int, list[str], str | None]] = []  # (metric index, lines, metadata line)
+        for index, metric in enumerate(metrics):
+            problem = self._refusal(metric, now_ms)
+            if problem:
+                encoded.rejected.append(Rejection(index, problem))
+                continue
+            lines, metadata = self._lines(metric, encoded)
+            too_long = next((line for line in lines if len(line) > MAX_LINE_CHARS), None)
+            if too_long is not None:
+                encoded.rejected.append(Rejection(index, f"a line is longer than {MAX_LINE_CHARS} characters"))
+                continue
+            groups.append((index, lines, metadata))
+        encoded.requests = self._pack(groups)
+        return encoded
+
+    def _refusal(self, metric: Metric, now_ms: int) -> str | None:
+        key = self._key(metric.name)
+        if key is None:
+            return "no usable Dynatrace metric key (3 to 255 characters of [A-Za-z0-9_-] in sections)"
+        if key.startswith("dt."):
+            return "metric keys starting with 'dt.' are reserved by Dynatrace"
+        time_ms = metric.time_ns // NS_PER_MS
+        if not now_ms - PAST_WINDOW_MS <= time_ms <= now_ms + FUTURE_WINDOW_MS:
+            return "outside Dynatrace's window of 1 hour in the past to 10 minutes in the future"
+        return None
+
+    def _key(self, name: str) -> str | None:
+        key = metric_key(f"{self.prefix}.{name}" if self.prefix else name)
+        return key if key and len(key) <= 255 else None
+
+    def _dimensions(self, tags) -> tuple[list[tuple[str, str]], int]:
+        """Normalized (key, value) pairs in the order they are kept, and how many had to go."""
+        pairs, seen, dropped = [], set(), 0
+        for raw_key, raw_value in (tags.items() if isinstance(tags, dict) else tags):
+            key = dimension_key(raw_key)
+            if key is None or key in seen or raw_value == "":
+                dropped += 1
+                continue
+            seen.add(key)
+            pairs.append((key, dimension_value(raw_value)))
+        return pairs, dropped
+
+    def _lines(self, metric: Metric, encoded: Encoded) -> tuple[list[str], str | None]:
+        key = self._key(metric.name)
+        own, unusable = self._dimensions(metric.tags)
+        if unusable:
+            encoded.conversions["dimensions dropped (empty, duplicate or unusable key)"] += unusable
+        own_keys = {k for k, _ in own}
+        dims = own + [(k, v) for k, v in self.default_dimensions if k not in own_keys]
+        stamp = f" {metric.time_ns // NS_PER_MS}"
+        point = metric.point
+        series = []  # (key suffix, extra dimension, payload)
+        if isinstance(point, Gauge):
+            series.append(("", None, f"gauge,{number(point.value)}"))
+        elif isinstance(point, Aggregate):
+            series.append(("", None, f"gauge,min={number(point.min)},max={number(point.max)},"
+                                     f"sum={number(point.sum)},count={point.count}"))
+        elif isinstance(point, Counter) and point.temporality == "delta":
+            series.append(("", None, f"count,delta={number(point.value)}"))
+        elif isinstance(point, Counter):
+            encoded.conversions["cumulative counter sent as a gauge"] += 1
+            series.append(("", None, f"gauge,{number(point.value)}"))
+        elif isinstance(point, Histogram):
+            encoded.conversions["histogram sent as gauges (_count, _sum, _bucket)"] += 1
+            series += [("_count", None, f"gauge,{point.count}"), ("_sum", None, f"gauge,{number(point.sum)}")]
+            for limit, count in point.cumulative_buckets():
+                le = "+Inf" if limit == float("inf") else number(limit)
+                series.append(("_bucket", ("le", dimension_value(le)), f"gauge,{count}"))
+        elif isinstance(point, Summary):
+            encoded.conversions["summary sent as gauges (_count, _sum, quantiles)"] += 1
+            series += [("_count", None, f"gauge,{point.count}"), ("_sum", None, f"gauge,{number(point.sum)}")]
+            for quantile in point.quantiles:
+                series.append(("", ("quantile", number(quantile.quantile)), f"gauge,{number(quantile.value)}"))
+        lines = []
+        for suffix, extra, payload in series:
+            line_dims = [extra] + [d for d in dims if d[0] != extra[0]] if extra else dims
+            if len(line_dims) > MAX_DIMENSIONS:
+                encoded.conversions[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(line_dims) - MAX_DIMENSIONS
+                line_dims = line_dims[:MAX_DIMENSIONS]
+            dim_text = "".join(f",{k}={v}" for k, v in line_dims)
+            lines.append(f"{key}{suffix}{dim_text} {payload}{stamp}")
+        return lines, self._metadata_line(key, metric)
+
+    def _metadata_line(self, key: str, metric: Metric) -> str | None:
+        if not self.metadata or not (metric.unit or metric.description) or isinstance(metric.point, (Histogram, Summary)):
+            return None
+        kind = "count" if isinstance(metric.point, Counter) and metric.point.temporality == "delta" else "gauge"
+        fields = []
+        if metric.unit:
+            fields.append(f"dt.meta.unit={dimension_value(metric.unit)}")
+        if metric.description:
+            text = metric.description[:250].replace("\\", "\\\\").replace('"', '\\"')
+            fields.append(f'dt.meta.description="{text}"')
+        return f"#{key} {kind} {','.join(fields)}"
+
+    def _pack(self, groups: list[tuple[int, list[str], str | None]]) -> list[Request]:
+        """The fewest requests within 1,000 lines and 1,000,000 bytes, keeping a metric's lines together."""
+        requests: list[Request] = []
+        lines: list[str] = []
+        owners: list[int | None] = []
+        size = 0
+        described: set[str] = set()
+
+        def flush() -> None:
+            nonlocal lines, owners, size
+            if lines:
+                requests.append(self._request(lines, owners))
+            lines, owners, size = [], [], 0
+            described.clear()
+
+        for index, metric_lines, metadata in groups:
+            extra = [metadata] if metadata and metadata not in described else []
+            adding = extra + metric_lines
+            added_size = sum(len(line.encode("utf-8")) + 1 for line in adding)
+            if lines and (len(lines) + len(adding) > MAX_LINES or size + added_size > self.limits.max_body_bytes):
+                flush()
+                extra = [metadata] if metadata else []
+                adding = extra + metric_lines
+                added_size = sum(len(line.encode("utf-8")) + 1 for line in adding)
+            described.update(extra)
+            lines += adding
+            owners += [None] * len(extra) + [index] * len(metric_lines)
+            size += added_size
+        flush()
+        return requests
+
+    def _request(self, lines: list[str], owners: list[int | None]) -> Request:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self._token is not None:
+            headers["Authorization"] = f"Api-Token {self._token.reveal()}"
+        items = tuple(dict.fromkeys(i for i in owners if i is not None))
+        return Request("POST", self.url, headers, "\n".join(lines).encode("utf-8"), items, tuple(owners))
+
+    # --- classification -------------------------------------------------------------------
+
+    def classify(self, request: Request, reply: Reply):
+        failed = transport_outcome(reply)
+        if failed is not None:
+            return failed
+        status = reply.status
+        if status == 400:
+            return self._partial(request, reply.body)
+        if 200 <= status < 300:
+            return Delivered()
+        if status in (401, 403, 404):
+            return Drop(f"Dynatrace answered {status}: {STATUS_OUTCOMES[status].split(': ', 1)[1]}", misconfigured=True)
+        if status == 413:
+            return Resend("Dynatrace answered 413: request too large")
+        if status == 429 or status >= 500:
+            return Retry(f"Dynatrace answered {status}", retry_after_seconds(reply.headers))
+        return Drop(f"Dynatrace answered {status}: {_error_message(reply.body)}")
+
+    def _partial(self, request: Request, body: bytes) -> Partial | Drop:
+        """Map a 400 ValidationResponse back to metrics: listed lines (1-based) by index, the rest counted."""
+        try:
+            answer = json.loads(body)
+            invalid = int(answer.get("linesInvalid") or 0)
+            listed = (answer.get("error") or {}).get("invalidLines") or []
+        except (ValueError, AttributeError, TypeError):
+            return Drop(f"Dynatrace answered 400: {_error_message(body)}")
+        rejected = {}
+        for entry in listed:
+            line = entry.get("line") if isinstance(entry, dict) else None
+            if isinstance(line, int) and 1 <= line <= len(request.lines) and request.lines[line - 1] is not None:
+                rejected.setdefault(request.lines[line - 1], f"Dynatrace refused the line: {entry.get('error', '')}"[:300])
+        unidentified = max(0, invalid - len(listed))
+        if not rejected and not unidentified:
+            return Drop(f"Dynatrace answered 400: {_error_message(body)}")
+        return Partial(tuple(Rejection(i, reason) for i, reason in rejected.items()), unidentified)
+
+
+def ingest_url(url: str) -> str:
+    """The full ingest URL for a configured one; a bare environment URL gets the v2 path."""
+    url = url.rstrip("/")
+    if urlsplit(url).path.endswith("/metrics/ingest"):
+        return url
+    return url + INGEST_PATH
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return body[:300].decode("utf-8", "replace") or "no details"

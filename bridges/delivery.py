@@ -18,13 +18,14 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from bridges import transport
 from bridges.model import Metric
+from bridges.settings import scrub
 from bridges.sinks.base import (
     Delivered,
     Drop,
@@ -135,6 +136,15 @@ class RateLimiter:
             return 60 - (now - self._sent[0])
 
 
+def _scrubbed(outcome):
+    """The outcome with any secret a backend echoed masked out of its reasons."""
+    if isinstance(outcome, Partial):
+        return replace(outcome, rejected=tuple(Rejection(r.index, scrub(r.reason)) for r in outcome.rejected))
+    if isinstance(outcome, (Retry, Drop, Resend)):
+        return replace(outcome, reason=scrub(outcome.reason))
+    return outcome
+
+
 class Delivery:
     def __init__(
         self,
@@ -197,7 +207,7 @@ class Delivery:
                 if delay:
                     wait(request.items, f"client-side rate limit of {sink.limits.max_requests_per_minute} requests a minute", delay)
                     continue
-                outcome = sink.classify(request, transport.send(session, request, self.timeout_seconds))
+                outcome = _scrubbed(sink.classify(request, transport.send(session, request, self.timeout_seconds)))
                 if isinstance(outcome, Delivered):
                     report.delivered += len(request.items)
                 elif isinstance(outcome, Partial):

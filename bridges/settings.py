@@ -31,6 +31,9 @@ class SettingsError(ValueError):
     """A setting that cannot be used; the message starts with the setting's name."""
 
 
+_SECRET_VALUES: set[str] = set()
+
+
 class Secret:
     """A token that prints as *** wherever it ends up (logs, reprs, error messages)."""
 
@@ -38,6 +41,8 @@ class Secret:
 
     def __init__(self, value: str):
         self._value = value
+        if len(value) >= 4:
+            _SECRET_VALUES.add(value)
 
     def reveal(self) -> str:
         return self._value
@@ -52,6 +57,15 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def scrub(text: str) -> str:
+    """Text from outside (a backend's error message) with any configured secret masked: some
+    servers echo the credentials they were sent."""
+    for value in _SECRET_VALUES:
+        if value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 @dataclass(frozen=True)

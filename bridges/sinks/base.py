@@ -47,9 +47,9 @@ class Request:
 
     method: str
     url: str
-    headers: dict[str, str]
-    body: bytes
-    items: tuple[int, ...]
+    headers: dict[str, str] = field(repr=False)  # they carry the credentials
+    body: bytes = field(repr=False)
+    items: tuple[int, ...] = ()
     lines: tuple[int | None, ...] = ()
 
 

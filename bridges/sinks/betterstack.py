@@ -1,0 +1,271 @@
+"""Better Stack metrics: canonical metrics -> ``POST <ingesting host>/metrics``.
+
+Wire contract (CONTRACTS.md §4): ``Authorization: Bearer <source token>``; a MessagePack or
+JSON array of metric objects, or NDJSON; at most 20 MiB per request; points at most 15
+minutes old. Each metric object is ``name``, one of ``gauge``/``counter``/``histogram``/
+``summary``, ``tags`` (omitted when empty) and ``dt``.
+
+How canonical metrics are said (each lossy conversion is counted in ``Encoded.conversions``):
+
+- gauge, histogram (per-bucket counts, Better Stack's form too) and summary: natively.
+- cumulative counter: natively (Better Stack counters are running totals).
+- delta counter: sent as a **gauge** of the same name whose value is the increase reported.
+  Sending the increase as a counter would be read as a running total that keeps falling back
+  (a "reset" each time), and keeping a running total would need state a pure encoder does not
+  have. The gauge keeps every number exact; dashboards sum it instead of taking its rate.
+  Counted as "delta counter -> gauge".
+- aggregate (min/max/sum/count): sent as a **summary** with ``count``, ``sum`` and two
+  quantiles, 0 (= min) and 1 (= max), so all four numbers survive in one object. Unlike a
+  Prometheus summary's, that count and sum are those of the aggregation window, not running
+  totals. Counted as "aggregate -> summary (min as quantile 0, max as quantile 1)".
+- namespace, unit and description: Better Stack has no field for them; they are not sent
+  and counted ("<field> not sent"). The Azure target is routing for the Azure sink, not data.
+- ``dt``: MessagePack's timestamp extension (exact to the nanosecond) in msgpack bodies, RFC
+  3339 UTC text with up to nine fraction digits in JSON and NDJSON bodies.
+
+Points older than 15 minutes or more than 5 minutes ahead of ``now_ns`` are refused locally
+(both bounds inclusive): Better Stack documents points up to 15 minutes old, and what it
+does with older ones (or ones from the future) is not documented.
+Requests are packed greedily in order, which for an ordered split gives the fewest requests;
+sizes are measured on the real encoded bytes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter as Tally
+from typing import TYPE_CHECKING, Callable, Sequence
+from urllib.parse import urlsplit
+
+from bridges.model import CUMULATIVE, Metric
+from bridges.sinks.base import (
+    Delivered, Drop, Encoded, Limits, Outcome, Rejection, Reply, Request, Resend, Retry,
+    retry_after_seconds, transport_outcome,
+)
+from bridges.timestamps import NS_PER_SECOND, format_rfc3339
+
+if TYPE_CHECKING:
+    from bridges.settings import Secret
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 20 * 1024 * 1024
+MAX_AGE_SECONDS = 15 * 60
+MAX_FUTURE_SECONDS = 5 * 60
+CONTENT_TYPES = {"msgpack": "application/msgpack", "json": "application/json", "ndjson": "application/x-ndjson"}
+MAX_REASON_CHARS = 200
+
+# How each answer is classified. Exact statuses first, then the class ("2xx", "3xx", ...) as
+# the fallback; anything else (1xx, a class not listed) is a Drop.
+STATUS_OUTCOMES: dict[int | str, type] = {
+    202: Delivered,  # the documented success
+    403: Drop,  # invalid source token, or a source that does not take metrics: misconfigured
+    406: Drop,  # Better Stack could not parse what we sent: a bug in this encoder
+    408: Retry,  # the request timed out on their side
+    413: Resend,  # over 20 MiB: resend in halves
+    429: Retry,  # rate limited (status undocumented), honouring Retry-After
+    "2xx": Delivered,
+    "3xx": Drop,  # redirects are not followed: BETTERSTACK_URL needs fixing (misconfigured)
+    "4xx": Drop,  # sending the same request again cannot help
+    "5xx": Retry,  # honouring Retry-After
+}
+
+
+def metrics_url(url: str) -> str:
+    """The configured URL, with ``/metrics`` appended when it names only a host."""
+    url = url.strip().rstrip("/")
+    return url if urlsplit(url).path not in ("", "/") else url + "/metrics"
+
+
+class BetterStackSink:
+    name = "betterstack"
+
+    def __init__(self, url: str, token: Secret, body_format: str = "msgpack",
+                 max_requests_per_minute: int = 500, max_body_bytes: int = MAX_BODY_BYTES):
+        """``max_body_bytes`` is lowered only by tests, to split small bodies."""
+        if body_format not in CONTENT_TYPES:
+            raise ValueError(f"body_format must be one of {', '.join(CONTENT_TYPES)}, got {body_format!r}")
+        self.url = metrics_url(url)
+        self.body_format = body_format
+        self._token = token
+        self.limits = Limits(
+            max_body_bytes=max_body_bytes,
+            max_age_seconds=MAX_AGE_SECONDS,
+            max_future_seconds=MAX_FUTURE_SECONDS,
+            max_requests_per_minute=max_requests_per_minute,
+        )
+
+    @classmethod
+    def from_settings(cls, settings) -> "BetterStackSink":
+        if not settings.betterstack_url:
+            raise ValueError("BETTERSTACK_URL is not set")
+        if settings.betterstack_source_token is None:
+            raise ValueError("BETTERSTACK_SOURCE_TOKEN is not set")
+        return cls(settings.betterstack_url, settings.betterstack_source_token, settings.betterstack_format,
+                   settings.betterstack_max_requests_per_minute)
+
+    def __repr__(self) -> str:
+        return f"BetterStackSink(url={self.url!r}, body_format={self.body_format!r})"
+
+    # ---- encode -------------------------------------------------------------------------
+
+    def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:
+        """Requests of at most ``max_body_bytes`` each, fewest possible, metrics in order."""
+        encoded = Encoded()
+        oldest = now_ns - MAX_AGE_SECONDS * NS_PER_SECOND
+        newest = now_ns + MAX_FUTURE_SECONDS * NS_PER_SECOND
+        pack_one, frame = _CODECS[self.body_format]
+        limit = self.limits.max_body_bytes
+        batch: list[tuple[int, bytes]] = []
+        batch_bytes = 0  # sum of the items' encoded sizes in ``batch``
+
+        for index, metric in enumerate(metrics):
+            if metric.time_ns < oldest:
+                encoded.rejected.append(Rejection(index, "older than 15 minutes: Better Stack takes points up to "
+                                                         "15 minutes old"))
+                continue
+            if metric.time_ns > newest:
+                encoded.rejected.append(Rejection(index, "more than 5 minutes in the future: check the sender's clock"))
+                continue
+            data = pack_one(_metric_object(metric, encoded.conversions, self.body_format))
+            if _framed_size(frame, 1, len(data)) > limit:
+                encoded.rejected.append(Rejection(index, f"{len(data)} bytes encoded: over the {limit}-byte "
+                                                         "request limit on its own"))
+                continue
+            if batch and _framed_size(frame, len(batch) + 1, batch_bytes + len(data)) > limit:
+                encoded.requests.append(self._request(frame, batch))
+                batch, batch_bytes = [], 0
+            batch.append((index, data))
+            batch_bytes += len(data)
+        if batch:
+            encoded.requests.append(self._request(frame, batch))
+        return encoded
+
+    def _request(self, frame: Callable, batch: list[tuple[int, bytes]]) -> Request:
+        body = frame([data for _, data in batch])
+        assert len(body) <= self.limits.max_body_bytes  # the size arithmetic and the bytes agree
+        headers = {
+            "Authorization": f"Bearer {self._token.reveal()}",
+            "Content-Type": CONTENT_TYPES[self.body_format],
+        }
+        return Request("POST", self.url, headers, body, tuple(index for index, _ in batch))
+
+    # ---- classify -----------------------------------------------------------------------
+
+    def classify(self, request: Request, reply: Reply) -> Outcome:
+        """``STATUS_OUTCOMES`` picks the outcome; this adds the reason (never the token)."""
+        failed = transport_outcome(reply)
+        if failed is not None:
+            return failed
+        status = reply.status
+        kind = STATUS_OUTCOMES.get(status) or STATUS_OUTCOMES.get(f"{status // 100}xx", Drop)
+        said = _said(reply.body)
+        if kind is Delivered:
+            return Delivered()
+        if kind is Resend:
+            return Resend(f"HTTP {status}: the request is too large ({len(request.body)} bytes){said}", split=True)
+        if kind is Retry:
+            return Retry(f"HTTP {status}{said}", retry_after_seconds(reply.headers))
+        if status == 403:
+            return Drop(f"HTTP 403: Better Stack refused the source token, or the source does not take metrics "
+                        f"(check BETTERSTACK_SOURCE_TOKEN and that the source is a metrics source){said}",
+                        misconfigured=True)
+        if status == 406:
+            log.error(
+                "betterstack answered HTTP 406%s to a %s request of %d metrics (%d bytes): the bridge sent a body "
+                "Better Stack cannot parse. This is a bug in the bridge's Better Stack encoder; please report it.",
+                said, self.body_format, len(request.items), len(request.body),
+            )
+            return Drop(f"HTTP 406: Better Stack could not parse the body (a bridge bug){said}")
+        if 300 <= status < 400:
+            return Drop(f"HTTP {status}: redirected to {reply.headers.get('Location', '?')}; "
+                        "set BETTERSTACK_URL to the ingesting host", misconfigured=True)
+        return Drop(f"HTTP {status}{said}")
+
+
+def _said(body: bytes) -> str:
+    """What the backend said, short and printable, for a reason (never our request body)."""
+    text = " ".join(body.decode("utf-8", "replace").split())[:MAX_REASON_CHARS]
+    return f": {text}" if text else ""
+
+
+def _metric_object(metric: Metric, conversions: Tally, body_format: str) -> dict:
+    """Better Stack's object for one canonical metric, counting what it could not say."""
+    point = metric.point
+    kind = point.kind
+    if kind == "counter" and point.temporality != CUMULATIVE:
+        conversions["delta counter -> gauge"] += 1
+        kind, value = "gauge", {"value": point.value}
+    elif kind == "counter":
+        value = {"value": point.value}
+    elif kind == "aggregate":
+        conversions["aggregate -> summary (min as quantile 0, max as quantile 1)"] += 1
+        kind, value = "summary", {
+            "count": point.count,
+            "sum": point.sum,
+            "quantiles": [{"quantile": 0, "value": point.min}, {"quantile": 1, "value": point.max}],
+        }
+    else:  # gauge, histogram, summary: the canonical form is Better Stack's
+        value = point.to_json()
+    for field in ("namespace", "unit", "description"):
+        if getattr(metric, field) is not None:
+            conversions[f"{field} not sent"] += 1
+    obj = {"name": metric.name, kind: value}
+    if metric.tags:
+        obj["tags"] = dict(metric.tags)
+    obj["dt"] = _msgpack_time(metric.time_ns) if body_format == "msgpack" else format_rfc3339(metric.time_ns)
+    return obj
+
+
+def _msgpack_time(time_ns: int):
+    import msgpack
+
+    return msgpack.Timestamp.from_unix_nano(time_ns)
+
+
+# ---- body framing: one item's bytes, and the container around n of them ----------------
+
+def _pack_msgpack(obj: dict) -> bytes:
+    import msgpack
+
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _msgpack_array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 2**16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _frame_msgpack(items: list[bytes]) -> bytes:
+    return _msgpack_array_header(len(items)) + b"".join(items)
+
+
+def _pack_json(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _frame_json(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+def _frame_ndjson(items: list[bytes]) -> bytes:
+    return b"".join(item + b"\n" for item in items)
+
+
+def _framed_size(frame: Callable, count: int, items_bytes: int) -> int:
+    """The body size of ``count`` items totalling ``items_bytes``, without building it."""
+    if frame is _frame_msgpack:
+        return len(_msgpack_array_header(count)) + items_bytes
+    if frame is _frame_json:
+        return 2 + (count - 1) + items_bytes
+    return count + items_bytes
+
+
+_CODECS = {
+    "msgpack": (_pack_msgpack, _frame_msgpack),
+    "json": (_pack_json, _frame_json),
+    "ndjson": (_pack_json, _frame_ndjson),
+}

@@ -1,9 +1,11 @@
 """Golden-file checks for sinks: ``tests/testdata/sinks/<sink>/<case>/`` holds ``input.ndjson``
 (canonical metrics), ``settings.json`` and ``expected.json`` (the readable requests, the local
-rejections and the conversions). Receipt time is conftest.NOW_NS."""
+rejections and the conversions). Receipt time is conftest.NOW_NS. ``UPDATE_GOLDEN=1`` rewrites
+the expected files: read every change before committing it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from bridges.normalize import Normalizer
@@ -31,3 +33,13 @@ def encode_case(sink_name: str, case: Path) -> dict:
         "rejected": [{"index": r.index, "reason": r.reason} for r in encoded.rejected],
         "conversions": dict(sorted(encoded.conversions.items())),
     }
+
+
+def check_case(sink_name: str, case: Path) -> dict:
+    """Encode a case and compare it with (or, under UPDATE_GOLDEN=1, write) its expected.json."""
+    produced = encode_case(sink_name, case)
+    expected = case / "expected.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        expected.write_text(json.dumps(produced, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert produced == json.loads(expected.read_text(encoding="utf-8"))
+    return produced

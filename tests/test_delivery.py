@@ -15,8 +15,8 @@ from bridges.delivery import Delivery, PendingFile
 from bridges.model import Gauge, Metric
 from bridges.settings import Secret, load_settings
 from bridges.sinks.dynatrace import DynatraceSink
-from tests.fakes.dynatrace import FakeDynatrace
-from tests.fakes.server import Answer, Scripted
+from fakes.dynatrace import FakeDynatrace
+from fakes.server import Answer, Scripted
 
 TOKEN = "dt0c01.SECRETTOKEN"
 

@@ -2,7 +2,6 @@
 against a fake receiver that enforces the ingest contract."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -13,18 +12,17 @@ from bridges.model import Counter, Gauge, Metric
 from bridges.settings import Secret
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
 from bridges.sinks.dynatrace import STATUS_OUTCOMES, DynatraceSink, dimension_key, dimension_value, metric_key, number
-from golden import cases, encode_case
+from golden import cases, check_case
 from conftest import NOW_NS
-from tests.fakes.dynatrace import FakeDynatrace, line_error
-from tests.fakes.server import RESET, Scripted
+from fakes.dynatrace import FakeDynatrace, line_error
+from fakes.server import RESET, Scripted
 
 TOKEN = "dt0c01.TEST"
 
 
 @pytest.mark.parametrize("case", cases("dynatrace"), ids=lambda p: p.name)
 def test_golden_requests(case):
-    produced = encode_case("dynatrace", case)
-    assert produced == json.loads((case / "expected.json").read_text())
+    produced = check_case("dynatrace", case)
     for request in produced["requests"]:  # and the fake's independent parser accepts every line
         assert [line_error(line, NOW_NS // 1_000_000) for line in request["body"]] == [None] * len(request["body"])
 

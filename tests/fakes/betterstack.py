@@ -112,17 +112,6 @@ def decode_body(body: bytes, content_type: str) -> list:
     return document if isinstance(document, list) else [document]
 
 
-def readable(value: object) -> object:
-    """A decoded body with MessagePack timestamps as RFC 3339 text, for comparing to JSON."""
-    if isinstance(value, msgpack.Timestamp):
-        return format_rfc3339(value.to_unix_nano())
-    if isinstance(value, dict):
-        return {k: readable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [readable(v) for v in value]
-    return value
-
-
 def _time_ns(dt: object) -> int:
     if isinstance(dt, msgpack.Timestamp):
         return dt.to_unix_nano()

@@ -11,7 +11,7 @@ import json
 import re
 import time
 
-from tests.fakes.server import Answer, FakeReceiver, Received
+from fakes.server import Answer, FakeReceiver, Received
 
 MAX_BODY_BYTES = 1_000_000
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*")

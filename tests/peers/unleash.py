@@ -102,7 +102,7 @@ def _find_pg_bin() -> Path:
         b = Path(bindir)
         if (b / "initdb").exists() and (b / "pg_ctl").exists():
             return b
-    raise PeerUnavailable(f"PostgreSQL (initdb/pg_ctl) not found")
+    raise PeerUnavailable("PostgreSQL (initdb/pg_ctl) not found")
 
 
 def _http_get(url: str, timeout: float = 2.0) -> int:
@@ -162,7 +162,7 @@ class _Postgres:
                 pw = pwd.getpwnam("postgres")
             except KeyError as exc:
                 raise PeerUnavailable(
-                    f"running as root but there is no 'postgres' OS user for initdb"
+                    "running as root but there is no 'postgres' OS user for initdb"
                 ) from exc
             os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
             self._as_postgres = True

@@ -5,12 +5,13 @@ Exit codes: 0 success, 1 something was rejected or failed, 2 bad usage or settin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from bridges.formats import BodyError
-from bridges.settings import SettingsError
+from bridges.settings import BACKEND_SINKS, SettingsError
 
 _CONTENT_TYPES = {
     ".json": "application/json",
@@ -34,13 +35,52 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     validate = commands.add_parser("validate", help="print the canonical NDJSON of a payload and each rejection")
-    validate.add_argument("file", help="payload file, or - for standard input")
-    validate.add_argument("--format", choices=sorted(_FORMATS), help="json, ndjson or msgpack (default: from the file name, else json)")
-    validate.add_argument("--content-encoding", help="e.g. gzip")
+    _payload_arguments(validate)
+
+    render = commands.add_parser("render", help="print exactly what a sink would send for a payload")
+    render.add_argument("--sink", required=True, choices=sorted(BACKEND_SINKS), help="the sink (its settings must be complete)")
+    render.add_argument("--raw", action="store_true", help="write the request bodies' bytes instead of a readable form")
+    _payload_arguments(render)
+
+    send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
+    _payload_arguments(send)
 
     functions = commands.add_parser("functions", help="list the functions the host would index")
     functions.add_argument("--app", default="function_app", help="module that defines the FunctionApp")
     return parser
+
+
+def _payload_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("file", help="payload file, or - for standard input")
+    command.add_argument("--format", choices=sorted(_FORMATS), help="json, ndjson or msgpack (default: from the file name, else json)")
+    command.add_argument("--content-encoding", help="e.g. gzip")
+
+
+def _read_payload(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The payload's bytes and Content-Type; OSError names a missing file."""
+    if args.file == "-":
+        return sys.stdin.buffer.read(), _FORMATS[args.format or "json"]
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    content_type = _FORMATS[args.format] if args.format else _CONTENT_TYPES.get(path.suffix.lower(), "application/json")
+    return path.read_bytes(), content_type
+
+
+def _parse_payload(args: argparse.Namespace, bridge):
+    """The normalized payload, with every rejection printed; None when the body is unusable."""
+    body, content_type = _read_payload(args)
+    try:
+        result = bridge.parse(body, content_type, args.content_encoding)
+    except BodyError as exc:
+        where = ", ".join(f"{k} {v}" for k, v in exc.where.items())
+        print(f"error: {exc.message}" + (f" ({where})" if where else ""), file=sys.stderr)
+        return None
+    for error in result.errors:
+        print(f"rejected item {error.index} at {error.pointer or '/'}: {error.message}", file=sys.stderr)
+    if result.errors_not_shown:
+        print(f"... and {result.errors_not_shown} more rejected items", file=sys.stderr)
+    return result
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -48,30 +88,62 @@ def _validate(args: argparse.Namespace) -> int:
     from bridges.formats.canonical import encode_ndjson
     from bridges.settings import load_settings
 
-    if args.file == "-":
-        body = sys.stdin.buffer.read()
-        content_type = _FORMATS[args.format or "json"]
-    else:
-        path = Path(args.file)
-        if not path.is_file():
-            print(f"error: {path}: no such file", file=sys.stderr)
-            return 2
-        body = path.read_bytes()
-        content_type = _FORMATS[args.format] if args.format else _CONTENT_TYPES.get(path.suffix.lower(), "application/json")
-    bridge = Bridge(load_settings())
-    try:
-        result = bridge.parse(body, content_type, args.content_encoding)
-    except BodyError as exc:
-        where = ", ".join(f"{k} {v}" for k, v in exc.where.items())
-        print(f"error: {exc.message}" + (f" ({where})" if where else ""), file=sys.stderr)
+    result = _parse_payload(args, Bridge(load_settings()))
+    if result is None:
         return 1
     sys.stdout.buffer.write(encode_ndjson(result.metrics))
-    for error in result.errors:
-        print(f"rejected item {error.index} at {error.pointer or '/'}: {error.message}", file=sys.stderr)
-    if result.errors_not_shown:
-        print(f"... and {result.errors_not_shown} more rejected items", file=sys.stderr)
     print(f"{len(result.metrics)} accepted, {result.rejected} rejected", file=sys.stderr)
     return 1 if result.rejected else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from bridges.core import Bridge
+    from bridges.render import readable
+    from bridges.settings import environment, load_settings
+    from bridges.sinks import build_sinks
+
+    settings = load_settings({**environment(), "BRIDGE_SINKS": args.sink})
+    bridge = Bridge(settings)
+    result = _parse_payload(args, bridge)
+    if result is None:
+        return 1
+    [sink] = build_sinks(settings)
+    encoded = sink.encode(result.metrics, bridge.clock())
+    for request in encoded.requests:
+        if args.raw:
+            sys.stdout.buffer.write(request.body)
+        else:
+            print(json.dumps(readable(request), indent=2, ensure_ascii=False))
+    for rejection in encoded.rejected:
+        print(f"{args.sink} would refuse item {result.indexes[rejection.index]}: {rejection.reason}", file=sys.stderr)
+    for conversion, count in sorted(encoded.conversions.items()):
+        print(f"{args.sink}: {conversion}: {count}", file=sys.stderr)
+    print(f"{len(encoded.requests)} requests, {sum(len(r.body) for r in encoded.requests)} bytes", file=sys.stderr)
+    return 1 if result.rejected or encoded.rejected else 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    from bridges.core import Bridge
+    from bridges.settings import load_settings
+
+    body, content_type = _read_payload(args)
+    reply = Bridge(load_settings()).ingest(body, content_type, args.content_encoding)
+    answer = reply.body
+    if "error" in answer:
+        print(f"error ({reply.status}): {answer['error']}", file=sys.stderr)
+        return 1
+    for error in answer["errors"]:
+        print(f"rejected item {error['index']} at {error['pointer'] or '/'}: {error['message']}", file=sys.stderr)
+    print(f"{answer['accepted']} accepted, {answer['rejected']} rejected")
+    trouble = answer["rejected"]
+    for sink, report in answer.get("delivery", {}).items():
+        print(f"{sink}: {report['delivered']} delivered, {report['rejected']} rejected, {report['pending']} pending")
+        for rejection in report.get("rejections", []):
+            print(f"  item {rejection['index']}: {rejection['reason']}")
+        for reason in report.get("pending_reasons", []):
+            print(f"  pending: {reason}")
+        trouble += report["rejected"] + report["pending"]
+    return 1 if trouble or reply.status != 202 else 0
 
 
 def _functions(args: argparse.Namespace) -> int:
@@ -97,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             from bridges.local.server import serve
 
             return serve(args.host, args.port, args.app, args.require_keys)
-        if args.command == "validate":
-            return _validate(args)
-        return _functions(args)
+        commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions}
+        return commands[args.command](args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. the port is in use
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:  # e.g. the port is in use, or no such payload file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

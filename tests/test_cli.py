@@ -65,3 +65,58 @@ def test_functions_shows_timers_with_their_schedule():
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert ["tick", "timerTrigger", "%SAMPLE_SCHEDULE%", "-"] in [l.split() for l in env_run.stdout.splitlines()]
+
+
+def run_with(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DYNATRACE_", "BETTERSTACK_", "UNLEASH_"))}
+    return subprocess.run([sys.executable, "-m", "bridges", *args], cwd=ROOT, input=stdin, capture_output=True,
+                          timeout=60, env={**environment, **env})
+
+
+DT_ENV = {"DYNATRACE_URL": "https://abc.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.CLI-SECRET"}
+PAYLOAD = b'[{"name": "cli.gauge", "gauge": {"value": 2}, "tags": {"host": "a b"}}, {"name": "cli.old", "gauge": {"value": 1}, "dt": 0}]'
+
+
+def test_render_prints_what_dynatrace_would_get_with_the_token_masked():
+    done = run_with(DT_ENV, "render", "--sink", "dynatrace", "-", stdin=PAYLOAD)
+    assert done.returncode == 1  # one item would be refused
+    request = json.loads(done.stdout)
+    assert request["url"] == "https://abc.live.dynatrace.com/api/v2/metrics/ingest"
+    assert request["headers"]["Authorization"] == "Api-Token ***"
+    assert request["body"][0].startswith("cli.gauge,host=a\\ b gauge,2 ")
+    assert "dynatrace would refuse item 1: outside Dynatrace's window" in done.stderr.decode()
+    assert b"CLI-SECRET" not in done.stdout + done.stderr
+
+
+def test_render_raw_writes_the_body_bytes():
+    env = {"BETTERSTACK_URL": "https://in.logs.betterstack.com", "BETTERSTACK_SOURCE_TOKEN": "bs-secret"}
+    payload = b'{"name": "cli.gauge", "gauge": {"value": 2}}'
+    done = run_with(env, "render", "--sink", "betterstack", "--raw", "-", stdin=payload)
+    assert done.returncode == 0, done.stderr
+    [metric] = msgpack.unpackb(done.stdout)
+    assert (metric["name"], metric["gauge"]) == ("cli.gauge", {"value": 2})
+
+
+def test_render_names_the_missing_setting():
+    done = run_with({}, "render", "--sink", "unleash", "-", stdin=PAYLOAD)
+    assert done.returncode == 2
+    assert "UNLEASH_URL is not set" in done.stderr.decode()
+
+
+def test_send_delivers_and_summarizes_per_sink(tmp_path):
+    from fakes.dynatrace import FakeDynatrace
+    from fakes.server import Scripted
+
+    with FakeDynatrace(token="dt0c01.CLI-SECRET") as fake:
+        env = {**DT_ENV, "DYNATRACE_URL": fake.url, "BRIDGE_OUTBOX_DIR": str(tmp_path)}
+        done = run_with(env, "send", "-", stdin=PAYLOAD.replace(b', "dt": 0', b""))
+        assert done.returncode == 0, done.stderr
+        assert "dynatrace: 2 delivered, 0 rejected, 0 pending" in done.stdout.decode()
+        assert [line.rsplit(" ", 2)[0] for line in fake.accepted_lines] == ["cli.gauge,host=a\\ b", "cli.old"]
+        fake.script(Scripted(503))
+        failed = run_with(env, "send", "-", stdin=PAYLOAD.replace(b', "dt": 0', b""))
+    assert failed.returncode == 1
+    assert "dynatrace: 0 delivered, 0 rejected, 2 pending" in failed.stdout.decode()
+    assert "pending: Dynatrace answered 503" in failed.stdout.decode()

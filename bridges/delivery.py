@@ -192,6 +192,7 @@ class Delivery:
     def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int) -> SinkReport:
         report = SinkReport()
         pending: dict[str, tuple[list[int], float | None]] = {}
+        delivered: set[int] = set()  # sets: a metric's lines may travel in more than one request
 
         def wait(items: Sequence[int], reason: str, after: float | None) -> None:
             waiting, latest = pending.setdefault(reason, ([], after))
@@ -209,12 +210,11 @@ class Delivery:
                     continue
                 outcome = _scrubbed(sink.classify(request, transport.send(session, request, self.timeout_seconds)))
                 if isinstance(outcome, Delivered):
-                    report.delivered += len(request.items)
+                    delivered.update(request.items)
                 elif isinstance(outcome, Partial):
                     report.rejected.extend(outcome.rejected)
                     report.rejected_without_detail += outcome.unidentified
-                    refused = len({r.index for r in outcome.rejected}) + outcome.unidentified
-                    report.delivered += max(0, len(request.items) - refused)
+                    delivered.update(request.items)
                 elif isinstance(outcome, Retry):
                     wait(request.items, outcome.reason, outcome.after)
                 elif isinstance(outcome, Drop):
@@ -226,13 +226,17 @@ class Delivery:
         except Exception:  # a bug in a sink must not lose what was accepted
             log.exception("sink %s failed unexpectedly; its undelivered metrics are kept as pending", sink.name)
             done = {r.index for r in report.rejected}
-            undelivered = [i for i in range(len(metrics)) if i not in done]
-            report.delivered = 0  # unknown: re-sending may duplicate, never lose
-            wait(undelivered, "internal error in the sink (see the log)", None)
+            delivered.clear()  # unknown: re-sending may duplicate, never lose
+            wait([i for i in range(len(metrics)) if i not in done], "internal error in the sink (see the log)", None)
+        waiting: set[int] = set()
         for reason, (items, after) in pending.items():
+            items = [i for i in dict.fromkeys(items) if i not in waiting]
             self._hand_off(sink.name, [metrics[i] for i in items], reason, after, now_ns)
-            report.pending += len(items)
+            waiting.update(items)
             report.pending_reasons.append(reason)
+        refused = {r.index for r in report.rejected}
+        report.pending = len(waiting)
+        report.delivered = max(0, len(delivered - refused - waiting) - report.rejected_without_detail)
         if report.rejected:
             log.warning("sink %s rejected %d metrics, e.g. %s", sink.name, len(report.rejected), report.rejected[0].reason)
         return report

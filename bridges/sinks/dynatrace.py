@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -79,6 +80,7 @@ STATUS_OUTCOMES = {
 }
 
 
+@lru_cache(maxsize=4096)
 def metric_key(name: str) -> str | None:
     """A Dynatrace metric key for a name, or None when nothing usable is left."""
     sections = []
@@ -90,6 +92,7 @@ def metric_key(name: str) -> str | None:
     return key if len(key) >= 3 else None
 
 
+@lru_cache(maxsize=4096)
 def dimension_key(key: str) -> str | None:
     sections = []
     for section in key[:100].lower().split("."):
@@ -99,6 +102,7 @@ def dimension_key(key: str) -> str | None:
     return ".".join(sections) or None
 
 
+@lru_cache(maxsize=16384)
 def dimension_value(value: str) -> str:
     value = value[:250]
     if not value.isprintable():
@@ -131,7 +135,9 @@ class DynatraceSink:
         self.url = ingest_url(url)
         self._token = token
         self.prefix = prefix.strip(".")
-        self.default_dimensions = self._dimensions(default_dimensions or {})[0]
+        self.default_dimensions = [
+            (dimension_key(k), dimension_value(v)) for k, v in (default_dimensions or {}).items() if dimension_key(k) and v
+        ]
         self.metadata = metadata
 
     @classmethod
@@ -147,88 +153,74 @@ class DynatraceSink:
     def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:
         encoded = Encoded()
         now_ms = now_ns // NS_PER_MS
-        groups: list[tuple[int, list[str], str | None]] = []  # (metric index, lines, metadata line)
+        lines: list[tuple[int, str, str | None]] = []  # (metric index, line, its metadata line)
+        dimensions: dict = {}  # tags -> (pairs, dimension text): tags repeat across points
         for index, metric in enumerate(metrics):
-            problem = self._refusal(metric, now_ms)
-            if problem:
+            key = self._key(metric.name)
+            problem = _refusal(key, metric.time_ns // NS_PER_MS, now_ms)
+            if problem is None:
+                if metric.tags not in dimensions:
+                    dimensions[metric.tags] = self._dimensions(metric.tags, encoded)
+                metric_lines = self._lines(key, metric, dimensions[metric.tags], encoded)
+                if any(len(line) > MAX_LINE_CHARS for line in metric_lines):
+                    problem = f"a line is longer than {MAX_LINE_CHARS} characters"
+            if problem is not None:
                 encoded.rejected.append(Rejection(index, problem))
                 continue
-            lines, metadata = self._lines(metric, encoded)
-            too_long = next((line for line in lines if len(line) > MAX_LINE_CHARS), None)
-            if too_long is not None:
-                encoded.rejected.append(Rejection(index, f"a line is longer than {MAX_LINE_CHARS} characters"))
-                continue
-            groups.append((index, lines, metadata))
-        encoded.requests = self._pack(groups)
+            metadata = self._metadata_line(key, metric)
+            lines += [(index, line, metadata) for line in metric_lines]
+        encoded.requests = self._pack(lines)
         return encoded
-
-    def _refusal(self, metric: Metric, now_ms: int) -> str | None:
-        key = self._key(metric.name)
-        if key is None:
-            return "no usable Dynatrace metric key (3 to 255 characters of [A-Za-z0-9_-] in sections)"
-        if key.startswith("dt."):
-            return "metric keys starting with 'dt.' are reserved by Dynatrace"
-        time_ms = metric.time_ns // NS_PER_MS
-        if not now_ms - PAST_WINDOW_MS <= time_ms <= now_ms + FUTURE_WINDOW_MS:
-            return "outside Dynatrace's window of 1 hour in the past to 10 minutes in the future"
-        return None
 
     def _key(self, name: str) -> str | None:
         key = metric_key(f"{self.prefix}.{name}" if self.prefix else name)
         return key if key and len(key) <= 255 else None
 
-    def _dimensions(self, tags) -> tuple[list[tuple[str, str]], int]:
-        """Normalized (key, value) pairs in the order they are kept, and how many had to go."""
-        pairs, seen, dropped = [], set(), 0
-        for raw_key, raw_value in (tags.items() if isinstance(tags, dict) else tags):
+    def _dimensions(self, tags, encoded: Encoded) -> tuple[list[tuple[str, str]], str]:
+        """The (key, value) pairs kept for these tags, own tags first then defaults, and their text."""
+        pairs, seen, unusable = [], set(), 0
+        for raw_key, raw_value in tags:
             key = dimension_key(raw_key)
             if key is None or key in seen or raw_value == "":
-                dropped += 1
+                unusable += 1
                 continue
             seen.add(key)
             pairs.append((key, dimension_value(raw_value)))
-        return pairs, dropped
-
-    def _lines(self, metric: Metric, encoded: Encoded) -> tuple[list[str], str | None]:
-        key = self._key(metric.name)
-        own, unusable = self._dimensions(metric.tags)
         if unusable:
             encoded.conversions["dimensions dropped (empty, duplicate or unusable key)"] += unusable
-        own_keys = {k for k, _ in own}
-        dims = own + [(k, v) for k, v in self.default_dimensions if k not in own_keys]
+        pairs += [(k, v) for k, v in self.default_dimensions if k not in seen]
+        if len(pairs) > MAX_DIMENSIONS:
+            encoded.conversions[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(pairs) - MAX_DIMENSIONS
+            pairs = pairs[:MAX_DIMENSIONS]
+        return pairs, "".join(f",{k}={v}" for k, v in pairs)
+
+    def _lines(self, key: str, metric: Metric, dimensions, encoded: Encoded) -> list[str]:
+        pairs, dim_text = dimensions
         stamp = f" {metric.time_ns // NS_PER_MS}"
         point = metric.point
-        series = []  # (key suffix, extra dimension, payload)
         if isinstance(point, Gauge):
-            series.append(("", None, f"gauge,{number(point.value)}"))
-        elif isinstance(point, Aggregate):
-            series.append(("", None, f"gauge,min={number(point.min)},max={number(point.max)},"
-                                     f"sum={number(point.sum)},count={point.count}"))
-        elif isinstance(point, Counter) and point.temporality == "delta":
-            series.append(("", None, f"count,delta={number(point.value)}"))
-        elif isinstance(point, Counter):
+            return [f"{key}{dim_text} gauge,{number(point.value)}{stamp}"]
+        if isinstance(point, Aggregate):
+            return [f"{key}{dim_text} gauge,min={number(point.min)},max={number(point.max)},"
+                    f"sum={number(point.sum)},count={point.count}{stamp}"]
+        if isinstance(point, Counter):
+            if point.temporality == "delta":
+                return [f"{key}{dim_text} count,delta={number(point.value)}{stamp}"]
             encoded.conversions["cumulative counter sent as a gauge"] += 1
-            series.append(("", None, f"gauge,{number(point.value)}"))
-        elif isinstance(point, Histogram):
+            return [f"{key}{dim_text} gauge,{number(point.value)}{stamp}"]
+        lines = [f"{key}_count{dim_text} gauge,{point.count}{stamp}",
+                 f"{key}_sum{dim_text} gauge,{number(point.sum)}{stamp}"]
+        if isinstance(point, Histogram):
             encoded.conversions["histogram sent as gauges (_count, _sum, _bucket)"] += 1
-            series += [("_count", None, f"gauge,{point.count}"), ("_sum", None, f"gauge,{number(point.sum)}")]
             for limit, count in point.cumulative_buckets():
                 le = "+Inf" if limit == float("inf") else number(limit)
-                series.append(("_bucket", ("le", dimension_value(le)), f"gauge,{count}"))
-        elif isinstance(point, Summary):
+                lines.append(f"{key}_bucket{_with(pairs, 'le', le, encoded)} gauge,{count}{stamp}")
+        else:
             encoded.conversions["summary sent as gauges (_count, _sum, quantiles)"] += 1
-            series += [("_count", None, f"gauge,{point.count}"), ("_sum", None, f"gauge,{number(point.sum)}")]
             for quantile in point.quantiles:
-                series.append(("", ("quantile", number(quantile.quantile)), f"gauge,{number(quantile.value)}"))
-        lines = []
-        for suffix, extra, payload in series:
-            line_dims = [extra] + [d for d in dims if d[0] != extra[0]] if extra else dims
-            if len(line_dims) > MAX_DIMENSIONS:
-                encoded.conversions[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(line_dims) - MAX_DIMENSIONS
-                line_dims = line_dims[:MAX_DIMENSIONS]
-            dim_text = "".join(f",{k}={v}" for k, v in line_dims)
-            lines.append(f"{key}{suffix}{dim_text} {payload}{stamp}")
-        return lines, self._metadata_line(key, metric)
+                lines.append(f"{key}{_with(pairs, 'quantile', number(quantile.quantile), encoded)} "
+                             f"gauge,{number(quantile.value)}{stamp}")
+        return lines
 
     def _metadata_line(self, key: str, metric: Metric) -> str | None:
         if not self.metadata or not (metric.unit or metric.description) or isinstance(metric.point, (Histogram, Summary)):
@@ -242,35 +234,31 @@ class DynatraceSink:
             fields.append(f'dt.meta.description="{text}"')
         return f"#{key} {kind} {','.join(fields)}"
 
-    def _pack(self, groups: list[tuple[int, list[str], str | None]]) -> list[Request]:
-        """The fewest requests within 1,000 lines and 1,000,000 bytes, keeping a metric's lines together."""
+    def _pack(self, lines: list[tuple[int, str, str | None]]) -> list[Request]:
+        """The fewest requests within 1,000 lines and 1,000,000 bytes; a metric's metadata line
+        goes before its first line in each request that carries it."""
         requests: list[Request] = []
-        lines: list[str] = []
+        body: list[str] = []
         owners: list[int | None] = []
         size = 0
         described: set[str] = set()
-
-        def flush() -> None:
-            nonlocal lines, owners, size
-            if lines:
-                requests.append(self._request(lines, owners))
-            lines, owners, size = [], [], 0
-            described.clear()
-
-        for index, metric_lines, metadata in groups:
-            extra = [metadata] if metadata and metadata not in described else []
-            adding = extra + metric_lines
-            added_size = sum(len(line.encode("utf-8")) + 1 for line in adding)
-            if lines and (len(lines) + len(adding) > MAX_LINES or size + added_size > self.limits.max_body_bytes):
-                flush()
-                extra = [metadata] if metadata else []
-                adding = extra + metric_lines
-                added_size = sum(len(line.encode("utf-8")) + 1 for line in adding)
-            described.update(extra)
-            lines += adding
-            owners += [None] * len(extra) + [index] * len(metric_lines)
-            size += added_size
-        flush()
+        for index, line, metadata in lines:
+            adding = [line] if metadata is None or metadata in described else [metadata, line]
+            added = sum(len(text.encode("utf-8")) + 1 for text in adding)
+            if body and (len(body) + len(adding) > MAX_LINES or size + added > self.limits.max_body_bytes):
+                requests.append(self._request(body, owners))
+                body, owners, size = [], [], 0
+                described.clear()
+                adding = [line] if metadata is None else [metadata, line]
+                added = sum(len(text.encode("utf-8")) + 1 for text in adding)
+            if len(adding) == 2:
+                described.add(metadata)
+                owners.append(None)
+            body += adding
+            owners.append(index)
+            size += added
+        if body:
+            requests.append(self._request(body, owners))
         return requests
 
     def _request(self, lines: list[str], owners: list[int | None]) -> Request:
@@ -316,6 +304,24 @@ class DynatraceSink:
         if not rejected and not unidentified:
             return Drop(f"Dynatrace answered 400: {_error_message(body)}")
         return Partial(tuple(Rejection(i, reason) for i, reason in rejected.items()), unidentified)
+
+
+def _refusal(key: str | None, time_ms: int, now_ms: int) -> str | None:
+    if key is None:
+        return "no usable Dynatrace metric key (3 to 255 characters of [A-Za-z0-9_-] in sections)"
+    if key.startswith("dt."):
+        return "metric keys starting with 'dt.' are reserved by Dynatrace"
+    if not now_ms - PAST_WINDOW_MS <= time_ms <= now_ms + FUTURE_WINDOW_MS:
+        return "outside Dynatrace's window of 1 hour in the past to 10 minutes in the future"
+    return None
+
+
+def _with(pairs: list[tuple[str, str]], key: str, value: str, encoded: Encoded) -> str:
+    """Dimension text with one more dimension first (le, quantile), still within the limit."""
+    kept = [(key, dimension_value(value))] + [p for p in pairs if p[0] != key]
+    if len(kept) > MAX_DIMENSIONS:
+        encoded.conversions[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(kept) - MAX_DIMENSIONS
+    return "".join(f",{k}={v}" for k, v in kept[:MAX_DIMENSIONS])
 
 
 def ingest_url(url: str) -> str:

@@ -1,0 +1,71 @@
+"""Cost of building each sink's requests for the foundation benchmark's 10,000-point payload.
+
+Prints, per sink, microseconds per point for ``encode`` beside the floor (json.loads +
+msgpack.packb of the same payload, measured in the same run; target <= 3x), and the number of
+requests and bytes it would send against the fewest its limits allow. Every point is stamped
+with the receipt time so that no sink's time window drops any.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_ingest import ROUNDS, payload, seconds  # noqa: E402
+from benchmarks.common import best_and_median, report  # noqa: E402
+from bridges.normalize import Normalizer  # noqa: E402
+from bridges.settings import load_settings  # noqa: E402
+from bridges.sinks import build_sinks  # noqa: E402
+
+SETTINGS = {
+    "dynatrace": {"DYNATRACE_URL": "https://abc.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.BENCH"},
+    "betterstack": {"BETTERSTACK_URL": "https://in.logs.betterstack.com", "BETTERSTACK_SOURCE_TOKEN": "bench"},
+    "unleash": {"UNLEASH_URL": "https://unleash.example.com", "UNLEASH_API_TOKEN": "bench", "UNLEASH_API": "custom"},
+}
+
+
+def fewest_requests(sink, requests) -> int:
+    """The fewest requests the sink's limits allow for what it sent."""
+    limits = sink.limits
+    by_bytes = math.ceil(sum(len(r.body) for r in requests) / limits.max_body_bytes)
+    units = sum(max(len(r.lines), len(r.items)) for r in requests)
+    by_count = math.ceil(units / limits.max_items) if limits.max_items else 1
+    return max(1, by_bytes, by_count)
+
+
+def main() -> None:
+    body = payload()
+    now_ns = time.time_ns()
+    metrics = [dataclasses.replace(m, time_ns=now_ns) for m in Normalizer().normalize(json.loads(body), now_ns).metrics]
+    floor = [seconds(lambda: msgpack.packb(json.loads(body))) for _ in range(ROUNDS)]
+    floor_best, _ = best_and_median(floor)
+    per_point = lambda s: s / len(metrics) * 1e6  # noqa: E731
+    lines = [f"payload: {len(metrics)} points; floor (json.loads + msgpack.packb): {per_point(floor_best):.2f} us/point"]
+    for name, settings in SETTINGS.items():
+        try:
+            [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))
+        except ImportError:
+            lines.append(f"{name}: not built yet")
+            continue
+        encoded = sink.encode(metrics, now_ns)
+        best, median = best_and_median([seconds(lambda: sink.encode(metrics, now_ns)) for _ in range(ROUNDS)])
+        sent = sum(len(r.body) for r in encoded.requests)
+        lines.append(
+            f"{name}: {per_point(best):.2f} us/point (median {per_point(median):.2f}), "
+            f"{best / floor_best:.2f}x the floor (target <= 3x); {len(encoded.requests)} requests "
+            f"(fewest its limits allow: {fewest_requests(sink, encoded.requests)}), {sent} bytes, "
+            f"{len(encoded.rejected)} refused locally"
+        )
+    report("sinks", lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_import.py
+	$(BIN)/python benchmarks/bench_sinks.py
 
 clean:
 	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis

@@ -42,7 +42,8 @@ class Bridge:
         self.settings = settings
         self.clock = clock
         self.delivery = delivery or Delivery(
-            build_sinks(settings), PendingFile(settings.outbox_dir), timeout_seconds=settings.http_timeout_seconds
+            build_sinks(settings), PendingFile(settings.outbox_dir), timeout_seconds=settings.http_timeout_seconds,
+            deadline_seconds=settings.delivery_deadline_seconds,
         )
         self.normalizer = normalizer or Normalizer()
 

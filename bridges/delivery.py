@@ -152,12 +152,15 @@ class Delivery:
         handoff: RetryHandoff,
         *,
         timeout_seconds: float = 10.0,
+        deadline_seconds: float = 60.0,
         session_factory: Callable = transport.shared_session,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.sinks = list(sinks)
         self.handoff = handoff
         self.timeout_seconds = timeout_seconds
+        self.deadline_seconds = deadline_seconds
+        self.clock = clock
         self.session_factory = session_factory
         self.misconfigured: dict[str, str] = {}
         self._limiters = {
@@ -202,8 +205,12 @@ class Delivery:
         try:
             queue = deque((request, 0) for request in self._encode(sink, metrics, range(len(metrics)), now_ns, report))
             session = self.session_factory()
+            deadline = self.clock() + self.deadline_seconds
             while queue:
                 request, resends = queue.popleft()
+                if self.clock() >= deadline:
+                    wait(request.items, f"delivery deadline of {self.deadline_seconds:g} s reached", None)
+                    continue
                 delay = self._limiters[sink.name].wait_needed() if sink.name in self._limiters else 0.0
                 if delay:
                     wait(request.items, f"client-side rate limit of {sink.limits.max_requests_per_minute} requests a minute", delay)

@@ -185,6 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
             "required settings are present, or the outbox when none is."),
     Setting("BRIDGE_HTTP_TIMEOUT_SECONDS", "10", _positive_number,
             "Connect and read timeout, each, for every request to a backend."),
+    Setting("BRIDGE_DELIVERY_DEADLINE_SECONDS", "60", _positive_number,
+            "Time one delivery may spend per sink; requests not sent by then are kept as pending, so an HTTP "
+            "answer never nears the Functions host's 230-second limit."),
     Setting("DYNATRACE_URL", "", _url,
             "Metrics ingest URL: `https://<env>.live.dynatrace.com/api/v2/metrics/ingest`, a Managed or ActiveGate "
             "`.../e/<env>/api/v2/metrics/ingest`, or the OneAgent local `http://localhost:14499/metrics/ingest` "
@@ -228,6 +231,7 @@ class Settings:
     outbox_dir: Path = Path(".bridge/outbox")
     sinks: tuple[str, ...] | None = None  # as BRIDGE_SINKS says; see ``enabled_sinks``
     http_timeout_seconds: float = 10.0
+    delivery_deadline_seconds: float = 60.0
     dynatrace_url: str | None = None
     dynatrace_api_token: Secret | None = None
     dynatrace_metric_prefix: str = ""

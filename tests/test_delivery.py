@@ -179,3 +179,15 @@ def test_tokens_never_appear_in_logs_answers_or_health(tmp_path, caplog, status)
     seen += "".join(p.read_text() for p in (tmp_path / "outbox").glob("*")) if (tmp_path / "outbox").exists() else ""
     assert TOKEN not in seen  # even when the backend echoes it back in its error message
     assert "bs-SECRET-TOKEN" not in seen
+
+
+def test_requests_left_at_the_deadline_are_kept_as_pending(tmp_path):
+    ticks = iter(range(0, 1000, 30))  # each look at the clock is 30 s later
+    with FakeDynatrace(token=TOKEN) as fake:
+        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], PendingFile(tmp_path / "outbox"),
+                            deadline_seconds=60, clock=lambda: next(ticks))
+        metrics = [Metric(f"bridge.m{i}", Gauge(i), time.time_ns()) for i in range(3500)]
+        report = delivery.deliver(metrics, time.time_ns())["dynatrace"]
+    assert (report.delivered, report.pending) == (1000, 2500)
+    assert report.pending_reasons == ["delivery deadline of 60 s reached"]
+    assert len(fake.received) == 1

@@ -1,0 +1,552 @@
+"""Unleash: custom metrics (Unleash 7.0 to 8.0) or impact metrics (8.1 and later).
+
+Wire contract (CONTRACTS.md sections 5, 9 and 10): the client or backend token goes raw in
+``Authorization`` (no "Bearer"); bodies are JSON; Unleash's API takes at most 100 kB a body
+(express.json's default: larger ones get 413), so requests hold at most 100,000 bytes and
+1,000 series. ``UNLEASH_URL`` is the server's base URL; a trailing ``/api`` (the URL SDKs are
+given) is taken off.
+
+``UNLEASH_API`` picks the endpoint:
+- ``custom``: ``POST /api/client/metrics/custom``, ``{"metrics": [{"name", "value", "labels"}]}``.
+- ``impact``: ``POST /api/client/metrics`` with ``impactMetrics`` (counter, gauge, histogram)
+  beside ``appName`` (``UNLEASH_APP_NAME``), ``instanceId`` (host-pid) and an empty ``bucket``.
+- ``auto`` (default): custom until the custom endpoint answers 404 (it is gone from 8.1), then
+  impact for the life of the process; the same metrics are re-encoded and sent at once.
+
+Custom form. The server keeps, in memory, only the LAST value per name + labels + minute of
+receipt (not of the point), and shows every value as a counter. So each series appears once a
+request, merged from every point of the request that feeds it:
+- gauge and cumulative counter: the value of the latest point (earlier points superseded).
+- delta counter: the sum of the increases in the request (counted: Unleash reads it as a
+  total, and a second request in the same minute replaces it rather than adding to it).
+- aggregate: series ``_min``, ``_max``, ``_sum`` and ``_count``, merged exactly (counted).
+- histogram: ``_count``, ``_sum`` and cumulative ``_bucket`` series with label ``le`` (the last
+  ``+Inf``); points of one series are summed, as a histogram reports the observations of its
+  interval (counted).
+- summary: ``_count``, ``_sum`` and ``<name>{quantile=...}`` of the latest point (counted).
+Unit, description and namespace have no field there and are not sent (counted).
+
+Impact form. Counters ADD what they receive, gauges keep the last value, histograms ADD count,
+sum and bucket counts:
+- gauge: gauge (latest point per series). delta counter: counter of the summed increases.
+- cumulative counter: an increment needs the previous total, which a stateless bridge does not
+  have: sent as a gauge of the running total (counted).
+- histogram: histogram with cumulative buckets ending ``"+Inf"``, per-interval amounts summed
+  per series (buckets must match per metric name within a request, or the later is refused).
+- summary: gauges ``<name>{quantile=...}``, ``<name>_count``, ``<name>_sum`` (latest; counted).
+- aggregate: a histogram with only the ``+Inf`` bucket, so count and sum accumulate exactly
+  (their rates give the mean), plus gauges ``<name>_min`` and ``<name>_max`` (counted).
+``help`` is the description (or the metric's name), with the unit in brackets.
+Limitation: Unleash recreates an impact metric, losing its series, when a later report adds a
+label name or changes a histogram's bucket bounds. Keep a metric's tag names and bounds stable;
+within a request all of a name's samples go in one entry (label keys sorted).
+
+Names are normalized to what Prometheus (and /internal-backstage/prometheus) accepts:
+``[a-zA-Z_:][a-zA-Z0-9_:]*`` for custom names, ``[a-zA-Z_][a-zA-Z0-9_]*`` for impact names and
+all label names (other characters become ``_``, a leading digit gets a ``_`` before it).
+Labels with empty values (Unleash refuses the whole body for one), duplicates after
+normalization, and names the encoding uses itself (``le``, ``quantile``; ``origin`` and
+``metric_type`` for impact) are dropped and counted. Anything still unsendable (a non-finite or
+negative number where Unleash needs otherwise, a name already used in the request for another
+kind or other bucket bounds) is refused locally: Unleash answers 202 to impact metrics it
+drops, and drops the whole batch for one bad metric.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+from urllib.parse import urlsplit
+
+from bridges.model import CUMULATIVE, Aggregate, Counter, Gauge, Histogram, Metric, Summary
+from bridges.sinks.base import (
+    Delivered, Drop, Encoded, Limits, Outcome, Rejection, Reply, Request, Resend, Retry,
+    retry_after_seconds, transport_outcome,
+)
+from bridges.timestamps import format_rfc3339
+
+if TYPE_CHECKING:
+    from bridges.settings import Secret
+
+log = logging.getLogger(__name__)
+
+CUSTOM, IMPACT, AUTO = "custom", "impact", "auto"
+CUSTOM_PATH = "/api/client/metrics/custom"
+IMPACT_PATH = "/api/client/metrics"
+MAX_BODY_BYTES = 100_000  # express.json()'s limit is 100 kB (102,400 bytes)
+MAX_SERIES = 1000
+MAX_REASON_CHARS = 300
+INF = float("inf")
+
+# What each answer means; classify() follows this table and a test walks it.
+STATUS_OUTCOMES = {
+    200: "delivered",
+    202: "delivered",
+    204: "delivered (the server has metrics disabled)",
+    400: "drop: Unleash refused the body (its message is the reason)",
+    401: "drop: the token is missing or unknown (misconfigured)",
+    403: "drop: the token is not a client or backend token (misconfigured)",
+    404: "resend: in auto mode the custom endpoint is gone (8.1+), switch to impact metrics; "
+         "otherwise drop: UNLEASH_URL or UNLEASH_API is wrong (misconfigured)",
+    413: "resend in halves",
+    415: "drop: the body was not sent as JSON (a bridge bug, logged as an error)",
+    429: "retry (Retry-After, else RateLimit-Reset)",
+    500: "retry",
+    502: "retry",
+    503: "retry (Retry-After)",
+    504: "retry",
+}
+
+_CUSTOM_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_IMPACT_RESERVED = frozenset({"origin", "metric_type"})  # labels Unleash adds to impact metrics
+
+
+def custom_name(name: str) -> str:
+    """A Prometheus metric name: ``[a-zA-Z_:][a-zA-Z0-9_:]*``."""
+    name = _CUSTOM_NAME_INVALID.sub("_", name)
+    return "_" + name if name[:1].isdigit() else name
+
+
+def impact_name(name: str) -> str:
+    """A name Unleash keeps for impact metrics, also a label name: ``[a-zA-Z_][a-zA-Z0-9_]*``."""
+    name = _NAME_INVALID.sub("_", name)
+    return "_" + name if name[:1].isdigit() else name
+
+
+label_name = impact_name
+
+
+def bound_text(value: float) -> str:
+    """A bucket bound or quantile as a label value, the same for 1 and 1.0: ``1.0``, ``+Inf``."""
+    return "+Inf" if value == INF else repr(float(value))
+
+
+@dataclass
+class _Series:
+    """One series of one request, merged from every point that feeds it.
+
+    ``kind`` says how points merge: custom ``sum``/``last``/``min``/``max``; impact
+    ``counter`` (sum), ``gauge`` (last), ``histogram`` (count, sum, buckets summed).
+    ``merge`` overrides how (impact _min/_max gauges of aggregates merge as min and max).
+    ``shape`` is what must agree across a name in a request (the kind and any bucket bounds)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    kind: str
+    value: object  # a number, or (count, sum, ((bound, cumulative count), ...)) for histograms
+    time_ns: int
+    help: str = ""
+    shape: tuple = ()
+    merge: str = ""
+
+
+@dataclass
+class _Group:
+    """The series of one metric identity (name + tags) and the metrics that fed them. A group is
+    never split between requests, so every metric is carried by exactly one request."""
+
+    items: list[int] = field(default_factory=list)
+    series: dict[tuple, _Series] = field(default_factory=dict)
+    times: list[int] = field(default_factory=list)  # of the points, for the impact bucket
+
+
+def _merged(old: _Series, new: _Series) -> tuple[object, int]:
+    """The merged value and time of two points of one series."""
+    how = old.merge or old.kind
+    if how in ("sum", "counter"):
+        return old.value + new.value, max(old.time_ns, new.time_ns)
+    if how in ("last", "gauge"):
+        return (new.value, new.time_ns) if new.time_ns >= old.time_ns else (old.value, old.time_ns)
+    if how == "min":
+        return min(old.value, new.value), max(old.time_ns, new.time_ns)
+    if how == "max":
+        return max(old.value, new.value), max(old.time_ns, new.time_ns)
+    (count, total, buckets), (count2, total2, buckets2) = old.value, new.value  # histogram
+    summed = tuple((bound, a + b) for (bound, a), (_, b) in zip(buckets, buckets2, strict=True))
+    return (count + count2, total + total2, summed), max(old.time_ns, new.time_ns)
+
+
+def _problem(series: _Series) -> str | None:
+    """Why Unleash could not take this (merged) value, or None."""
+    if series.kind == "histogram":
+        count, total, buckets = series.value
+        numbers = [count, total] + [c for _, c in buckets]
+        if not all(math.isfinite(n) for n in numbers):
+            return f"{series.name}: histogram numbers must be finite"
+        if count < 0 or any(c < 0 for _, c in buckets):
+            return f"{series.name}: histogram counts cannot be negative"
+        return None
+    if not math.isfinite(series.value):
+        return f"{series.name}: the value is not a finite number"
+    if series.kind == "counter" and series.value < 0:
+        return f"{series.name}: an impact counter takes increments, which cannot be negative"
+    return None
+
+
+class _Batch:
+    """The groups of one request being filled, with the exact size of the body they make.
+
+    The body is put together from JSON pieces measured as they are added, so the size test
+    and the bytes sent agree. Impact bodies hold one entry per metric name."""
+
+    def __init__(self, mode: str, envelope: tuple[str, str]):
+        self.head, self.tail = envelope
+        self.entry_tail = "" if mode == CUSTOM else "]}"  # custom series have no entry around them
+        self.items: list[int] = []
+        self.entries: dict[str, tuple[str, list[str]]] = {}  # name -> (entry head, samples)
+        self.series = 0
+        self.size = len(self.head) + len(self.tail)
+        self.times: list[int] = []
+
+    def cost(self, pieces: list[tuple[str, str, str]]) -> int:
+        """Bytes that adding these (entry name, entry head, piece) would add."""
+        size, new_entries, samples = 0, set(), {n: len(s) for n, (_, s) in self.entries.items()}
+        entry_count = len(self.entries)
+        for name, head, piece in pieces:
+            if name not in samples:
+                size += len(head) + len(self.entry_tail) + (1 if entry_count else 0)  # comma between entries
+                entry_count += 1
+                samples[name] = 0
+            size += len(piece) + (1 if samples[name] else 0)
+            samples[name] += 1
+        return size
+
+    def add(self, items: list[int], pieces: list[tuple[str, str, str]], times: list[int]) -> None:
+        self.size += self.cost(pieces)
+        for name, head, piece in pieces:
+            self.entries.setdefault(name, (head, []))[1].append(piece)
+        self.items += items
+        self.series += len(pieces)
+        self.times += times
+
+    def body(self) -> str:
+        entries = ",".join(head + ",".join(samples) + self.entry_tail for head, samples in self.entries.values())
+        return self.head + entries + self.tail
+
+
+class UnleashSink:
+    name = "unleash"
+    limits = Limits(max_body_bytes=MAX_BODY_BYTES, max_items=MAX_SERIES)
+
+    def __init__(self, url: str, token: Secret, api: str = AUTO, app_name: str = "metrics-bridge",
+                 instance_id: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+        """``max_body_bytes`` is lowered only by tests, to split small bodies."""
+        if api not in (AUTO, CUSTOM, IMPACT):
+            raise ValueError(f"api must be auto, custom or impact, got {api!r}")
+        self.base_url = base_url(url)
+        self.api = api
+        self.app_name = app_name or "metrics-bridge"
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.max_body_bytes = max_body_bytes
+        self._token = token
+        self._mode = IMPACT if api == IMPACT else CUSTOM
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> UnleashSink:
+        if not settings.unleash_url:
+            raise ValueError("UNLEASH_URL is not set")
+        if settings.unleash_api_token is None:
+            raise ValueError("UNLEASH_API_TOKEN is not set")
+        return cls(settings.unleash_url, settings.unleash_api_token, settings.unleash_api, settings.unleash_app_name)
+
+    def __repr__(self) -> str:
+        return f"UnleashSink(url={self.base_url!r}, api={self.api!r}, mode={self._mode!r})"
+
+    @property
+    def mode(self) -> str:
+        """How metrics are encoded now: custom or impact (auto starts as custom)."""
+        return self._mode
+
+    def status(self) -> dict:
+        return {"configured": True, "endpoint": urlsplit(self.base_url).netloc, "api": self.api, "mode": self._mode}
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:
+        """Requests for the current mode, each series once, fewest requests within the limits."""
+        mode = self._mode
+        encoded = Encoded()
+        groups: dict[tuple, _Group] = {}
+        owners: dict[tuple, tuple] = {}  # series (name, labels) -> the group that owns it
+        shapes: dict[str, tuple] = {}  # series name -> shape, to keep one kind per name
+        for index, metric in enumerate(metrics):
+            name = custom_name(metric.name) if mode == CUSTOM else impact_name(metric.name)
+            labels, dropped = self._labels(metric, mode)
+            series, conversion = (_custom_series if mode == CUSTOM else _impact_series)(metric, name, labels)
+            problem = self._add(groups, owners, shapes, (name, labels), index, metric.time_ns, series)
+            if problem:
+                encoded.rejected.append(Rejection(index, problem))
+                continue
+            if conversion:
+                encoded.conversions[conversion] += 1
+            if dropped:
+                encoded.conversions["labels dropped (empty value, reserved or duplicate name)"] += dropped
+            for field_name in (("namespace", "unit", "description") if mode == CUSTOM else ("namespace",)):
+                if getattr(metric, field_name):
+                    encoded.conversions[f"{field_name} not sent"] += 1
+        requests, too_large = self._pack(list(groups.values()), mode)
+        encoded.requests = requests
+        encoded.rejected += too_large
+        encoded.rejected.sort(key=lambda r: r.index)
+        return encoded
+
+    @staticmethod
+    def _labels(metric: Metric, mode: str) -> tuple[tuple[tuple[str, str], ...], int]:
+        """Sorted, normalized labels, and how many tags had to be dropped."""
+        reserved = set(_IMPACT_RESERVED) if mode == IMPACT else set()
+        if isinstance(metric.point, Histogram) or (mode == IMPACT and isinstance(metric.point, Aggregate)):
+            reserved.add("le")
+        if isinstance(metric.point, Summary):
+            reserved.add("quantile")
+        labels: dict[str, str] = {}
+        for key, value in metric.tags:
+            key = label_name(key)
+            if not value or key in reserved or key in labels:
+                continue
+            labels[key] = value
+        return tuple(sorted(labels.items())), len(metric.tags) - len(labels)
+
+    @staticmethod
+    def _add(groups, owners, shapes, group_key, index: int, time_ns: int, series: list[_Series]) -> str | None:
+        """Merge one metric's series into its group, or say why it cannot be sent (then nothing changes)."""
+        group = groups.get(group_key) or _Group()
+        merged = []
+        for new in series:
+            key = (new.name, new.labels)
+            shape = shapes.get(new.name)
+            if shape is not None and shape != new.shape:
+                return (f"{new.name} is already in this request as {_shape_text(shape)}; "
+                        f"it cannot also be {_shape_text(new.shape)}")
+            if owners.get(key, group_key) != group_key:
+                return f"{new.name} with these labels is already sent for another metric in this request"
+            old = group.series.get(key)
+            if old is not None:
+                value, time_ns = _merged(old, new)
+                new = _Series(new.name, new.labels, new.kind, value, time_ns, old.help, new.shape, new.merge)
+            problem = _problem(new)
+            if problem:
+                return problem
+            merged.append((key, new))
+        for key, new in merged:
+            group.series[key] = new
+            owners[key] = group_key
+            shapes[new.name] = new.shape
+        group.items.append(index)
+        group.times.append(time_ns)
+        groups[group_key] = group
+        return None
+
+    def _pack(self, groups: list[_Group], mode: str) -> tuple[list[Request], list[Rejection]]:
+        """Greedy in order: the fewest requests within the byte and series limits."""
+        requests: list[Request] = []
+        refused: list[Rejection] = []
+        envelope = self._envelope(mode, 0, 0)
+        batch = _Batch(mode, envelope)
+        for group in groups:
+            pieces = [self._piece(s, mode) for s in group.series.values()]
+            if batch.items and (batch.size + batch.cost(pieces) > self.max_body_bytes
+                                or batch.series + len(pieces) > MAX_SERIES):
+                requests.append(self._request(batch, mode))
+                batch = _Batch(mode, envelope)
+            alone = batch.size + batch.cost(pieces)
+            if alone > self.max_body_bytes or len(pieces) > MAX_SERIES:
+                refused += [Rejection(i, f"its {len(pieces)} series encode to {alone} bytes, over Unleash's "
+                                         f"{self.max_body_bytes}-byte body limit") for i in group.items]
+                continue
+            batch.add(group.items, pieces, group.times)
+        if batch.items:
+            requests.append(self._request(batch, mode))
+        return requests, refused
+
+    @staticmethod
+    def _piece(series: _Series, mode: str) -> tuple[str, str, str]:
+        """(entry name, entry head, JSON text) of one series; custom series are entries of their own."""
+        labels = dict(series.labels)
+        if mode == CUSTOM:
+            return "", "", _json({"name": series.name, "value": series.value, "labels": labels})
+        if series.kind == "histogram":
+            count, total, buckets = series.value
+            sample = {"count": count, "sum": total, "labels": labels,
+                      "buckets": [{"le": "+Inf" if b == INF else b, "count": c} for b, c in buckets]}
+        else:
+            sample = {"value": series.value, "labels": labels}
+        head = _json({"name": series.name, "help": series.help, "type": series.kind})[:-1] + ',"samples":['
+        return series.name, head, _json(sample)
+
+    def _envelope(self, mode: str, start_ns: int, stop_ns: int) -> tuple[str, str]:
+        """The body around the series. Bucket times are fixed-length, so the size never changes."""
+        if mode == CUSTOM:
+            return '{"metrics":[', "]}"
+        document = {"appName": self.app_name, "instanceId": self.instance_id, "environment": "default",
+                    "bucket": {"start": _iso_ms(start_ns), "stop": _iso_ms(stop_ns), "toggles": {}}}
+        return _json(document)[:-1] + ',"impactMetrics":[', "]}"
+
+    def _request(self, batch: _Batch, mode: str) -> Request:
+        if mode == IMPACT:  # the bucket spans the points sent
+            batch.head, batch.tail = self._envelope(mode, min(batch.times), max(batch.times))
+        body = batch.body().encode("ascii")
+        assert len(body) == batch.size  # the size arithmetic and the bytes agree
+        url = self.base_url + (CUSTOM_PATH if mode == CUSTOM else IMPACT_PATH)
+        headers = _MaskedHeaders({"Authorization": self._token.reveal(), "Content-Type": "application/json"})
+        return Request("POST", url, headers, body, tuple(sorted(batch.items)))
+
+    # --- classification -------------------------------------------------------------------
+
+    def classify(self, request: Request, reply: Reply) -> Outcome:
+        failed = transport_outcome(reply)
+        if failed is not None:
+            return failed
+        status = reply.status
+        said = _said(reply.body)
+        if 200 <= status < 300:
+            return Delivered()
+        if status == 404 and request.url.endswith(CUSTOM_PATH) and self.api == AUTO:
+            self._switch_to_impact()
+            return Resend("Unleash has no custom metrics endpoint (8.1 or later): sent as impact metrics instead",
+                          split=False)
+        if status in (401, 403, 404):
+            return Drop(f"Unleash answered {status}: {self._misconfiguration(status, request)}{said}", misconfigured=True)
+        if status == 413:
+            return Resend(f"Unleash answered 413: the request is too large ({len(request.body)} bytes)", split=True)
+        if status == 415:
+            log.error("unleash answered 415 to a JSON body of %d bytes: a bug in the bridge's Unleash encoder%s",
+                      len(request.body), said)
+            return Drop(f"Unleash answered 415: the body was not taken as JSON (a bridge bug){said}")
+        if status == 429 or status >= 500:
+            return Retry(f"Unleash answered {status}{said}",
+                         retry_after_seconds(reply.headers, "Retry-After", "RateLimit-Reset"))
+        if 300 <= status < 400:
+            return Drop(f"Unleash answered {status}: redirected; set UNLEASH_URL to the server's own URL",
+                        misconfigured=True)
+        return Drop(f"Unleash answered {status}{said or ': no details'}")
+
+    def _misconfiguration(self, status: int, request: Request) -> str:
+        if status == 401:
+            return "the token is missing or unknown (check UNLEASH_API_TOKEN)"
+        if status == 403:
+            return "the token is not a client or backend token (check UNLEASH_API_TOKEN)"
+        if request.url.endswith(CUSTOM_PATH):
+            return "no custom metrics endpoint (Unleash 8.1 or later: set UNLEASH_API to impact or auto)"
+        return "no client metrics endpoint (check UNLEASH_URL)"
+
+    def _switch_to_impact(self) -> None:
+        """Auto mode, custom endpoint gone: impact metrics from now on (said once per process)."""
+        with self._lock:
+            if self._mode == IMPACT:
+                return
+            self._mode = IMPACT
+        log.warning("unleash at %s has no custom metrics endpoint (404; Unleash 8.1 or later): "
+                    "sending impact metrics to %s from now on", urlsplit(self.base_url).netloc, IMPACT_PATH)
+
+
+def _custom_series(metric: Metric, name: str, labels) -> tuple[list[_Series], str | None]:
+    """The custom endpoint's series for one metric, and the conversion to count (if any)."""
+    point, t = metric.point, metric.time_ns
+
+    def series(suffix: str, kind: str, value, extra: tuple[str, str] | None = None, shape=()) -> _Series:
+        own = tuple(sorted(labels + (extra,))) if extra else labels
+        return _Series(name + suffix, own, kind, value, t, shape=(kind, *shape))
+
+    if isinstance(point, Gauge):
+        return [series("", "last", point.value)], None
+    if isinstance(point, Counter) and point.temporality == CUMULATIVE:
+        return [series("", "last", point.value)], None
+    if isinstance(point, Counter):
+        return [series("", "sum", point.value)], "delta counter sent as the summed increase of the request"
+    if isinstance(point, Aggregate):
+        return [series("_min", "min", point.min), series("_max", "max", point.max),
+                series("_sum", "sum", point.sum), series("_count", "sum", point.count)], \
+            "aggregate sent as _min, _max, _sum and _count series"
+    if isinstance(point, Histogram):
+        pairs = point.cumulative_buckets()
+        bounds = tuple(b for b, _ in pairs)
+        return [series("_count", "sum", point.count), series("_sum", "sum", point.sum)] + [
+            series("_bucket", "sum", count, ("le", bound_text(bound)), bounds) for bound, count in pairs
+        ], "histogram sent as _count, _sum and cumulative _bucket series"
+    return [series("_count", "last", point.count), series("_sum", "last", point.sum)] + [
+        series("", "last", q.value, ("quantile", bound_text(q.quantile))) for q in point.quantiles
+    ], "summary sent as _count, _sum and quantile series"
+
+
+def _impact_series(metric: Metric, name: str, labels) -> tuple[list[_Series], str | None]:
+    """The impact metrics for one metric, and the conversion to count (if any)."""
+    point, t = metric.point, metric.time_ns
+    help_text = metric.description or metric.name
+    if metric.unit:
+        help_text += f" [{metric.unit}]"
+
+    def series(suffix: str, kind: str, value, extra: tuple[str, str] | None = None, shape=(), merge="") -> _Series:
+        own = tuple(sorted(labels + (extra,))) if extra else labels
+        return _Series(name + suffix, own, kind, value, t, help_text, (kind, *shape), merge)
+
+    if isinstance(point, Gauge):
+        return [series("", "gauge", point.value)], None
+    if isinstance(point, Counter) and point.temporality == CUMULATIVE:
+        return [series("", "gauge", point.value)], "cumulative counter sent as a gauge (impact counters take increments)"
+    if isinstance(point, Counter):
+        return [series("", "counter", point.value)], None
+    if isinstance(point, Histogram):
+        pairs = point.cumulative_buckets()
+        return [series("", "histogram", (point.count, point.sum, pairs), shape=tuple(b for b, _ in pairs))], None
+    if isinstance(point, Aggregate):
+        return [series("", "histogram", (point.count, point.sum, ((INF, point.count),)), shape=(INF,)),
+                series("_min", "gauge", point.min, merge="min"), series("_max", "gauge", point.max, merge="max")], \
+            "aggregate sent as a histogram of only +Inf (count, sum) and _min/_max gauges"
+    return [series("", "gauge", q.value, ("quantile", bound_text(q.quantile))) for q in point.quantiles] + [
+        series("_count", "gauge", point.count), series("_sum", "gauge", point.sum)
+    ], "summary sent as gauges (quantiles, _count, _sum)"
+
+
+def base_url(url: str) -> str:
+    """The server's base URL; the ``/api`` that SDK configurations end with is taken off."""
+    url = url.strip().rstrip("/")
+    return url[: -len("/api")] if url.endswith("/api") else url
+
+
+_KIND_TEXT = {"last": "a last-value series", "sum": "a summed series", "min": "a minimum series",
+              "max": "a maximum series", "gauge": "a gauge", "counter": "a counter", "histogram": "a histogram"}
+
+
+def _shape_text(shape: tuple) -> str:
+    kind, *bounds = shape
+    text = _KIND_TEXT[kind]
+    return f"{text} with bucket bounds {', '.join(bound_text(b) for b in bounds)}" if bounds else text
+
+
+def _json(document) -> str:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False)
+
+
+def _iso_ms(time_ns: int) -> str:
+    """RFC 3339 UTC with exactly three fraction digits (JavaScript's Date reads milliseconds)."""
+    seconds = format_rfc3339(time_ns // 1_000_000_000 * 1_000_000_000)
+    return f"{seconds[:-1]}.{time_ns // 1_000_000 % 1000:03d}Z"
+
+
+def _said(body: bytes) -> str:
+    """What Unleash said, short: the JSON message (and first detail), else the text."""
+    try:
+        answer = json.loads(body)
+        text = str(answer["message"])
+        details = answer.get("details") or []
+        if details and isinstance(details[0], dict) and details[0].get("message") not in (None, text):
+            text += f" ({details[0]['message']})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = " ".join(body.decode("utf-8", "replace").split())
+    text = text[:MAX_REASON_CHARS]
+    return f": {text}" if text else ""
+
+
+class _MaskedHeaders(dict):
+    """Request headers whose repr hides the token, should a Request ever be logged."""
+
+    def __repr__(self) -> str:
+        return repr({k: ("***" if k.lower() == "authorization" else v) for k, v in self.items()})

@@ -6,6 +6,7 @@ keeping the import that every cold start pays small.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from bridges.settings import Settings, load_settings
@@ -13,14 +14,18 @@ from bridges.settings import Settings, load_settings
 if TYPE_CHECKING:
     from bridges.core import Bridge
 
+log = logging.getLogger(__name__)
 _settings: Settings | None = None
 _bridge: Bridge | None = None
 
 
 def start() -> Settings:
-    """Validate the settings; raises SettingsError naming a bad setting."""
+    """Validate the settings; raises SettingsError naming a bad setting, and logs every sink
+    left out for want of a setting (health reports them too)."""
     global _settings
     _settings = load_settings()
+    for problem in _settings.sink_problems:
+        log.warning("sink not enabled: %s", problem)
     return _settings
 
 

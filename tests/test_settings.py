@@ -87,3 +87,36 @@ def test_the_local_runner_refuses_to_start_on_a_bad_setting():
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "configuration error: BRIDGE_MAX_BODY_BYTES: expected a positive whole number, got '0'"
+
+
+def test_start_up_names_a_partly_configured_sink_in_the_log():
+    env = {"PATH": "/usr/bin:/bin", "DYNATRACE_URL": "https://abc.live.dynatrace.com"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import logging; logging.basicConfig(); import function_app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sink not enabled: dynatrace: DYNATRACE_API_TOKEN is not set" in done.stderr
+
+
+def test_a_sink_named_in_bridge_sinks_must_be_complete():
+    with pytest.raises(SettingsError, match="BETTERSTACK_SOURCE_TOKEN is not set"):
+        load_settings({"BRIDGE_SINKS": "betterstack", "BETTERSTACK_URL": "https://in.logs.betterstack.com"})
+    with pytest.raises(SettingsError, match="BRIDGE_SINKS: expected a comma list"):
+        load_settings({"BRIDGE_SINKS": "dynatrace,elastic"})
+
+
+def test_sinks_are_enabled_by_their_settings():
+    assert load_settings({}).enabled_sinks == ("outbox",)
+    env = {"DYNATRACE_URL": "https://a.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.X",
+           "UNLEASH_URL": "https://u.example.com", "UNLEASH_API_TOKEN": "u-token"}
+    assert load_settings(env).enabled_sinks == ("dynatrace", "unleash")
+    assert load_settings({**env, "BRIDGE_SINKS": "outbox, dynatrace"}).enabled_sinks == ("outbox", "dynatrace")
+    local = {"DYNATRACE_URL": "http://localhost:14499/metrics/ingest"}  # OneAgent: no token needed
+    assert load_settings(local).enabled_sinks == ("dynatrace",)
+
+
+def test_tokens_never_show_in_settings_or_their_errors():
+    settings = load_settings({"UNLEASH_URL": "https://u", "UNLEASH_API_TOKEN": "very-secret-token"})
+    assert "very-secret-token" not in repr(settings) + str(settings)
+    assert settings.unleash_api_token.reveal() == "very-secret-token"

@@ -107,6 +107,9 @@ class BetterStackSink:
     def __repr__(self) -> str:
         return f"BetterStackSink(url={self.url!r}, body_format={self.body_format!r})"
 
+    def status(self) -> dict:
+        return {"configured": True, "endpoint": urlsplit(self.url).netloc, "format": self.body_format}
+
     # ---- encode -------------------------------------------------------------------------
 
     def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:

@@ -25,19 +25,30 @@ from bridges.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
 from bridges.sinks import build_sinks  # noqa: E402
 
-SETTINGS = {
-    "dynatrace": {"DYNATRACE_URL": "https://abc.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.BENCH"},
-    "betterstack": {"BETTERSTACK_URL": "https://in.logs.betterstack.com", "BETTERSTACK_SOURCE_TOKEN": "bench"},
-    "unleash": {"UNLEASH_URL": "https://unleash.example.com", "UNLEASH_API_TOKEN": "bench", "UNLEASH_API": "custom"},
-}
+UNLEASH = {"UNLEASH_URL": "https://unleash.example.com", "UNLEASH_API_TOKEN": "bench"}
+SINKS = [  # (label, sink, settings)
+    ("dynatrace", "dynatrace", {"DYNATRACE_URL": "https://abc.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.BENCH"}),
+    ("betterstack", "betterstack", {"BETTERSTACK_URL": "https://in.logs.betterstack.com", "BETTERSTACK_SOURCE_TOKEN": "b"}),
+    ("unleash custom", "unleash", {**UNLEASH, "UNLEASH_API": "custom"}),
+    ("unleash impact", "unleash", {**UNLEASH, "UNLEASH_API": "impact"}),
+]
+
+
+def units(request) -> int:
+    """What a sink's ``max_items`` counts in a request: lines (Dynatrace) or series (Unleash)."""
+    if request.lines:
+        return len(request.lines)
+    document = json.loads(request.body)
+    if "impactMetrics" in document:
+        return sum(len(metric["samples"]) for metric in document["impactMetrics"])
+    return len(document["metrics"])
 
 
 def fewest_requests(sink, requests) -> int:
     """The fewest requests the sink's limits allow for what it sent."""
     limits = sink.limits
     by_bytes = math.ceil(sum(len(r.body) for r in requests) / limits.max_body_bytes)
-    units = sum(max(len(r.lines), len(r.items)) for r in requests)
-    by_count = math.ceil(units / limits.max_items) if limits.max_items else 1
+    by_count = math.ceil(sum(units(r) for r in requests) / limits.max_items) if limits.max_items else 1
     return max(1, by_bytes, by_count)
 
 
@@ -49,17 +60,13 @@ def main() -> None:
     floor_best, _ = best_and_median(floor)
     per_point = lambda s: s / len(metrics) * 1e6  # noqa: E731
     lines = [f"payload: {len(metrics)} points; floor (json.loads + msgpack.packb): {per_point(floor_best):.2f} us/point"]
-    for name, settings in SETTINGS.items():
-        try:
-            [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))
-        except ImportError:
-            lines.append(f"{name}: not built yet")
-            continue
+    for label, name, settings in SINKS:
+        [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))
         encoded = sink.encode(metrics, now_ns)
         best, median = best_and_median([seconds(lambda: sink.encode(metrics, now_ns)) for _ in range(ROUNDS)])
         sent = sum(len(r.body) for r in encoded.requests)
         lines.append(
-            f"{name}: {per_point(best):.2f} us/point (median {per_point(median):.2f}), "
+            f"{label}: {per_point(best):.2f} us/point (median {per_point(median):.2f}), "
             f"{best / floor_best:.2f}x the floor (target <= 3x); {len(encoded.requests)} requests "
             f"(fewest its limits allow: {fewest_requests(sink, encoded.requests)}), {sent} bytes, "
             f"{len(encoded.rejected)} refused locally"

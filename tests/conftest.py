@@ -16,6 +16,8 @@ from bridges import runtime  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
 
+pytest_plugins = ["peers.unleash"]  # real unleash-server fixtures: unleash_7, unleash_8
+
 # 2026-11-22T10:00:00Z: the receipt time every test sees.
 NOW_NS = 1_795_341_600 * 1_000_000_000
 

@@ -243,7 +243,7 @@ def test_split_of_uneven_metrics_is_greedy_and_tight(body_format):
     assert len(encoded.requests) > 3
     for request in encoded.requests:
         assert len(request.body) == _body_size([metrics[i] for i in request.items], body_format) <= LIMIT
-    for current, following in zip(encoded.requests, encoded.requests[1:]):
+    for current, following in zip(encoded.requests, encoded.requests[1:], strict=False):
         carried = [metrics[i] for i in (*current.items, following.items[0])]
         assert _body_size(carried, body_format) > LIMIT
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 
-from tests.peers.unleash import unleash_7, unleash_8  # noqa: F401  (pytest fixtures)
+from peers.unleash import parse_prometheus
 
 TIMEOUT = 10
 
@@ -27,24 +27,6 @@ def http():
 def unique(prefix: str) -> str:
     """Metric names are kept in server memory for the whole session: keep tests apart."""
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:
-    """Prometheus text exposition -> {(sample name, frozenset(label items)): value}."""
-    out: dict[tuple[str, frozenset], float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"unparseable exposition line: {line!r}"
-        name, labels, value = m.groups()
-        out[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
-    return out
 
 
 def labels(**kw: str) -> frozenset:

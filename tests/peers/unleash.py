@@ -5,8 +5,8 @@ Fixtures (session-scoped):
                  experimental flag customMetrics on)
     unleash_8 -> UnleashPeer for unleash-server 8.2.0 (impact metrics on POST /api/client/metrics)
 
-Use them from a test module with
-    from tests.peers.unleash import unleash_7, unleash_8  # noqa: F401
+tests/conftest.py registers them (``pytest_plugins``): a test just names the fixture.
+``parse_prometheus`` reads what the servers expose as Prometheus text.
 
 Everything listens on 127.0.0.1 only. The servers are installed by
 `bash scripts/install-peers.sh` into .peers/unleash-<version>/. If a peer cannot be started
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -402,3 +403,21 @@ def unleash_7():
 def unleash_8():
     """unleash-server 8.2.0 (impact metrics; the custom endpoint is gone)."""
     yield from _peer_fixture("8.2.0")
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text exposition -> {(sample name, frozenset(label items)): value}."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"unparseable exposition line: {line!r}"
+        name, labels, value = m.groups()
+        out[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
+    return out

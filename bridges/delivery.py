@@ -105,8 +105,12 @@ class SinkReport:
         rejected = len({r.index for r in self.rejected}) + self.rejected_without_detail
         report: dict = {"delivered": self.delivered, "rejected": rejected, "pending": self.pending}
         if self.rejected:
+            first_reasons = {}
+            for r in self.rejected:  # a metric refused on several lines is listed once
+                first_reasons.setdefault(r.index, r.reason)
             report["rejections"] = [
-                {"index": original_index(r.index), "reason": r.reason} for r in self.rejected[:MAX_REPORTED_REJECTIONS]
+                {"index": original_index(i), "reason": reason}
+                for i, reason in list(first_reasons.items())[:MAX_REPORTED_REJECTIONS]
             ]
         if self.pending_reasons:
             report["pending_reasons"] = sorted(set(self.pending_reasons))
@@ -248,12 +252,15 @@ class Delivery:
             log.warning("sink %s rejected %d metrics, e.g. %s", sink.name, len(report.rejected), report.rejected[0].reason)
         return report
 
-    def _encode(self, sink: Sink, metrics: Sequence[Metric], indexes: Sequence[int], now_ns: int, report: SinkReport) -> list[Request]:
-        """Encode a subset of the metrics, mapping the sink's indexes back to ours."""
+    def _encode(self, sink: Sink, metrics: Sequence[Metric], indexes: Sequence[int], now_ns: int, report: SinkReport,
+                resend: bool = False) -> list[Request]:
+        """Encode a subset of the metrics, mapping the sink's indexes back to ours (conversions are
+        counted on the first encoding only, so a resend does not count them twice)."""
         indexes = list(indexes)
         encoded: Encoded = sink.encode([metrics[i] for i in indexes], now_ns)
         report.rejected.extend(Rejection(indexes[r.index], r.reason) for r in encoded.rejected)
-        report.conversions.update(encoded.conversions)
+        if not resend:
+            report.conversions.update(encoded.conversions)
         for request in encoded.requests:
             request.items = tuple(indexes[i] for i in request.items)
             request.lines = tuple(None if i is None else indexes[i] for i in request.lines)
@@ -267,11 +274,11 @@ class Delivery:
                 return []
             half = len(items) // 2
             parts = [items[:half], items[half:]]
-            return [(r, 0) for part in parts for r in self._encode(sink, metrics, part, now_ns, report)]
+            return [(r, 0) for part in parts for r in self._encode(sink, metrics, part, now_ns, report, resend=True)]
         if resends >= MAX_RESENDS:
             report.rejected.extend(Rejection(i, f"gave up after {MAX_RESENDS} resends: {outcome.reason}") for i in items)
             return []
-        return [(r, resends + 1) for r in self._encode(sink, metrics, items, now_ns, report)]
+        return [(r, resends + 1) for r in self._encode(sink, metrics, items, now_ns, report, resend=True)]
 
     def _hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None:
         try:

@@ -61,7 +61,8 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import urlsplit
 
 from bridges.model import CUMULATIVE, Aggregate, Counter, Gauge, Histogram, Metric, Summary
@@ -83,6 +84,7 @@ MAX_BODY_BYTES = 100_000  # express.json()'s limit is 100 kB (102,400 bytes)
 MAX_SERIES = 1000
 MAX_REASON_CHARS = 300
 INF = float("inf")
+_INF_TEXT = '"+Inf"'  # an infinite bucket bound, as a JSON string
 
 # What each answer means; classify() follows this table and a test walks it.
 STATUS_OUTCOMES = {
@@ -108,12 +110,14 @@ _NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _IMPACT_RESERVED = frozenset({"origin", "metric_type"})  # labels Unleash adds to impact metrics
 
 
+@lru_cache(maxsize=4096)
 def custom_name(name: str) -> str:
     """A Prometheus metric name: ``[a-zA-Z_:][a-zA-Z0-9_:]*``."""
     name = _CUSTOM_NAME_INVALID.sub("_", name)
     return "_" + name if name[:1].isdigit() else name
 
 
+@lru_cache(maxsize=4096)
 def impact_name(name: str) -> str:
     """A name Unleash keeps for impact metrics, also a label name: ``[a-zA-Z_][a-zA-Z0-9_]*``."""
     name = _NAME_INVALID.sub("_", name)
@@ -123,12 +127,19 @@ def impact_name(name: str) -> str:
 label_name = impact_name
 
 
+@lru_cache(maxsize=4096)
+def _with_label(labels: tuple, extra: tuple[str, str]) -> tuple:
+    """Labels with one more (le, quantile), sorted; the same sets recur point after point."""
+    return tuple(sorted(labels + (extra,)))
+
+
+@lru_cache(maxsize=4096)
 def bound_text(value: float) -> str:
     """A bucket bound or quantile as a label value, the same for 1 and 1.0: ``1.0``, ``+Inf``."""
     return "+Inf" if value == INF else repr(float(value))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     """One series of one request, merged from every point that feeds it.
 
@@ -157,37 +168,94 @@ class _Group:
     times: list[int] = field(default_factory=list)  # of the points, for the impact bucket
 
 
-def _merged(old: _Series, new: _Series) -> tuple[object, int]:
-    """The merged value and time of two points of one series."""
+def _merged(old: _Series, value, time_ns: int) -> tuple[object, int]:
+    """The merged value and time of a series and one more point of it."""
     how = old.merge or old.kind
-    if how in ("sum", "counter"):
-        return old.value + new.value, max(old.time_ns, new.time_ns)
     if how in ("last", "gauge"):
-        return (new.value, new.time_ns) if new.time_ns >= old.time_ns else (old.value, old.time_ns)
+        return (value, time_ns) if time_ns >= old.time_ns else (old.value, old.time_ns)
+    latest = max(old.time_ns, time_ns)
+    if how in ("sum", "counter"):
+        return old.value + value, latest
     if how == "min":
-        return min(old.value, new.value), max(old.time_ns, new.time_ns)
+        return min(old.value, value), latest
     if how == "max":
-        return max(old.value, new.value), max(old.time_ns, new.time_ns)
-    (count, total, buckets), (count2, total2, buckets2) = old.value, new.value  # histogram
+        return max(old.value, value), latest
+    (count, total, buckets), (count2, total2, buckets2) = old.value, value  # histogram
     summed = tuple((bound, a + b) for (bound, a), (_, b) in zip(buckets, buckets2, strict=True))
-    return (count + count2, total + total2, summed), max(old.time_ns, new.time_ns)
+    return (count + count2, total + total2, summed), latest
 
 
-def _problem(series: _Series) -> str | None:
-    """Why Unleash could not take this (merged) value, or None."""
+def _problem(series: _Series, value: object = None) -> str | None:
+    """Why Unleash could not take this series' value (or the given merged one), or None."""
+    value = series.value if value is None else value
     if series.kind == "histogram":
-        count, total, buckets = series.value
-        numbers = [count, total] + [c for _, c in buckets]
-        if not all(math.isfinite(n) for n in numbers):
+        count, total, buckets = value
+        counts = [c for _, c in buckets]
+        if not (math.isfinite(count) and math.isfinite(total) and all(map(math.isfinite, counts))):
             return f"{series.name}: histogram numbers must be finite"
-        if count < 0 or any(c < 0 for _, c in buckets):
+        if count < 0 or (counts and min(counts) < 0):
             return f"{series.name}: histogram counts cannot be negative"
         return None
-    if not math.isfinite(series.value):
+    if not math.isfinite(value):
         return f"{series.name}: the value is not a finite number"
-    if series.kind == "counter" and series.value < 0:
+    if series.kind == "counter" and value < 0:
         return f"{series.name}: an impact counter takes increments, which cannot be negative"
     return None
+
+
+@dataclass(slots=True)
+class _Layout:
+    """The series every point of one name, point type and shape, unit, description and namespace
+    feeds, whatever its tags: worked out once per request, as points repeat these."""
+
+    refusal: str | None  # why no such point can be sent
+    name: str = ""  # normalized
+    specs: list[tuple] = field(default_factory=list)  # (suffix, kind, extra label, bounds, merge) each
+    help: str = ""
+    conversion: str | None = None
+    fields_not_sent: tuple[str, ...] = ()
+    values: Callable[[object], list] | None = None  # a point's values, in the order of specs
+
+
+@dataclass(slots=True)
+class _Template:
+    """How every point of one identity (layout + tags) is sent. After its first point is merged,
+    the series it feeds exist in the request for good (updated in place, never replaced or
+    removed), so later points only read their values and merge them into those series."""
+
+    layout: _Layout
+    labels: tuple
+    conversions: tuple[tuple[str, int], ...]  # counted for each point sent
+    group: _Group | None = None
+    accumulators: list[_Series] | None = None  # once bound: the series a point feeds, in order
+
+    def new_series(self, values: list, time_ns: int) -> list[_Series]:
+        """A point's series, for when they may be new to the request."""
+        layout, labels = self.layout, self.labels
+        return [_Series(layout.name + suffix, _with_label(labels, extra) if extra else labels, kind, value, time_ns,
+                        layout.help, (kind, *bounds), merge)
+                for (suffix, kind, extra, bounds, merge), value in zip(layout.specs, values, strict=True)]
+
+    def bind(self, group: _Group, series: list[_Series]) -> None:
+        """After a point's series were merged: later points merge into the same ones directly."""
+        self.group = group
+        self.accumulators = [group.series[(s.name, s.labels)] for s in series]
+
+    def merge(self, index: int, values: list, time_ns: int) -> str | None:
+        """Merge a later point into the series it feeds, or say why it cannot be sent (then
+        nothing changes)."""
+        results = []
+        for old, value in zip(self.accumulators, values, strict=True):
+            merged = _merged(old, value, time_ns)
+            problem = _problem(old, merged[0])
+            if problem:
+                return problem
+            results.append(merged)
+        for old, (value, latest) in zip(self.accumulators, results, strict=True):
+            old.value, old.time_ns = value, latest
+        self.group.items.append(index)
+        self.group.times.append(time_ns)
+        return None
 
 
 class _Batch:
@@ -207,19 +275,22 @@ class _Batch:
 
     def cost(self, pieces: list[tuple[str, str, str]]) -> int:
         """Bytes that adding these (entry name, entry head, piece) would add."""
-        size, new_entries, samples = 0, set(), {n: len(s) for n, (_, s) in self.entries.items()}
-        entry_count = len(self.entries)
+        size, entry_count = 0, len(self.entries)
+        samples: dict[str, int] = {}  # entry name -> its samples so far, for the entries these pieces go in
         for name, head, piece in pieces:
             if name not in samples:
-                size += len(head) + len(self.entry_tail) + (1 if entry_count else 0)  # comma between entries
-                entry_count += 1
-                samples[name] = 0
+                entry = self.entries.get(name)
+                if entry is None:
+                    size += len(head) + len(self.entry_tail) + (1 if entry_count else 0)  # comma between entries
+                    entry_count += 1
+                samples[name] = len(entry[1]) if entry else 0
             size += len(piece) + (1 if samples[name] else 0)
             samples[name] += 1
         return size
 
-    def add(self, items: list[int], pieces: list[tuple[str, str, str]], times: list[int]) -> None:
-        self.size += self.cost(pieces)
+    def add(self, items: list[int], pieces: list[tuple[str, str, str]], times: list[int], cost: int) -> None:
+        """Add a group's pieces; ``cost`` is what ``cost(pieces)`` said for them."""
+        self.size += cost
         for name, head, piece in pieces:
             self.entries.setdefault(name, (head, []))[1].append(piece)
         self.items += items
@@ -274,29 +345,57 @@ class UnleashSink:
         """Requests for the current mode, each series once, fewest requests within the limits."""
         mode = self._mode
         encoded = Encoded()
+        conversions = encoded.conversions
         groups: dict[tuple, _Group] = {}
         owners: dict[tuple, tuple] = {}  # series (name, labels) -> the group that owns it
         shapes: dict[str, tuple] = {}  # series name -> shape, to keep one kind per name
+        layouts: dict[tuple, _Layout] = {}
+        templates: dict[tuple, _Template] = {}
+        label_cache: dict[tuple, tuple] = {}
         for index, metric in enumerate(metrics):
-            name = custom_name(metric.name) if mode == CUSTOM else impact_name(metric.name)
-            labels, dropped = self._labels(metric, mode)
-            series, conversion = (_custom_series if mode == CUSTOM else _impact_series)(metric, name, labels)
-            problem = self._add(groups, owners, shapes, (name, labels), index, metric.time_ns, series)
+            point = metric.point
+            identity = (metric.name, type(point), _shape_key(point), metric.namespace, metric.unit,
+                        metric.description, metric.tags)
+            template = templates.get(identity)
+            if template is None:
+                layout = layouts.get(identity[:-1])  # all but the tags
+                if layout is None:
+                    layout = layouts[identity[:-1]] = _layout(metric, mode)
+                if layout.refusal:
+                    encoded.rejected.append(Rejection(index, layout.refusal))
+                    continue
+                template = templates[identity] = self._template(metric, mode, layout, label_cache)
+            values = template.layout.values(point)
+            if template.accumulators is not None:  # the common case: a later point of this identity
+                problem = template.merge(index, values, metric.time_ns)
+            else:
+                series = template.new_series(values, metric.time_ns)
+                group_key = (template.layout.name, template.labels)
+                problem = self._add(groups, owners, shapes, group_key, index, metric.time_ns, series)
+                if not problem:
+                    template.bind(groups[group_key], series)
             if problem:
                 encoded.rejected.append(Rejection(index, problem))
                 continue
-            if conversion:
-                encoded.conversions[conversion] += 1
-            if dropped:
-                encoded.conversions["labels dropped (empty value, reserved or duplicate name)"] += dropped
-            for field_name in (("namespace", "unit", "description") if mode == CUSTOM else ("namespace",)):
-                if getattr(metric, field_name):
-                    encoded.conversions[f"{field_name} not sent"] += 1
+            for conversion, count in template.conversions:
+                conversions[conversion] += count
         requests, too_large = self._pack(list(groups.values()), mode)
         encoded.requests = requests
         encoded.rejected += too_large
         encoded.rejected.sort(key=lambda r: r.index)
         return encoded
+
+    def _template(self, metric: Metric, mode: str, layout: _Layout, label_cache: dict) -> _Template:
+        """The template of this metric's identity (see ``_Template``)."""
+        label_key = (metric.tags, type(metric.point))
+        if label_key not in label_cache:  # tags repeat across point types
+            label_cache[label_key] = self._labels(metric, mode)
+        labels, dropped = label_cache[label_key]
+        counted = [(layout.conversion, 1)] if layout.conversion else []
+        if dropped:
+            counted.append(("labels dropped (empty value, reserved or duplicate name)", dropped))
+        counted += [(f"{field_name} not sent", 1) for field_name in layout.fields_not_sent]
+        return _Template(layout, labels, tuple(counted))
 
     @staticmethod
     def _labels(metric: Metric, mode: str) -> tuple[tuple[tuple[str, str], ...], int]:
@@ -316,27 +415,48 @@ class UnleashSink:
 
     @staticmethod
     def _add(groups, owners, shapes, group_key, index: int, time_ns: int, series: list[_Series]) -> str | None:
-        """Merge one metric's series into its group, or say why it cannot be sent (then nothing changes)."""
-        group = groups.get(group_key) or _Group()
+        """Merge one metric's series into its group, or say why it cannot be sent (then nothing changes).
+        A series already in the group is updated in place, so templates bound to it stay valid."""
+        group = groups.get(group_key)
+        if group is not None:  # a later point of series this group already sends
+            olds = [group.series.get((new.name, new.labels)) for new in series]
+            if all(old is not None and old.shape == new.shape for old, new in zip(olds, series, strict=True)):
+                results = [_merged(old, new.value, new.time_ns) for old, new in zip(olds, series, strict=True)]
+                for old, (value, _) in zip(olds, results):
+                    problem = _problem(old, value)
+                    if problem:
+                        return problem
+                for old, (value, latest) in zip(olds, results):
+                    old.value, old.time_ns = value, latest
+                group.items.append(index)
+                group.times.append(time_ns)
+                return None
+        group = group or _Group()
         merged = []
         for new in series:
             key = (new.name, new.labels)
-            shape = shapes.get(new.name)
-            if shape is not None and shape != new.shape:
-                return (f"{new.name} is already in this request as {_shape_text(shape)}; "
-                        f"it cannot also be {_shape_text(new.shape)}")
-            if owners.get(key, group_key) != group_key:
-                return f"{new.name} with these labels is already sent for another metric in this request"
             old = group.series.get(key)
-            if old is not None:
-                value, time_ns = _merged(old, new)
-                new = _Series(new.name, new.labels, new.kind, value, time_ns, old.help, new.shape, new.merge)
-            problem = _problem(new)
+            if old is None or old.shape != new.shape:  # a series new to this request: may it join?
+                shape = shapes.get(new.name)
+                if shape is not None and shape != new.shape:
+                    return (f"{new.name} is already in this request as {_shape_text(shape)}; "
+                            f"it cannot also be {_shape_text(new.shape)}")
+                if owners.get(key, group_key) != group_key:
+                    return f"{new.name} with these labels is already sent for another metric in this request"
+                problem = _problem(new)
+                merged.append((key, new, None))
+            else:  # a later point of a series this group already sends
+                value, latest = _merged(old, new.value, new.time_ns)
+                problem = _problem(new, value)
+                merged.append((key, new, (old, value, latest)))
             if problem:
                 return problem
-            merged.append((key, new))
-        for key, new in merged:
-            group.series[key] = new
+        for key, new, update in merged:
+            if update is None:
+                group.series[key] = new
+            else:
+                old, value, latest = update
+                old.value, old.time_ns, old.merge = value, latest, new.merge
             owners[key] = group_key
             shapes[new.name] = new.shape
         group.items.append(index)
@@ -350,36 +470,23 @@ class UnleashSink:
         refused: list[Rejection] = []
         envelope = self._envelope(mode, 0, 0)
         batch = _Batch(mode, envelope)
+        piece = _custom_piece if mode == CUSTOM else _impact_piece
         for group in groups:
-            pieces = [self._piece(s, mode) for s in group.series.values()]
-            if batch.items and (batch.size + batch.cost(pieces) > self.max_body_bytes
-                                or batch.series + len(pieces) > MAX_SERIES):
+            pieces = [piece(s) for s in group.series.values()]
+            cost = batch.cost(pieces)
+            if batch.items and (batch.size + cost > self.max_body_bytes or batch.series + len(pieces) > MAX_SERIES):
                 requests.append(self._request(batch, mode))
                 batch = _Batch(mode, envelope)
-            alone = batch.size + batch.cost(pieces)
+                cost = batch.cost(pieces)
+            alone = batch.size + cost
             if alone > self.max_body_bytes or len(pieces) > MAX_SERIES:
                 refused += [Rejection(i, f"its {len(pieces)} series encode to {alone} bytes, over Unleash's "
                                          f"{self.max_body_bytes}-byte body limit") for i in group.items]
                 continue
-            batch.add(group.items, pieces, group.times)
+            batch.add(group.items, pieces, group.times, cost)
         if batch.items:
             requests.append(self._request(batch, mode))
         return requests, refused
-
-    @staticmethod
-    def _piece(series: _Series, mode: str) -> tuple[str, str, str]:
-        """(entry name, entry head, JSON text) of one series; custom series are entries of their own."""
-        labels = dict(series.labels)
-        if mode == CUSTOM:
-            return "", "", _json({"name": series.name, "value": series.value, "labels": labels})
-        if series.kind == "histogram":
-            count, total, buckets = series.value
-            sample = {"count": count, "sum": total, "labels": labels,
-                      "buckets": [{"le": "+Inf" if b == INF else b, "count": c} for b, c in buckets]}
-        else:
-            sample = {"value": series.value, "labels": labels}
-        head = _json({"name": series.name, "help": series.help, "type": series.kind})[:-1] + ',"samples":['
-        return series.name, head, _json(sample)
 
     def _envelope(self, mode: str, start_ns: int, stop_ns: int) -> tuple[str, str]:
         """The body around the series. Bucket times are fixed-length, so the size never changes."""
@@ -395,7 +502,7 @@ class UnleashSink:
         body = batch.body().encode("ascii")
         assert len(body) == batch.size  # the size arithmetic and the bytes agree
         url = self.base_url + (CUSTOM_PATH if mode == CUSTOM else IMPACT_PATH)
-        headers = _MaskedHeaders({"Authorization": self._token.reveal(), "Content-Type": "application/json"})
+        headers = {"Authorization": self._token.reveal(), "Content-Type": "application/json"}
         return Request("POST", url, headers, body, tuple(sorted(batch.items)))
 
     # --- classification -------------------------------------------------------------------
@@ -447,62 +554,92 @@ class UnleashSink:
                     "sending impact metrics to %s from now on", urlsplit(self.base_url).netloc, IMPACT_PATH)
 
 
-def _custom_series(metric: Metric, name: str, labels) -> tuple[list[_Series], str | None]:
-    """The custom endpoint's series for one metric, and the conversion to count (if any)."""
-    point, t = metric.point, metric.time_ns
+def _layout(metric: Metric, mode: str) -> _Layout:
+    """The layout of this metric's name, point type and shape, unit, description and namespace."""
+    name = custom_name(metric.name) if mode == CUSTOM else impact_name(metric.name)
+    if not name:
+        return _Layout("Unleash needs a metric name")
+    if mode == CUSTOM:
+        help_text = ""
+        specs, conversion, values = _custom_layout(metric.point)
+    else:
+        help_text = metric.description or metric.name
+        if metric.unit:
+            help_text += f" [{metric.unit}]"
+        specs, conversion, values = _impact_layout(metric.point)
+    fields_not_sent = tuple(f for f in (("namespace", "unit", "description") if mode == CUSTOM else ("namespace",))
+                            if getattr(metric, f))
+    return _Layout(None, name, specs, help_text, conversion, fields_not_sent, values)
 
-    def series(suffix: str, kind: str, value, extra: tuple[str, str] | None = None, shape=()) -> _Series:
-        own = tuple(sorted(labels + (extra,))) if extra else labels
-        return _Series(name + suffix, own, kind, value, t, shape=(kind, *shape))
 
-    if isinstance(point, Gauge):
-        return [series("", "last", point.value)], None
-    if isinstance(point, Counter) and point.temporality == CUMULATIVE:
-        return [series("", "last", point.value)], None
+def _shape_key(point) -> object:
+    """What decides a point's series besides its name, type and tags (see the layouts): a counter's
+    temporality, a histogram's bucket bounds or a summary's quantiles."""
+    if isinstance(point, (Gauge, Aggregate)):
+        return None
     if isinstance(point, Counter):
-        return [series("", "sum", point.value)], "delta counter sent as the summed increase of the request"
-    if isinstance(point, Aggregate):
-        return [series("_min", "min", point.min), series("_max", "max", point.max),
-                series("_sum", "sum", point.sum), series("_count", "sum", point.count)], \
-            "aggregate sent as _min, _max, _sum and _count series"
+        return point.temporality
     if isinstance(point, Histogram):
-        pairs = point.cumulative_buckets()
-        bounds = tuple(b for b, _ in pairs)
-        return [series("_count", "sum", point.count), series("_sum", "sum", point.sum)] + [
-            series("_bucket", "sum", count, ("le", bound_text(bound)), bounds) for bound, count in pairs
-        ], "histogram sent as _count, _sum and cumulative _bucket series"
-    return [series("_count", "last", point.count), series("_sum", "last", point.sum)] + [
-        series("", "last", q.value, ("quantile", bound_text(q.quantile))) for q in point.quantiles
-    ], "summary sent as _count, _sum and quantile series"
+        return tuple(b.upper_limit for b in point.buckets)
+    return tuple(q.quantile for q in point.quantiles)  # a summary, as the layouts take any other point
 
 
-def _impact_series(metric: Metric, name: str, labels) -> tuple[list[_Series], str | None]:
-    """The impact metrics for one metric, and the conversion to count (if any)."""
-    point, t = metric.point, metric.time_ns
-    help_text = metric.description or metric.name
-    if metric.unit:
-        help_text += f" [{metric.unit}]"
+def _spec(suffix: str, kind: str, extra: tuple[str, str] | None = None, bounds: tuple = (), merge: str = "") -> tuple:
+    """One series of a layout: name suffix, kind, extra label (le, quantile), bucket bounds, merge rule."""
+    return suffix, kind, extra, bounds, merge
 
-    def series(suffix: str, kind: str, value, extra: tuple[str, str] | None = None, shape=(), merge="") -> _Series:
-        own = tuple(sorted(labels + (extra,))) if extra else labels
-        return _Series(name + suffix, own, kind, value, t, help_text, (kind, *shape), merge)
 
+def _value(point) -> list:
+    """The values of a gauge or counter: its one series."""
+    return [point.value]
+
+
+def _custom_layout(point) -> tuple[list[tuple], str | None, Callable[[object], list]]:
+    """The custom endpoint's series for a point (``_spec`` each), the conversion to count (if any),
+    and how to read a point's values, in the order of the series."""
     if isinstance(point, Gauge):
-        return [series("", "gauge", point.value)], None
+        return [_spec("", "last")], None, _value
     if isinstance(point, Counter) and point.temporality == CUMULATIVE:
-        return [series("", "gauge", point.value)], "cumulative counter sent as a gauge (impact counters take increments)"
+        return [_spec("", "last")], None, _value
     if isinstance(point, Counter):
-        return [series("", "counter", point.value)], None
-    if isinstance(point, Histogram):
-        pairs = point.cumulative_buckets()
-        return [series("", "histogram", (point.count, point.sum, pairs), shape=tuple(b for b, _ in pairs))], None
+        return [_spec("", "sum")], "delta counter sent as the summed increase of the request", _value
     if isinstance(point, Aggregate):
-        return [series("", "histogram", (point.count, point.sum, ((INF, point.count),)), shape=(INF,)),
-                series("_min", "gauge", point.min, merge="min"), series("_max", "gauge", point.max, merge="max")], \
-            "aggregate sent as a histogram of only +Inf (count, sum) and _min/_max gauges"
-    return [series("", "gauge", q.value, ("quantile", bound_text(q.quantile))) for q in point.quantiles] + [
-        series("_count", "gauge", point.count), series("_sum", "gauge", point.sum)
-    ], "summary sent as gauges (quantiles, _count, _sum)"
+        return ([_spec("_min", "min"), _spec("_max", "max"), _spec("_sum", "sum"), _spec("_count", "sum")],
+                "aggregate sent as _min, _max, _sum and _count series",
+                lambda p: [p.min, p.max, p.sum, p.count])
+    if isinstance(point, Histogram):
+        bounds = tuple(b for b, _ in point.cumulative_buckets())
+        return ([_spec("_count", "sum"), _spec("_sum", "sum")]
+                + [_spec("_bucket", "sum", ("le", bound_text(bound)), bounds) for bound in bounds],
+                "histogram sent as _count, _sum and cumulative _bucket series",
+                lambda p: [p.count, p.sum, *(count for _, count in p.cumulative_buckets())])
+    return ([_spec("_count", "last"), _spec("_sum", "last")]
+            + [_spec("", "last", ("quantile", bound_text(q.quantile))) for q in point.quantiles],
+            "summary sent as _count, _sum and quantile series",
+            lambda p: [p.count, p.sum, *(q.value for q in p.quantiles)])
+
+
+def _impact_layout(point) -> tuple[list[tuple], str | None, Callable[[object], list]]:
+    """The impact metrics for a point (``_spec`` each), the conversion to count (if any), and how
+    to read a point's values, in the order of the series."""
+    if isinstance(point, Gauge):
+        return [_spec("", "gauge")], None, _value
+    if isinstance(point, Counter) and point.temporality == CUMULATIVE:
+        return [_spec("", "gauge")], "cumulative counter sent as a gauge (impact counters take increments)", _value
+    if isinstance(point, Counter):
+        return [_spec("", "counter")], None, _value
+    if isinstance(point, Histogram):
+        bounds = tuple(b for b, _ in point.cumulative_buckets())
+        return [_spec("", "histogram", bounds=bounds)], None, lambda p: [(p.count, p.sum, p.cumulative_buckets())]
+    if isinstance(point, Aggregate):
+        return ([_spec("", "histogram", bounds=(INF,)), _spec("_min", "gauge", merge="min"),
+                 _spec("_max", "gauge", merge="max")],
+                "aggregate sent as a histogram of only +Inf (count, sum) and _min/_max gauges",
+                lambda p: [(p.count, p.sum, ((INF, p.count),)), p.min, p.max])
+    return ([_spec("", "gauge", ("quantile", bound_text(q.quantile))) for q in point.quantiles]
+            + [_spec("_count", "gauge"), _spec("_sum", "gauge")],
+            "summary sent as gauges (quantiles, _count, _sum)",
+            lambda p: [*(q.value for q in p.quantiles), p.count, p.sum])
 
 
 def base_url(url: str) -> str:
@@ -521,8 +658,53 @@ def _shape_text(shape: tuple) -> str:
     return f"{text} with bucket bounds {', '.join(bound_text(b) for b in bounds)}" if bounds else text
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # json.dumps, built once
+
+
 def _json(document) -> str:
-    return json.dumps(document, separators=(",", ":"), allow_nan=False)
+    return _encode(document)
+
+
+def _number(value) -> str:
+    """A value as json.dumps writes it; ints and finite floats directly (their repr), as they are
+    nearly every value and dumps costs far more than the text."""
+    if value.__class__ is float and math.isfinite(value):
+        return float.__repr__(value)
+    if value.__class__ is int:
+        return int.__repr__(value)
+    return _encode(value)
+
+
+@lru_cache(maxsize=4096)
+def _labels_json(labels: tuple) -> str:
+    """A label set as JSON; the same sets recur series after series and request after request."""
+    return _encode(dict(labels))
+
+
+@lru_cache(maxsize=4096)
+def _impact_head(name: str, help_text: str, kind: str) -> str:
+    """The start of an impact entry, up to its samples."""
+    return _encode({"name": name, "help": help_text, "type": kind})[:-1] + ',"samples":['
+
+
+def _custom_piece(series: _Series) -> tuple[str, str, str]:
+    """(entry name, entry head, JSON text) of a custom series, an entry of its own: what
+    ``_json({"name": ..., "value": ..., "labels": dict(labels)})`` writes, from cached parts."""
+    name, value, labels = _encode(series.name), _number(series.value), _labels_json(series.labels)
+    return "", "", f'{{"name":{name},"value":{value},"labels":{labels}}}'
+
+
+def _impact_piece(series: _Series) -> tuple[str, str, str]:
+    """(entry name, entry head, JSON sample) of an impact series, written as ``_json`` would."""
+    labels = _labels_json(series.labels)
+    if series.kind == "histogram":
+        count, total, buckets = series.value
+        bucket_texts = ",".join(f'{{"le":{_INF_TEXT if b == INF else _number(b)},"count":{_number(c)}}}'
+                                for b, c in buckets)
+        sample = f'{{"count":{_number(count)},"sum":{_number(total)},"labels":{labels},"buckets":[{bucket_texts}]}}'
+    else:
+        sample = f'{{"value":{_number(series.value)},"labels":{labels}}}'
+    return series.name, _impact_head(series.name, series.help, series.kind), sample
 
 
 def _iso_ms(time_ns: int) -> str:
@@ -543,10 +725,3 @@ def _said(body: bytes) -> str:
         text = " ".join(body.decode("utf-8", "replace").split())
     text = text[:MAX_REASON_CHARS]
     return f": {text}" if text else ""
-
-
-class _MaskedHeaders(dict):
-    """Request headers whose repr hides the token, should a Request ever be logged."""
-
-    def __repr__(self) -> str:
-        return repr({k: ("***" if k.lower() == "authorization" else v) for k, v in self.items()})

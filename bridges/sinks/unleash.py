@@ -422,11 +422,11 @@ class UnleashSink:
             olds = [group.series.get((new.name, new.labels)) for new in series]
             if all(old is not None and old.shape == new.shape for old, new in zip(olds, series, strict=True)):
                 results = [_merged(old, new.value, new.time_ns) for old, new in zip(olds, series, strict=True)]
-                for old, (value, _) in zip(olds, results):
+                for old, (value, _) in zip(olds, results, strict=True):
                     problem = _problem(old, value)
                     if problem:
                         return problem
-                for old, (value, latest) in zip(olds, results):
+                for old, (value, latest) in zip(olds, results, strict=True):
                     old.value, old.time_ns = value, latest
                 group.items.append(index)
                 group.times.append(time_ns)

@@ -32,7 +32,7 @@ class Limits:
     """What one request to the backend may hold, and which points it accepts."""
 
     max_body_bytes: int
-    max_items: int | None = None
+    max_items: int | None = None  # lines (Dynatrace) or series (Unleash) one request may hold
     max_dimensions: int | None = None
     max_age_seconds: float | None = None
     max_future_seconds: float | None = None

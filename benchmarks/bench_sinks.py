@@ -8,12 +8,14 @@ with the receipt time so that no sink's time window drops any.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+import cramjam
 import msgpack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +33,33 @@ SINKS = [  # (label, sink, settings)
     ("betterstack", "betterstack", {"BETTERSTACK_URL": "https://in.logs.betterstack.com", "BETTERSTACK_SOURCE_TOKEN": "b"}),
     ("unleash custom", "unleash", {**UNLEASH, "UNLEASH_API": "custom"}),
     ("unleash impact", "unleash", {**UNLEASH, "UNLEASH_API": "impact"}),
+    ("azure_monitor", "azure_monitor", {"AZURE_MONITOR_RESOURCE_ID": "/subscriptions/0/resourceGroups/rg/providers/"
+                                        "Microsoft.Web/sites/bench", "AZURE_MONITOR_REGION": "westeurope"}),
+    ("prometheus", "prometheus", {"PROMETHEUS_REMOTE_WRITE_URL": "https://dce.eastus-1.metrics.ingest.monitor.azure.com/"
+                                  "dataCollectionRules/dcr-1/streams/Microsoft-PrometheusMetrics/api/v1/write"
+                                  "?api-version=2023-04-24"}),
 ]
 
 
+def plain_size(request) -> int:
+    """Body bytes before any Content-Encoding: what the byte limits count."""
+    encoding = {k.lower(): v for k, v in request.headers.items()}.get("content-encoding", "")
+    if encoding == "gzip":
+        return len(gzip.decompress(request.body))
+    if encoding == "snappy":
+        return len(cramjam.snappy.decompress_raw(request.body))
+    return len(request.body)
+
+
 def units(request) -> int:
-    """What a sink's ``max_items`` counts in a request: lines (Dynatrace) or series (Unleash)."""
+    """What a sink's ``max_items`` counts in a request: lines (Dynatrace), series (Unleash),
+    samples (Prometheus)."""
     if request.lines:
         return len(request.lines)
+    if {k.lower(): v for k, v in request.headers.items()}.get("content-encoding") == "snappy":
+        from bridges.formats.remote_write import decode_write_request
+
+        return sum(len(series["samples"]) for series in decode_write_request(request.body)["timeseries"])
     document = json.loads(request.body)
     if "impactMetrics" in document:
         return sum(len(metric["samples"]) for metric in document["impactMetrics"])
@@ -47,7 +69,7 @@ def units(request) -> int:
 def fewest_requests(sink, requests) -> int:
     """The fewest requests the sink's limits allow for what it sent."""
     limits = sink.limits
-    by_bytes = math.ceil(sum(len(r.body) for r in requests) / limits.max_body_bytes)
+    by_bytes = math.ceil(sum(plain_size(r) for r in requests) / limits.max_body_bytes)
     by_count = math.ceil(sum(units(r) for r in requests) / limits.max_items) if limits.max_items else 1
     return max(1, by_bytes, by_count)
 
@@ -65,10 +87,12 @@ def main() -> None:
         encoded = sink.encode(metrics, now_ns)
         best, median = best_and_median([seconds(lambda: sink.encode(metrics, now_ns)) for _ in range(ROUNDS)])
         sent = sum(len(r.body) for r in encoded.requests)
+        plain = sum(plain_size(r) for r in encoded.requests)
         lines.append(
             f"{label}: {per_point(best):.2f} us/point (median {per_point(median):.2f}), "
             f"{best / floor_best:.2f}x the floor (target <= 3x); {len(encoded.requests)} requests "
-            f"(fewest its limits allow: {fewest_requests(sink, encoded.requests)}), {sent} bytes, "
+            f"(fewest its limits allow: {fewest_requests(sink, encoded.requests)}), {sent} bytes"
+            + (f" ({plain} before compression)" if plain != sent else "") + ", "
             f"{len(encoded.rejected)} refused locally"
         )
     report("sinks", lines)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from bridges import transport
+from bridges.auth import TokenError
 from bridges.model import Metric
 from bridges.settings import scrub
 from bridges.sinks.base import (
@@ -219,7 +220,15 @@ class Delivery:
                 if delay:
                     wait(request.items, f"client-side rate limit of {sink.limits.max_requests_per_minute} requests a minute", delay)
                     continue
-                outcome = _scrubbed(sink.classify(request, transport.send(session, request, self.timeout_seconds)))
+                try:
+                    sent = sink.authorize(request) if hasattr(sink, "authorize") else request
+                except TokenError as exc:  # no identity yet, or no role: keep them and say so in health
+                    self.misconfigured[sink.name] = scrub(exc.reason)
+                    wait(request.items, scrub(exc.reason), None)
+                    continue
+                outcome = _scrubbed(sink.classify(request, transport.send(session, sent, self.timeout_seconds)))
+                if isinstance(outcome, (Delivered, Partial)):
+                    self.misconfigured.pop(sink.name, None)  # it works (again)
                 if isinstance(outcome, Delivered):
                     delivered.update(request.items)
                 elif isinstance(outcome, Partial):

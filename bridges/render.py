@@ -52,11 +52,25 @@ def _timestamps_as_text(value: object) -> object:
     return value
 
 
+def decoded(body: bytes, content_encoding: str, content_type: str) -> object:
+    """The body without its Content-Encoding, decoded by type (remote-write: snappy + protobuf)."""
+    encoding = content_encoding.strip().lower()
+    if encoding == "gzip":
+        import gzip
+
+        return readable_body(gzip.decompress(body), content_type)
+    if encoding == "snappy" and media_type(content_type) == "application/x-protobuf":
+        from bridges.formats.remote_write import decode_write_request
+
+        return decode_write_request(body)
+    return readable_body(body, content_type)
+
+
 def readable(request: Request) -> dict:
-    content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
+    lowered = {k.lower(): v for k, v in request.headers.items()}
     return {
         "method": request.method,
         "url": request.url,
         "headers": masked_headers(request.headers),
-        "body": readable_body(request.body, content_type),
+        "body": decoded(request.body, lowered.get("content-encoding", ""), lowered.get("content-type", "")),
     }

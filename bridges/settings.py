@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 LOCAL_SETTINGS_FILE = "local.settings.json"
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
 OUTBOX = "outbox"
-BACKEND_SINKS = ("dynatrace", "betterstack", "unleash")
+BACKEND_SINKS = ("dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus")
 
 
 class SettingsError(ValueError):
@@ -140,6 +141,38 @@ def _dimensions(text: str) -> dict[str, str]:
     return pairs
 
 
+_RESOURCE_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/[^/]+/[^/]+/[^/]+(/[^/]+/[^/]+)*",
+                          re.IGNORECASE)
+_REGION = re.compile(r"[a-z0-9]{2,40}")
+
+
+def _resource_id(text: str) -> str | None:
+    """An Azure resource id; a resource group or subscription cannot receive custom metrics."""
+    text = text.strip().rstrip("/")
+    if not text:
+        return None
+    if not _RESOURCE_ID.fullmatch(text):
+        raise ValueError
+    return text
+
+
+def _region(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not _REGION.fullmatch(text):
+        raise ValueError
+    return text
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip().lower() not in options:
@@ -169,6 +202,11 @@ _EXPECTED = {
     _boolean: "true or false",
     _dimensions: "key=value pairs separated by commas",
     _sink_list: f"a comma list of {', '.join((OUTBOX, *BACKEND_SINKS))}",
+    _resource_id: "the id of an Azure resource (/subscriptions/.../resourceGroups/.../providers/...), "
+                  "not a resource group or subscription",
+    _region: "a lower-case region short name such as westeurope",
+    _names: "names separated by commas",
+    _optional_text: "text",
 }
 _BETTERSTACK_FORMATS = _choice("msgpack", "json", "ndjson")
 _UNLEASH_APIS = _choice("auto", "custom", "impact")
@@ -214,6 +252,31 @@ SETTINGS: tuple[Setting, ...] = (
             "custom: `/api/client/metrics/custom` (Unleash 7.0-8.0); impact: impact metrics in `/api/client/metrics` "
             "(8.1+); auto: custom, switching to impact for the process on a 404.", "unleash"),
     Setting("UNLEASH_APP_NAME", "metrics-bridge", _text, "appName reported with impact metrics.", "unleash"),
+    Setting("AZURE_MONITOR_RESOURCE_ID", "", _resource_id,
+            "Default Azure resource the custom metrics belong to (a metric's `azure.resource_id` overrides it). "
+            "Grant the app's identity Monitoring Metrics Publisher on it.", "azure_monitor"),
+    Setting("AZURE_MONITOR_REGION", "", _region,
+            "That resource's region (`westeurope`): metrics go to `https://<region>.monitoring.azure.com`.",
+            "azure_monitor"),
+    Setting("AZURE_MONITOR_ENDPOINT", "", _url,
+            "Endpoint override for sovereign clouds (`https://usgovarizona.monitoring.azure.us`); replaces the "
+            "regional URL.", "azure_monitor"),
+    Setting("AZURE_MONITOR_NAMESPACE", "Bridge", _text, "Namespace for metrics that name none.", "azure_monitor"),
+    Setting("AZURE_MONITOR_DIMENSION_PRIORITY", "", _names,
+            "Tag names to keep first when a metric has more than 10 (comma list); the rest in key order.",
+            "azure_monitor"),
+    Setting("PROMETHEUS_REMOTE_WRITE_URL", "", _url,
+            "The data collection rule's full ingestion URL, `https://<dce>.<region>-1.metrics.ingest.monitor.azure.com/"
+            "dataCollectionRules/<dcr-id>/streams/Microsoft-PrometheusMetrics/api/v1/write?api-version=2023-04-24`. "
+            "Grant the identity Monitoring Metrics Publisher on the data collection rule.", "prometheus"),
+    Setting("PROMETHEUS_MAX_SAMPLES_PER_REQUEST", "2000", _positive_int, "Samples per remote-write request.",
+            "prometheus"),
+    Setting("AZURE_CLIENT_ID", "", _optional_text,
+            "Client id of the user-assigned managed identity (or of the service principal); empty: system-assigned."),
+    Setting("AZURE_TENANT_ID", "", _optional_text, "Tenant of the service principal (with AZURE_CLIENT_SECRET)."),
+    Setting("AZURE_CLIENT_SECRET", "", _secret,
+            "Service principal secret (a Key Vault reference in Azure); with AZURE_TENANT_ID and AZURE_CLIENT_ID the "
+            "Azure sinks use it instead of the managed identity."),
 )
 _EXPECTED[_BETTERSTACK_FORMATS] = _BETTERSTACK_FORMATS.expected
 _EXPECTED[_UNLEASH_APIS] = _UNLEASH_APIS.expected
@@ -221,6 +284,8 @@ _REQUIRED = {
     "dynatrace": ("DYNATRACE_URL", "DYNATRACE_API_TOKEN"),
     "betterstack": ("BETTERSTACK_URL", "BETTERSTACK_SOURCE_TOKEN"),
     "unleash": ("UNLEASH_URL", "UNLEASH_API_TOKEN"),
+    "azure_monitor": ("AZURE_MONITOR_RESOURCE_ID", "AZURE_MONITOR_REGION"),
+    "prometheus": ("PROMETHEUS_REMOTE_WRITE_URL",),
 }
 
 
@@ -245,6 +310,16 @@ class Settings:
     unleash_api_token: Secret | None = None
     unleash_api: str = "auto"
     unleash_app_name: str = "metrics-bridge"
+    azure_monitor_resource_id: str | None = None
+    azure_monitor_region: str | None = None
+    azure_monitor_endpoint: str | None = None
+    azure_monitor_namespace: str = "Bridge"
+    azure_monitor_dimension_priority: tuple = ()
+    prometheus_remote_write_url: str | None = None
+    prometheus_max_samples_per_request: int = 2000
+    azure_client_id: str | None = None
+    azure_tenant_id: str | None = None
+    azure_client_secret: Secret | None = None
     enabled_sinks: tuple[str, ...] = (OUTBOX,)
     sink_problems: tuple[str, ...] = ()  # partly configured sinks, each naming the setting to fix
 
@@ -312,6 +387,8 @@ def _missing(sink: str, parsed: dict[str, object]) -> list[str]:
     required = list(_REQUIRED[sink])
     if sink == "dynatrace" and _is_oneagent_local(parsed.get("dynatrace_url")):
         required.remove("DYNATRACE_API_TOKEN")
+    if sink == "azure_monitor" and parsed.get("azure_monitor_endpoint"):
+        required.remove("AZURE_MONITOR_REGION")  # the endpoint override names the regional host
     return [name for name in required if parsed.get(name.lower()) is None]
 
 

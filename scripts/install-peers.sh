@@ -44,6 +44,26 @@ else
 fi
 id postgres >/dev/null 2>&1 || say "warning: no 'postgres' OS user; tests running as root cannot run initdb"
 
+# ---------------------------------------------------------------- Prometheus
+# The remote-write receiver the Prometheus sink is tested against (Debian's package).
+if command -v prometheus >/dev/null 2>&1; then
+    say "prometheus: ok ($(command -v prometheus))"
+else
+    say "prometheus: installing Debian package 'prometheus' ..."
+    command -v apt-get >/dev/null 2>&1 || die "prometheus not found and apt-get is unavailable"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install prometheus"
+        SUDO="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
+    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null || die "apt-get install prometheus failed"
+    # The package starts a system-wide server on :9090; the tests start their own.
+    ($SUDO service prometheus stop || $SUDO pkill -x prometheus) >/dev/null 2>&1 || true
+    say "prometheus: installed"
+fi
+
 # ---------------------------------------------------------------- unleash-server
 command -v node >/dev/null 2>&1 || die "node not found (need Node.js >= 20)"
 command -v npm >/dev/null 2>&1 || die "npm not found"

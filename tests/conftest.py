@@ -16,7 +16,7 @@ from bridges import runtime  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
 
-pytest_plugins = ["peers.unleash"]  # real unleash-server fixtures: unleash_7, unleash_8
+pytest_plugins = ["peers.unleash", "peers.prometheus"]  # real peers: unleash_7, unleash_8, prometheus_peer
 
 # 2026-11-22T10:00:00Z: the receipt time every test sees.
 NOW_NS = 1_795_341_600 * 1_000_000_000
@@ -54,3 +54,20 @@ def bridge(settings_env):
 def outbox_lines(bridge: Bridge) -> list[dict]:
     files = sorted(bridge.settings.outbox_dir.glob("*.ndjson"))
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    """A local managed-identity token endpoint, wired in as App Service does (IDENTITY_ENDPOINT,
+    IDENTITY_HEADER), with the process credential rebuilt for the test."""
+    from bridges import auth
+    from fakes.identity import FakeIdentityEndpoint
+
+    with FakeIdentityEndpoint() as endpoint:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.endpoint)
+        monkeypatch.setenv("IDENTITY_HEADER", endpoint.secret)
+        for name in ("MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "IDENTITY_SERVER_THUMBPRINT", "AZURE_CLIENT_ID",
+                     "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(auth, "_credential", None)
+        yield endpoint

@@ -191,3 +191,26 @@ def test_requests_left_at_the_deadline_are_kept_as_pending(tmp_path):
     assert (report.delivered, report.pending) == (1000, 2500)
     assert report.pending_reasons == ["delivery deadline of 60 s reached"]
     assert len(fake.received) == 1
+
+
+def test_without_a_token_metrics_wait_and_health_says_why(tmp_path):
+    from bridges.auth import TokenError
+
+    class NeedsToken(DynatraceSink):
+        def authorize(self, request):
+            raise TokenError("no Entra token for https://monitoring.azure.com//.default: identity not found")
+
+    delivery = Delivery([NeedsToken("http://127.0.0.1:9", Secret(TOKEN))], PendingFile(tmp_path / "outbox"))
+    report = delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())["dynatrace"]
+    assert (report.pending, report.pending_reasons) == (1, ["no Entra token for https://monitoring.azure.com//.default: identity not found"])
+    assert delivery.status()["dynatrace"]["misconfigured"].startswith("no Entra token")
+
+
+def test_a_sink_that_works_again_is_no_longer_reported(tmp_path):
+    with FakeDynatrace(token=TOKEN) as fake:
+        fake.script(Scripted(401))
+        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], PendingFile(tmp_path / "outbox"))
+        delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())
+        assert "misconfigured" in delivery.status()["dynatrace"]
+        delivery.deliver([Metric("bridge.x", Gauge(2), time.time_ns())], time.time_ns())
+        assert "misconfigured" not in delivery.status()["dynatrace"]

@@ -120,3 +120,26 @@ def test_tokens_never_show_in_settings_or_their_errors():
     settings = load_settings({"UNLEASH_URL": "https://u", "UNLEASH_API_TOKEN": "very-secret-token"})
     assert "very-secret-token" not in repr(settings) + str(settings)
     assert settings.unleash_api_token.reveal() == "very-secret-token"
+
+
+@pytest.mark.parametrize("target", ["/subscriptions/0000", "/subscriptions/0000/resourceGroups/rg"])
+def test_resource_groups_and_subscriptions_cannot_receive_custom_metrics(target):
+    env = {"AZURE_MONITOR_RESOURCE_ID": target, "AZURE_MONITOR_REGION": "westeurope"}
+    with pytest.raises(SettingsError, match="AZURE_MONITOR_RESOURCE_ID: expected the id of an Azure resource"):
+        load_settings({**env, "BRIDGE_SINKS": "azure_monitor"})
+    assert load_settings(env).sink_problems[0].startswith("azure_monitor: AZURE_MONITOR_RESOURCE_ID: expected")
+
+
+def test_azure_sinks_are_enabled_by_their_settings():
+    resource = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/app"
+    url = ("https://dce.eastus-1.metrics.ingest.monitor.azure.com/dataCollectionRules/dcr-1/streams/"
+           "Microsoft-PrometheusMetrics/api/v1/write?api-version=2023-04-24")
+    settings = load_settings({"AZURE_MONITOR_RESOURCE_ID": resource, "AZURE_MONITOR_REGION": "westeurope",
+                              "PROMETHEUS_REMOTE_WRITE_URL": url})
+    assert settings.enabled_sinks == ("azure_monitor", "prometheus")
+    assert settings.prometheus_remote_write_url == url
+    sovereign = load_settings({"AZURE_MONITOR_RESOURCE_ID": resource,
+                               "AZURE_MONITOR_ENDPOINT": "https://usgovarizona.monitoring.azure.us"})
+    assert sovereign.enabled_sinks == ("azure_monitor",)  # the endpoint stands in for the region
+    assert load_settings({"AZURE_MONITOR_RESOURCE_ID": resource}).sink_problems == (
+        "azure_monitor: AZURE_MONITOR_REGION is not set",)

@@ -27,4 +27,12 @@ def build_sinks(settings: Settings) -> list:
             from bridges.sinks.unleash import UnleashSink
 
             sinks.append(UnleashSink.from_settings(settings))
+        elif name == "azure_monitor":
+            from bridges.sinks.azure_monitor import AzureMonitorSink
+
+            sinks.append(AzureMonitorSink.from_settings(settings))
+        elif name == "prometheus":
+            from bridges.sinks.prometheus import PrometheusSink
+
+            sinks.append(PrometheusSink.from_settings(settings))
     return sinks

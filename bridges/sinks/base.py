@@ -114,6 +114,10 @@ Outcome = Union[Delivered, Partial, Retry, Drop, Resend]
 
 
 class Sink(Protocol):
+    """A backend. Sinks that need a fresh credential per request (Entra tokens) also have
+    ``authorize(request) -> Request``, called by the delivery stage just before sending, so
+    ``encode`` stays pure; it raises ``bridges.auth.TokenError`` when no token can be had."""
+
     name: str
     limits: Limits
 

@@ -120,3 +120,28 @@ def test_send_delivers_and_summarizes_per_sink(tmp_path):
     assert failed.returncode == 1
     assert "dynatrace: 0 delivered, 0 rejected, 2 pending" in failed.stdout.decode()
     assert "pending: Dynatrace answered 503" in failed.stdout.decode()
+
+
+def test_render_decodes_remote_write_and_raw_keeps_the_snappy_bytes():
+    import cramjam
+
+    url = ("https://dce.eastus-1.metrics.ingest.monitor.azure.com/dataCollectionRules/dcr-1/streams/"
+           "Microsoft-PrometheusMetrics/api/v1/write?api-version=2023-04-24")
+    payload = b'{"name": "up", "gauge": {"value": 1}, "tags": {"job": "x"}, "dt": "2026-11-22T10:00:00Z"}'
+    shown = run_with({"PROMETHEUS_REMOTE_WRITE_URL": url}, "render", "--sink", "prometheus", "-", stdin=payload)
+    [series] = json.loads(shown.stdout)["body"]["timeseries"]
+    assert series["labels"] == {"__name__": "up", "job": "x"}
+    assert series["samples"] == [{"value": 1.0, "timestamp": 1795341600000}]
+    raw = run_with({"PROMETHEUS_REMOTE_WRITE_URL": url}, "render", "--sink", "prometheus", "--raw", "-", stdin=payload)
+    assert bytes(cramjam.snappy.decompress_raw(raw.stdout)).startswith(b"\x0a")  # a WriteRequest's first series
+
+
+def test_render_decodes_azure_monitor_gzip_ndjson():
+    env = {"AZURE_MONITOR_RESOURCE_ID": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Web/sites/app",
+           "AZURE_MONITOR_REGION": "westeurope"}
+    shown = run_with(env, "render", "--sink", "azure_monitor", "-", stdin=b'{"name": "queue depth", "gauge": {"value": 4}}')
+    request = json.loads(shown.stdout)
+    assert request["url"] == "https://westeurope.monitoring.azure.com/subscriptions/0/resourceGroups/rg/providers/Microsoft.Web/sites/app/metrics"
+    [document] = request["body"]
+    assert document["data"]["baseData"]["metric"] == "queue_depth"
+    assert document["data"]["baseData"]["series"] == [{"dimValues": [], "min": 4, "max": 4, "sum": 4, "count": 1}]

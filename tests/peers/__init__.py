@@ -1,0 +1,45 @@
+"""Real peer servers for tests (Unleash, Prometheus, Azurite), started by fixtures on loopback.
+
+What every peer fixture shares: free ports, and the rule for a peer that cannot start — the
+test fails under CI (CI=true) and is skipped elsewhere, saying why and how to install it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+INSTALL_HINT = "run `bash scripts/install-peers.sh` to install it"
+
+
+class PeerUnavailable(Exception):
+    """A peer could not be started; the message says why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def serve_peer(start, what: str, install_hint: str = INSTALL_HINT):
+    """Body of a peer fixture: ``start()`` is a generator yielding the running peer and stopping
+    it when closed. Yields the peer, or fails (CI) / skips (elsewhere) when it cannot start."""
+    running = start()
+    try:
+        peer = next(running)
+    except (PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
+        reason = f"{what} unavailable: {exc}"
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
+        pytest.skip(f"{reason}; {install_hint}")
+    try:
+        yield peer
+    finally:
+        running.close()

@@ -9,10 +9,8 @@ at teardown. Not installed: skipped with the reason (failed when CI=true); insta
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,16 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from peers import PeerUnavailable, free_port, serve_peer
+
 HOST = "127.0.0.1"
-INSTALL_HINT = "run `bash scripts/install-peers.sh` to install it"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CONFIG = "global:\n  scrape_interval: 1h\n  evaluation_interval: 1h\n"
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class PeerUnavailable(Exception):
-    """Prometheus could not be started; the message says why."""
 
 
 @dataclass
@@ -61,16 +56,6 @@ class PrometheusPeer:
             return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
 def run_prometheus():
     """Generator: start Prometheus, yield a PrometheusPeer, stop it and remove its files."""
     binary = shutil.which("prometheus")
@@ -79,7 +64,7 @@ def run_prometheus():
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
     workdir = Path(tempfile.mkdtemp(prefix="prometheus-peer-"))
     (workdir / "prometheus.yml").write_text(CONFIG)
-    port = _free_port()
+    port = free_port(HOST)
     log_path = workdir / "prometheus.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -117,17 +102,4 @@ def run_prometheus():
 @pytest.fixture(scope="session")
 def prometheus_peer():
     """A running Prometheus with the remote-write receiver on (no auth)."""
-    gen = run_prometheus()
-    reason = ""
-    try:
-        peer = next(gen)
-    except (PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
-        reason = f"Prometheus peer unavailable: {exc}"
-    if reason:
-        if _ci():
-            pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
-        pytest.skip(f"{reason}; {INSTALL_HINT}")
-    try:
-        yield peer
-    finally:
-        gen.close()
+    yield from serve_peer(run_prometheus, "Prometheus peer")

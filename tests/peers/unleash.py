@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,10 +29,11 @@ from pathlib import Path
 
 import pytest
 
+from peers import PeerUnavailable, free_port, serve_peer
+
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 START_SCRIPT = Path(__file__).resolve().parent / "start-unleash.js"
-INSTALL_HINT = "run `bash scripts/install-peers.sh` to install it"
 
 HOST = "127.0.0.1"
 # Known test tokens. Backend tokens are <project>:<environment>.<secret>, admin tokens *:*.<secret>.
@@ -46,10 +46,6 @@ STOP_TIMEOUT = 15.0
 
 # Never route loopback traffic through a proxy from the environment.
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class PeerUnavailable(Exception):
-    """The peer could not be started; the message says why."""
 
 
 @dataclass
@@ -77,12 +73,6 @@ def _tail(path: str, lines: int = 40) -> str:
             return "".join(fh.readlines()[-lines:])
     except OSError:
         return ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _find_pg_bin() -> Path:
@@ -113,10 +103,6 @@ def _http_get(url: str, timeout: float = 2.0) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
 
 
 @dataclass
@@ -188,7 +174,7 @@ class _Postgres:
         )
         if cp.returncode != 0:
             raise PeerUnavailable(f"initdb failed (exit {cp.returncode}): {cp.stdout[-1500:]}")
-        self.port = _free_port()
+        self.port = free_port()
         opts = (
             f"-c listen_addresses={HOST} -p {self.port} -k {self.workdir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -270,7 +256,7 @@ class _UnleashProcess:
 
     def start(self) -> None:
         node = self.check_installed()
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             k: v
             for k, v in os.environ.items()
@@ -377,20 +363,7 @@ def run_unleash(version: str):
 
 
 def _peer_fixture(version: str):
-    gen = run_unleash(version)
-    reason = ""
-    try:
-        peer = next(gen)
-    except (PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
-        reason = f"unleash-server {version} peer unavailable: {exc}"
-    if reason:
-        if _ci():
-            pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
-        pytest.skip(f"{reason}; {INSTALL_HINT}")
-    try:
-        yield peer
-    finally:
-        gen.close()
+    yield from serve_peer(lambda: run_unleash(version), f"unleash-server {version} peer")
 
 
 @pytest.fixture(scope="session")

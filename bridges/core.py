@@ -84,7 +84,7 @@ class Bridge:
         except DeliveryError as exc:
             return Reply(
                 503,
-                {"error": f"accepted metrics could not be handed on ({exc}); nothing was kept, send again"},
+                {"error": f"accepted metrics could be neither delivered nor kept ({exc}); send again"},
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         original = result.indexes.__getitem__

@@ -96,4 +96,7 @@ for v in "${UNLEASH_VERSIONS[@]}"; do
     touch "$dir/.installed"
     say "unleash-server $v: installed"
 done
+
+# Azurite (the storage-queue emulator) has an installer of its own.
+bash "$ROOT/scripts/install-azurite.sh"
 say "done"

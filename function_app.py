@@ -2,9 +2,10 @@
 import azure.functions as func
 
 from bridges import runtime
-from bridges.triggers import http
+from bridges.triggers import http, queue
 
 runtime.start()  # validates the settings: a bad one stops start-up with its name
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http.blueprint)
+app.register_functions(queue.blueprint)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bridges import __version__
-from bridges.delivery import Delivery, DeliveryError, PendingFile
+from bridges.delivery import Delivery, DeliveryError
 from bridges.formats import BodyError, decompress
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
+from bridges.retrying import QueueHandoff
 from bridges.settings import Settings
 from bridges.sinks import build_sinks
 
@@ -42,7 +43,7 @@ class Bridge:
         self.settings = settings
         self.clock = clock
         self.delivery = delivery or Delivery(
-            build_sinks(settings), PendingFile(settings.outbox_dir), timeout_seconds=settings.http_timeout_seconds,
+            build_sinks(settings), QueueHandoff(settings), timeout_seconds=settings.http_timeout_seconds,
             deadline_seconds=settings.delivery_deadline_seconds,
         )
         self.normalizer = normalizer or Normalizer()

@@ -12,15 +12,12 @@ raises ``DeliveryError`` and the caller answers 503 so the sender tries again (a
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from bridges import transport
@@ -38,7 +35,6 @@ from bridges.sinks.base import (
     Retry,
     Sink,
 )
-from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_REJECTIONS = 100
@@ -65,32 +61,10 @@ class LocalSink(Protocol):
 
 
 class RetryHandoff(Protocol):
-    """Where retryable failures go; the retry queue implements it. Raises when it cannot keep them."""
+    """Where retryable failures go (``bridges.retrying.QueueHandoff``: the retry queue). Raises
+    OSError when it cannot keep them."""
 
     def hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None: ...
-
-
-class PendingFile:
-    """The embedded hand-off until the retry queue exists: pending metrics are appended to
-    ``pending-<day>.ndjson`` beside the outbox, one line each with the sink and the reason,
-    so they are visible (and never counted as delivered)."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self._lock = threading.Lock()
-
-    def hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None:
-        day = datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=timezone.utc).strftime("%Y-%m-%d")
-        failed_at = format_rfc3339(now_ns)
-        lines = [
-            json.dumps({"sink": sink, "reason": reason, "retry_after": after, "failed_at": failed_at,
-                        "metric": m.to_json()}, separators=(",", ":"))
-            for m in metrics
-        ]
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with open(self.directory / f"pending-{day}.ndjson", "a", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
 
 
 @dataclass
@@ -293,7 +267,8 @@ class Delivery:
         try:
             self.handoff.hand_off(sink, metrics, reason, after, now_ns)
         except OSError as exc:
-            raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {exc.strerror}") from exc
+            why = exc.strerror or str(exc) or type(exc).__name__
+            raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {why}") from exc
         log.warning("sink %s: %d metrics pending (%s)", sink, len(metrics), reason)
 
     def status(self) -> dict[str, dict]:

@@ -13,10 +13,12 @@ from bridges.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from bridges.core import Bridge
+    from bridges.retrying import RetryWorker
 
 log = logging.getLogger(__name__)
 _settings: Settings | None = None
 _bridge: Bridge | None = None
+_worker: RetryWorker | None = None
 
 
 def start() -> Settings:
@@ -38,9 +40,22 @@ def bridge() -> Bridge:
     return _bridge
 
 
+def retry_worker() -> RetryWorker:
+    """The retry function's worker, sharing the Bridge's sinks (and their state)."""
+    global _worker
+    if _worker is None:
+        from bridges.retrying import RetryWorker, open_queues
+
+        current = bridge()
+        sinks = {sink.name: sink for sink in current.delivery.sinks}
+        _worker = RetryWorker(current.settings, sinks, *open_queues(current.settings))
+    return _worker
+
+
 def use(replacement: Bridge | None) -> None:
     """Install a Bridge built by a test (None: rebuild from the settings on next use)."""
-    global _bridge, _settings
+    global _bridge, _settings, _worker
     _bridge = replacement
+    _worker = None
     if replacement is None:
         _settings = None

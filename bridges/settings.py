@@ -216,13 +216,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest request body accepted, in bytes, before and after gzip decompression; a larger one gets 413."),
     Setting("BRIDGE_MAX_ITEMS", "100000", _positive_int, "Most metrics accepted in one request; more gets 413."),
     Setting("BRIDGE_OUTBOX_DIR", ".bridge/outbox", _folder,
-            "Folder where the outbox sink appends accepted metrics as canonical NDJSON, one file per UTC day, "
-            "and where retryable failures wait (pending-*.ndjson) until the retry queue exists."),
+            "Folder where the outbox sink appends accepted metrics as canonical NDJSON, one file per UTC day."),
     Setting("BRIDGE_SINKS", "", _sink_list,
             "Comma list of sinks to deliver to (outbox, dynatrace, betterstack, unleash). Empty: every sink whose "
             "required settings are present, or the outbox when none is."),
     Setting("BRIDGE_HTTP_TIMEOUT_SECONDS", "10", _positive_number,
             "Connect and read timeout, each, for every request to a backend."),
+    Setting("BRIDGE_RETRY_QUEUE", "bridge-retry", _text,
+            "Storage queue of retry envelopes (on AzureWebJobsStorage; an embedded SQLite queue locally)."),
+    Setting("BRIDGE_DEADLETTER_QUEUE", "bridge-deadletter", _text,
+            "Storage queue of what can never be delivered, each with its reason; `python -m bridges deadletter`."),
+    Setting("BRIDGE_RETRY_BASE_SECONDS", "5", _positive_number, "Backoff base: attempt n waits up to base * 2^(n-1)."),
+    Setting("BRIDGE_RETRY_CAP_SECONDS", "600", _positive_number, "Longest backoff between two attempts."),
+    Setting("BRIDGE_RETRY_MAX_ATTEMPTS", "10", _positive_int, "Retries before an envelope is dead-lettered."),
+    Setting("BRIDGE_RETRY_MAX_AGE_SECONDS", "86400", _positive_number,
+            "Time after the first failure before an envelope is dead-lettered."),
     Setting("BRIDGE_DELIVERY_DEADLINE_SECONDS", "60", _positive_number,
             "Time one delivery may spend per sink; requests not sent by then are kept as pending, so an HTTP "
             "answer never nears the Functions host's 230-second limit."),
@@ -297,6 +305,12 @@ class Settings:
     sinks: tuple[str, ...] | None = None  # as BRIDGE_SINKS says; see ``enabled_sinks``
     http_timeout_seconds: float = 10.0
     delivery_deadline_seconds: float = 60.0
+    retry_queue: str = "bridge-retry"
+    deadletter_queue: str = "bridge-deadletter"
+    retry_base_seconds: float = 5.0
+    retry_cap_seconds: float = 600.0
+    retry_max_attempts: int = 10
+    retry_max_age_seconds: float = 86400.0
     dynatrace_url: str | None = None
     dynatrace_api_token: Secret | None = None
     dynatrace_metric_prefix: str = ""

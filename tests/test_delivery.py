@@ -11,9 +11,10 @@ import pytest
 
 from bridges import runtime
 from bridges.core import Bridge
-from bridges.delivery import Delivery, PendingFile
+from bridges.delivery import Delivery
 from bridges.model import Gauge, Metric
 from bridges.settings import Secret, load_settings
+from bridges.sinks import build_sinks
 from bridges.sinks.dynatrace import DynatraceSink
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Answer, Scripted
@@ -38,8 +39,14 @@ def dynatrace_bridge(tmp_path, url: str, **extra: str) -> Bridge:
     return bridge
 
 
-def pending_lines(tmp_path) -> list[dict]:
-    return [json.loads(line) for f in sorted((tmp_path / "outbox").glob("pending-*.ndjson")) for line in f.read_text().splitlines()]
+class Recorded:
+    """A hand-off that keeps what it is given, to see what the delivery stage left pending."""
+
+    def __init__(self) -> None:
+        self.kept: list[dict] = []
+
+    def hand_off(self, sink, metrics, reason, after, now_ns) -> None:
+        self.kept += [{"sink": sink, "metric": m.to_json(), "reason": reason, "retry_after": after} for m in metrics]
 
 
 def test_configured_sinks_replace_the_outbox_and_report_per_sink(tmp_path):
@@ -63,7 +70,10 @@ def test_refusals_are_reported_with_the_index_of_the_request_item(tmp_path):
         (2, "Dynatrace refused the line"), (3, "outside Dynatrace's window of 1 hour in the past to 10 minutes in the future")]
 
 
-def test_retryable_failures_are_kept_as_pending_never_as_delivered(tmp_path):
+def test_retryable_failures_are_queued_for_retry_never_counted_as_delivered(tmp_path):
+    from bridges.queues import SqliteQueue
+    from bridges.retry import Envelope, metrics_of
+
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(503, {"Retry-After": "30"}))
         bridge = dynatrace_bridge(tmp_path, fake.url)
@@ -71,20 +81,30 @@ def test_retryable_failures_are_kept_as_pending_never_as_delivered(tmp_path):
     assert status == 202
     assert answer["delivery"]["dynatrace"] == {
         "delivered": 0, "rejected": 0, "pending": 2, "pending_reasons": ["Dynatrace answered 503"]}
-    pending = pending_lines(tmp_path)
-    assert [(p["sink"], p["metric"]["name"], p["retry_after"]) for p in pending] == [
-        ("dynatrace", "bridge.a", 30.0), ("dynatrace", "bridge.b", 30.0)]
+    queue = SqliteQueue(tmp_path / ".bridge" / "queues.sqlite3", "bridge-retry")
+    assert queue.depth() == 1 and queue.receive(1, 60) == []  # invisible for its backoff
+    later = SqliteQueue(tmp_path / ".bridge" / "queues.sqlite3", "bridge-retry", clock=lambda: time.time() + 31)
+    [message] = later.receive(1, 60)  # Retry-After (30 s) is the least it waits
+    envelope = Envelope.from_text(message.text)
+    assert (envelope.sink, envelope.attempt, envelope.last_error) == ("dynatrace", 1, "Dynatrace answered 503")
+    assert [m.name for m in metrics_of(envelope)] == ["bridge.a", "bridge.b"]
 
 
-def test_when_pending_metrics_cannot_be_kept_the_answer_is_503(tmp_path):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
+def test_when_the_retry_queue_cannot_be_written_the_answer_is_503(tmp_path):
+    from bridges.retrying import QueueHandoff
+
+    class Unwritable:
+        def send(self, text, visibility_timeout=0):
+            raise ConnectionError("storage account unreachable")
+
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(500))
-        settings = load_settings({"BRIDGE_OUTBOX_DIR": str(blocker / "x"), "DYNATRACE_URL": fake.url, "DYNATRACE_API_TOKEN": TOKEN})
-        status, answer = ingest(Bridge(settings), [gauge("bridge.a")])
-    assert status == 503
-    assert "send again" in answer["error"]
+        settings = load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path), "DYNATRACE_URL": fake.url, "DYNATRACE_API_TOKEN": TOKEN})
+        bridge = Bridge(settings, delivery=Delivery(build_sinks(settings), QueueHandoff(settings, Unwritable())))
+        reply = bridge.ingest(json.dumps([gauge("bridge.a")]).encode(), "application/json")
+    assert reply.status == 503
+    assert reply.headers["Retry-After"] == "30"
+    assert "could not keep 1 pending metrics: storage account unreachable" in reply.body["error"]
 
 
 def test_too_large_requests_are_split_and_every_metric_arrives_once(tmp_path):
@@ -115,7 +135,7 @@ def test_a_failing_sink_does_not_hold_up_or_duplicate_another(tmp_path):
     with Blocking(token=TOKEN) as slow, Signalling(token=TOKEN) as fast:
         sink_a, sink_b = DynatraceSink(slow.url, Secret(TOKEN)), DynatraceSink(fast.url, Secret(TOKEN))
         sink_a.name, sink_b.name = "dynatrace-a", "dynatrace-b"
-        delivery = Delivery([sink_a, sink_b], PendingFile(tmp_path / "outbox"))
+        delivery = Delivery([sink_a, sink_b], Recorded())
         reports = delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())
     assert a_saw_b_first == [True]  # b was served while a was still busy: they ran side by side
     assert (reports["dynatrace-a"].pending, reports["dynatrace-b"].delivered) == (1, 1)
@@ -128,7 +148,7 @@ def test_the_rate_limit_keeps_what_is_over_it_as_pending(tmp_path):
         sink = DynatraceSink(fake.url, Secret(TOKEN))
         sink.limits = type(sink.limits)(**{**sink.limits.__dict__, "max_items": 1000, "max_requests_per_minute": 2})
         clock_value = [1000.0]
-        delivery = Delivery([sink], PendingFile(tmp_path / "outbox"), clock=lambda: clock_value[0])
+        delivery = Delivery([sink], Recorded(), clock=lambda: clock_value[0])
         metrics = [Metric(f"bridge.m{i}", Gauge(i), time.time_ns()) for i in range(2500)]
         first = delivery.deliver(metrics, time.time_ns())
         clock_value[0] += 61
@@ -143,10 +163,11 @@ def test_a_bug_in_a_sink_keeps_its_metrics_pending(tmp_path, caplog):
         def encode(self, metrics, now_ns):
             raise RuntimeError("boom")
 
-    delivery = Delivery([Broken("http://127.0.0.1:9", Secret(TOKEN))], PendingFile(tmp_path / "outbox"))
+    handoff = Recorded()
+    delivery = Delivery([Broken("http://127.0.0.1:9", Secret(TOKEN))], handoff)
     reports = delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())
     assert reports["dynatrace"].pending == 1
-    assert pending_lines(tmp_path)[0]["reason"] == "internal error in the sink (see the log)"
+    assert handoff.kept[0]["reason"] == "internal error in the sink (see the log)"
     assert "boom" in caplog.text
 
 
@@ -184,7 +205,7 @@ def test_tokens_never_appear_in_logs_answers_or_health(tmp_path, caplog, status)
 def test_requests_left_at_the_deadline_are_kept_as_pending(tmp_path):
     ticks = iter(range(0, 1000, 30))  # each look at the clock is 30 s later
     with FakeDynatrace(token=TOKEN) as fake:
-        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], PendingFile(tmp_path / "outbox"),
+        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], Recorded(),
                             deadline_seconds=60, clock=lambda: next(ticks))
         metrics = [Metric(f"bridge.m{i}", Gauge(i), time.time_ns()) for i in range(3500)]
         report = delivery.deliver(metrics, time.time_ns())["dynatrace"]
@@ -200,7 +221,7 @@ def test_without_a_token_metrics_wait_and_health_says_why(tmp_path):
         def authorize(self, request):
             raise TokenError("no Entra token for https://monitoring.azure.com//.default: identity not found")
 
-    delivery = Delivery([NeedsToken("http://127.0.0.1:9", Secret(TOKEN))], PendingFile(tmp_path / "outbox"))
+    delivery = Delivery([NeedsToken("http://127.0.0.1:9", Secret(TOKEN))], Recorded())
     report = delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())["dynatrace"]
     assert (report.pending, report.pending_reasons) == (1, ["no Entra token for https://monitoring.azure.com//.default: identity not found"])
     assert delivery.status()["dynatrace"]["misconfigured"].startswith("no Entra token")
@@ -209,7 +230,7 @@ def test_without_a_token_metrics_wait_and_health_says_why(tmp_path):
 def test_a_sink_that_works_again_is_no_longer_reported(tmp_path):
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(401))
-        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], PendingFile(tmp_path / "outbox"))
+        delivery = Delivery([DynatraceSink(fake.url, Secret(TOKEN))], Recorded())
         delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())
         assert "misconfigured" in delivery.status()["dynatrace"]
         delivery.deliver([Metric("bridge.x", Gauge(2), time.time_ns())], time.time_ns())

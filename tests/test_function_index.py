@@ -29,6 +29,10 @@ def test_every_function_and_its_bindings(indexed):
              "authLevel": "ANONYMOUS", "route": "health"},
             {"direction": "OUT", "type": "http", "name": "$return"},
         ],
+        "retry_deliveries": [
+            {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": "%BRIDGE_RETRY_QUEUE%",
+             "connection": "AzureWebJobsStorage"},
+        ],
     }
 
 

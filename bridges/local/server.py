@@ -1,9 +1,11 @@
 """``python -m bridges serve``: host the indexed FunctionApp on this machine.
 
 HTTP functions answer at ``http://HOST:PORT/<routePrefix>/<route>`` with their declared
-methods and route parameters; timer functions fire on their schedules. Like Core Tools, keys
-are not demanded unless ``--require-keys`` is given. Each invocation is logged; Ctrl-C (or
-SIGTERM) stops the server and the timers cleanly.
+methods and route parameters; timer functions fire on their schedules; queue functions are fed
+from their queues (SQLite in ``.bridge/`` or Azure Storage when ``AzureWebJobsStorage`` is
+set) with the host's peek-lock, retry and poison rules. Like Core Tools, keys are not demanded
+unless ``--require-keys`` is given. Each invocation is logged; Ctrl-C (or SIGTERM) stops the
+server, the timers and the queue pollers cleanly.
 """
 from __future__ import annotations
 
@@ -13,28 +15,43 @@ import inspect
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
+from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
 from bridges.local.indexing import IndexedFunction, index, load_app
 from bridges.local.routes import RouteTemplate
-from bridges.local.schedule import Schedule, expand
-from bridges.settings import local_values
+from bridges.local.schedule import Schedule, ScheduleError, expand
+from bridges.queues import Message, SqliteQueue, StaleReceipt, open_queue, poison_name
+from bridges.settings import SETTINGS, SettingsError, local_values
 
 log = logging.getLogger("bridges.local")
 HOST_MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's own request size limit
 KEY_FILE = Path(".bridge") / "function-key"
 EXAMPLE_METRIC = '{"name":"test_metric","gauge":{"value":123},"tags":{"host":"laptop"}}'
+MESSAGE_TTL = timedelta(days=7)  # Azure Storage's default time-to-live for a queue message
+
+
+def app_settings() -> dict[str, str]:
+    """What ``%SETTING%`` names expand to: the environment, else the project's declared defaults.
+
+    The deployed app gets the declared defaults from its code, so a binding naming an unset
+    ``BRIDGE_*`` setting must not stop the local runner either.
+    """
+    values = {setting.name: setting.default for setting in SETTINGS if setting.default}
+    values.update({name: value for name, value in os.environ.items() if value.strip()})
+    return values
 
 
 def _invoke(function: IndexedFunction, argument: object) -> object:
@@ -253,13 +270,175 @@ class TimerHost:
         log.info("timer %s (%s) %s (%.1f ms)", function.name, schedule.expression, outcome, (time.perf_counter() - started) * 1000)
 
 
+_TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)")
+
+
+def timespan(text: str, key: str) -> float:
+    """Seconds in a host.json TimeSpan (``[d.]hh:mm:ss[.fff]``); a bad one stops start-up."""
+    match = _TIMESPAN.fullmatch(str(text).strip())
+    if not match:
+        raise SettingsError(f"host.json {key}: {text!r} is not a TimeSpan like '00:00:02'")
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def host_json(project_dir: Path) -> dict:
+    try:
+        return json.loads((project_dir / "host.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
 def route_prefix(project_dir: Path) -> str:
     """extensions.http.routePrefix from host.json ('api' when absent)."""
-    try:
-        host = json.loads((project_dir / "host.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "api"
-    return host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    return host_json(project_dir).get("extensions", {}).get("http", {}).get("routePrefix", "api")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """host.json ``extensions.queues`` and ``functionTimeout``, with the host's defaults."""
+
+    max_polling_interval: float = 60.0
+    visibility_timeout: float = 0.0  # the delay before a failed message is tried again
+    batch_size: int = 16
+    max_dequeue_count: int = 5
+    function_timeout: float = 300.0  # how long a received message stays hidden while it runs
+
+    @classmethod
+    def from_host_json(cls, host: dict) -> "QueueOptions":
+        queues = host.get("extensions", {}).get("queues", {})
+        defaults = cls()
+        return cls(
+            max_polling_interval=max(0.1, timespan(queues.get("maxPollingInterval", "00:01:00"), "extensions.queues.maxPollingInterval")),
+            visibility_timeout=timespan(queues.get("visibilityTimeout", "00:00:00"), "extensions.queues.visibilityTimeout"),
+            batch_size=min(32, max(1, int(queues.get("batchSize", defaults.batch_size)))),
+            max_dequeue_count=max(1, int(queues.get("maxDequeueCount", defaults.max_dequeue_count))),
+            function_timeout=timespan(host.get("functionTimeout", "00:05:00"), "functionTimeout"),
+        )
+
+
+class QueueListener:
+    """Feeds one queue-triggered function from its queue, as the host's queue listener does.
+
+    Peek-lock: a received message stays hidden for ``function_timeout`` while it runs; success
+    deletes it, failure makes it visible again after ``visibility_timeout``, and the try that
+    reaches ``max_dequeue_count`` moves it to ``<queue>-poison``. A message in flight when the
+    runner stops is abandoned, never deleted: it reappears once its lease runs out.
+    """
+
+    FIRST_BACKOFF = 0.1  # seconds; doubled while the queue stays empty, up to maxPollingInterval
+
+    def __init__(self, function: IndexedFunction, queue, poison, options: QueueOptions, stop: threading.Event):
+        self.function = function
+        self.queue = queue
+        self.poison = poison  # <queue>-poison on the same backend
+        self.options = options
+        self._stop = stop
+        self.thread = threading.Thread(target=self._run, name=f"queue-{queue.name}", daemon=True)
+
+    @property
+    def backend(self) -> str:
+        return "SQLite" if isinstance(self.queue, SqliteQueue) else "Azure Storage"
+
+    def _run(self) -> None:
+        delay = self.FIRST_BACKOFF
+        while not self._stop.is_set():
+            try:
+                messages = self.queue.receive(self.options.batch_size, self.options.function_timeout)
+            except Exception as exc:  # e.g. Azurite not running: keep trying, as the host does
+                log.warning("queue %s: receive failed: %s", self.queue.name, exc)
+                messages = []
+            if messages:
+                delay = self.FIRST_BACKOFF
+                self._run_batch(messages)
+                continue  # more may be waiting: poll again at once
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.options.max_polling_interval)
+
+    def _run_batch(self, messages: list[Message]) -> None:
+        """Run the batch concurrently, as the host does, and wait for all of it."""
+        workers = [threading.Thread(target=self._process, args=(m,), daemon=True) for m in messages]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    def _process(self, message: Message) -> None:
+        started = time.perf_counter()
+        try:
+            _invoke(self.function, _queue_message(message))
+        except Exception:
+            log.exception("queue function %s failed on message %s", self.function.name, message.id)
+            outcome = self._settle_failure(message)
+        else:
+            outcome = self._settle(self.queue.delete, message, "succeeded")
+        log.info(
+            "queue %s (%s) message %s try %d %s (%.1f ms)",
+            self.function.name, self.queue.name, message.id, message.dequeue_count, outcome,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _settle_failure(self, message: Message) -> str:
+        if message.dequeue_count < self.options.max_dequeue_count:
+            return self._settle(self.queue.release, message, "failed; will retry", self.options.visibility_timeout)
+        self.poison.send(message.text)  # sent before the delete: a crash in between duplicates, never loses
+        return self._settle(self.queue.delete, message, f"failed; moved to {self.poison.name}")
+
+    def _settle(self, action, message: Message, outcome: str, *args) -> str:
+        """Delete or release; a stale receipt means someone else owns the message now."""
+        try:
+            action(message, *args)
+        except StaleReceipt as exc:
+            log.warning("queue %s: %s", self.queue.name, exc)
+            return outcome + " (receipt stale: the message is no longer ours)"
+        return outcome
+
+
+def _queue_message(message: Message) -> QueueMessage:
+    """The message as the Python worker hands it over: bytes body, times, dequeue count."""
+    inserted = datetime.fromtimestamp(message.inserted_at, timezone.utc)
+    visible = message.next_visible_at
+    return QueueMessage(
+        id=message.id,
+        body=message.text.encode("utf-8"),
+        dequeue_count=message.dequeue_count,
+        expiration_time=inserted + MESSAGE_TTL,
+        insertion_time=inserted,
+        time_next_visible=datetime.fromtimestamp(visible, timezone.utc) if visible is not None else None,
+        pop_receipt=message.pop_receipt,
+    )
+
+
+class QueueHost:
+    """One listener per queue-triggered function; queue names expand ``%SETTING%`` like schedules."""
+
+    def __init__(self, functions: list[IndexedFunction], settings: dict[str, str], project_dir: Path, options: QueueOptions):
+        self._stop = threading.Event()
+        self.listeners = []
+        for function in functions:
+            if function.trigger_type != "queueTrigger":
+                continue
+            try:
+                name = expand(function.trigger["queueName"], settings)
+            except ScheduleError as exc:
+                raise SettingsError(str(exc).replace("the schedule", f"the queue name of {function.name}", 1)) from None
+            queue = open_queue(name, os.environ, project_dir / ".bridge")
+            poison = open_queue(poison_name(name), os.environ, project_dir / ".bridge")
+            self.listeners.append(QueueListener(function, queue, poison, options, self._stop))
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            listener.thread.start()
+
+    def stop(self) -> None:
+        """Let in-flight messages finish for a while; the rest reappear after their lease."""
+        self._stop.set()
+        deadline = time.monotonic() + 10
+        for listener in self.listeners:
+            if listener.thread.is_alive():
+                listener.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if listener.thread.is_alive():
+                log.warning("queue %s: abandoning the message in flight; it reappears after its lease", listener.queue.name)
 
 
 def local_function_key(project_dir: Path) -> str:
@@ -281,29 +460,33 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
     functions = index(load_app(app_module, project_dir))
     key = local_function_key(project_dir) if require_keys else None
     http_host = HttpHost(functions, route_prefix(project_dir), key)
-    timers = TimerHost(functions, dict(os.environ))
+    settings = app_settings()
+    timers = TimerHost(functions, settings)
+    queues = QueueHost(functions, settings, project_dir, QueueOptions.from_host_json(host_json(project_dir)))
     server = ThreadingHTTPServer((host, port), _handler_class(http_host))
     server.daemon_threads = True
     base = f"http://{host}:{server.server_address[1]}"
-    _print_banner(functions, http_host, timers, base, require_keys, project_dir)
+    _print_banner(functions, http_host, timers, queues, base, require_keys, project_dir)
 
     def stop_on_sigterm(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     timers.start()
+    queues.start()
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         timers.stop()
+        queues.stop()
         server.server_close()
         print("Stopped.", flush=True)
     return 0
 
 
-def _print_banner(functions, http_host: HttpHost, timers: TimerHost, base: str, require_keys: bool, project_dir: Path) -> None:
+def _print_banner(functions, http_host: HttpHost, timers: TimerHost, queues: QueueHost, base: str, require_keys: bool, project_dir: Path) -> None:
     print("Functions:")
     for function in functions:
         if function.trigger_type == "httpTrigger":
@@ -312,6 +495,9 @@ def _print_banner(functions, http_host: HttpHost, timers: TimerHost, base: str, 
         elif function.trigger_type == "timerTrigger":
             schedules = {f.name: s.expression for f, s in timers.timers}
             print(f"  {function.name}: timer {schedules[function.name]}")
+        elif function.trigger_type == "queueTrigger":
+            listener = next(q for q in queues.listeners if q.function is function)
+            print(f"  {function.name}: queue {listener.queue.name} ({listener.backend})")
         else:
             print(f"  {function.name}: {function.trigger_type} (not hosted by the local runner yet)")
     key_header = f' -H "x-functions-key: $(cat {project_dir / KEY_FILE})"' if require_keys else ""

@@ -1,0 +1,147 @@
+"""The local runner hosting queue triggers: a subprocess in a temporary project folder (its own
+host.json, SQLite queues in its .bridge/), fed through one of its own HTTP functions."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from bridges.queues import LOCAL_FILE, SqliteQueue
+from conftest import ROOT
+from runner import wait_for_line
+
+HOST_JSON = {
+    "version": "2.0",
+    "functionTimeout": "00:05:00",
+    "extensions": {"queues": {
+        "maxPollingInterval": "00:00:00.2", "visibilityTimeout": "00:00:00", "batchSize": 4, "maxDequeueCount": 3,
+    }},
+}
+
+
+def _serve(project: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The runner with ``project`` as its project folder (cwd) and the repository importable."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobsStorage", "SAMPLE_"))}
+    environment.update({"PYTHONPATH": str(ROOT), **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.queue_app"],
+        cwd=project, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@contextmanager
+def running(project: Path, env: dict[str, str]):
+    """Yield (base_url, output_lines); on exit Ctrl-C the runner and check it stopped cleanly."""
+    process = _serve(project, env)
+    lines: list[str] = []
+    ready: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Listening on "):
+                ready.put(line.split()[2])
+        ready.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        base = ready.get(timeout=30)
+        assert base is not None, "the runner did not start:\n" + "\n".join(lines)
+        yield base, lines
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        reader.join(timeout=5)
+    assert process.returncode == 0, "\n".join(lines)
+    assert "Stopped." in lines
+
+
+def wait_until(condition, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def tries(record: Path) -> list[dict]:
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "host.json").write_text(json.dumps(HOST_JSON))
+    return tmp_path
+
+
+def test_messages_are_processed_deleted_and_failures_end_in_poison(project):
+    record = project / "tries.ndjson"
+    env = {"SAMPLE_QUEUE": "sample-jobs", "SAMPLE_QUEUE_FILE": str(record)}
+    with running(project, env) as (base, lines):
+        text = "\n".join(lines)
+        assert "work: queue sample-jobs (SQLite)" in text
+        assert "retry: queue bridge-retry (SQLite)" in text  # unset BRIDGE_RETRY_QUEUE: the declared default
+
+        for body in ("hello", "héllo wörld", "fail: keep me"):
+            answer = requests.post(f"{base}/api/enqueue/sample-jobs", data=body.encode(), timeout=10)
+            assert answer.status_code == 202
+        failures = lambda: [t for t in tries(record) if t["text"] == "fail: keep me"]
+        wait_until(lambda: len(failures()) >= 3)
+        wait_for_line(lines, "failed; moved to sample-jobs-poison")
+
+        done = {t["text"]: t["dequeue_count"] for t in tries(record) if not t["text"].startswith("fail")}
+        assert done == {"hello": 1, "héllo wörld": 1}
+        assert [t["dequeue_count"] for t in failures()] == [1, 2, 3]
+        database = project / ".bridge" / LOCAL_FILE
+        assert wait_until(lambda: SqliteQueue(database, "sample-jobs").depth() == 0)
+        poisoned = SqliteQueue(database, "sample-jobs-poison").peek(10)
+        assert [m.text for m in poisoned] == ["fail: keep me"]
+        wait_for_line(lines, "queue work (sample-jobs) message")
+        assert wait_for_line(lines, "try 1 succeeded")
+        assert wait_for_line(lines, "try 2 failed; will retry")
+        assert wait_for_line(lines, "RuntimeError: asked to fail: fail: keep me")
+
+        requests.post(f"{base}/api/enqueue/bridge-retry", data=b"retry me", timeout=10)
+        wait_until(lambda: any(t["function"] == "retry" for t in tries(record)))
+
+
+def test_messages_left_in_the_queue_are_taken_on_the_next_start(project):
+    record = project / "tries.ndjson"
+    SqliteQueue(project / ".bridge" / LOCAL_FILE, "waiting").send("queued while stopped")
+    with running(project, {"SAMPLE_QUEUE": "waiting", "SAMPLE_QUEUE_FILE": str(record)}):
+        wait_until(lambda: tries(record))
+    assert tries(record)[0]["text"] == "queued while stopped"
+
+
+def test_ctrl_c_lets_the_message_in_flight_finish(project):
+    record = project / "tries.ndjson"
+    database = project / ".bridge" / LOCAL_FILE
+    with running(project, {"SAMPLE_QUEUE": "slow-jobs", "SAMPLE_QUEUE_FILE": str(record)}) as (base, lines):
+        requests.post(f"{base}/api/enqueue/slow-jobs", data=b"slow one", timeout=10)
+        wait_until(lambda: tries(record))  # it has started and sleeps for a second
+    assert any("slow-jobs" in line and "try 1 succeeded" in line for line in lines)
+    assert SqliteQueue(database, "slow-jobs").depth() == 0
+
+
+def test_an_unknown_queue_setting_stops_start_up_with_its_name(project):
+    process = _serve(project, {})
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "SAMPLE_QUEUE" in output and "queue name of work" in output

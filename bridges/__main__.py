@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
     _payload_arguments(send)
 
+    from bridges.deadletters import add_deadletter_parser
+
+    add_deadletter_parser(commands)
+
     functions = commands.add_parser("functions", help="list the functions the host would index")
     functions.add_argument("--app", default="function_app", help="module that defines the FunctionApp")
     return parser
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             from bridges.local.server import serve
 
             return serve(args.host, args.port, args.app, args.require_keys)
+        if args.command == "deadletter":
+            from bridges.deadletters import deadletter_main
+
+            return deadletter_main(args)
         commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions}
         return commands[args.command](args)
     except SettingsError as exc:

@@ -101,7 +101,17 @@ class Bridge:
                 problems.append(f"{name}: {sink.get('directory')} is not writable")
             if sink.get("misconfigured"):
                 problems.append(f"{name}: {sink['misconfigured']}")
-        return Reply(
-            200,
-            {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks, "problems": problems},
-        )
+        answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
+                  "problems": problems, "retry": self.retry_status()}
+        return Reply(200, answer)
+
+    def retry_status(self) -> dict:
+        """Depths of the retry, poison and dead-letter queues, dead letters per sink."""
+        from bridges.deadletters import open_retry_queues, retry_status
+        from bridges.settings import environment
+
+        try:
+            queues = open_retry_queues(self.settings, environment())
+        except ValueError as exc:  # e.g. an unresolved Key Vault reference in AzureWebJobsStorage
+            return {"error": str(exc)}
+        return retry_status(queues.retry, queues.deadletter, queues.poison)

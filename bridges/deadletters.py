@@ -41,7 +41,6 @@ LIST_HIDE_SECONDS = 30  # how long a listing hides what it pages through before 
 REPLAY_HIDE_SECONDS = 600  # how long a replay holds its records: long enough to send and delete them
 POISON_REASON = "poison (the retry function crashed on it)"
 REASON_WIDTH = 60
-LOCAL_STATE_DIR = Path(".bridge")  # where the embedded SQLite queues live, beside the outbox
 
 
 # -- queues ----------------------------------------------------------------------------------
@@ -54,14 +53,14 @@ class RetryQueues:
     poison: Queue
 
 
-def open_retry_queues(settings: Any, environ: Mapping[str, str], local_dir: Path = LOCAL_STATE_DIR) -> RetryQueues:
+def open_retry_queues(settings: Any, environ: Mapping[str, str], local_dir: Path | None = None) -> RetryQueues:
     """The retry queue, the dead-letter queue and the retry queue's poison queue, as configured.
 
     Raises ValueError (a message without secrets) when AzureWebJobsStorage is unusable."""
     return RetryQueues(
-        retry=open_queue(settings.retry_queue, environ, local_dir),
-        deadletter=open_queue(settings.deadletter_queue, environ, local_dir),
-        poison=open_queue(poison_name(settings.retry_queue), environ, local_dir),
+        retry=open_queue(settings.retry_queue, environ, local_dir or settings.state_dir),
+        deadletter=open_queue(settings.deadletter_queue, environ, local_dir or settings.state_dir),
+        poison=open_queue(poison_name(settings.retry_queue), environ, local_dir or settings.state_dir),
     )
 
 

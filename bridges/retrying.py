@@ -17,7 +17,6 @@ import errno
 import logging
 import random
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 from bridges.delivery import Delivery
@@ -29,7 +28,6 @@ from bridges.settings import Settings, environment
 from bridges.timestamps import NS_PER_SECOND
 
 log = logging.getLogger(__name__)
-LOCAL_STATE_DIR = Path(".bridge")  # the embedded SQLite queues, beside the outbox
 
 
 def policy_for(settings: Settings, sink) -> Policy:
@@ -43,8 +41,8 @@ def open_queues(settings: Settings, environ=None):
     from bridges.queues import open_queue
 
     environ = environment() if environ is None else environ
-    return (open_queue(settings.retry_queue, environ, LOCAL_STATE_DIR),
-            open_queue(settings.deadletter_queue, environ, LOCAL_STATE_DIR))
+    return (open_queue(settings.retry_queue, environ, settings.state_dir),
+            open_queue(settings.deadletter_queue, environ, settings.state_dir))
 
 
 class QueueHandoff:

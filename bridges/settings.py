@@ -217,6 +217,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BRIDGE_MAX_ITEMS", "100000", _positive_int, "Most metrics accepted in one request; more gets 413."),
     Setting("BRIDGE_OUTBOX_DIR", ".bridge/outbox", _folder,
             "Folder where the outbox sink appends accepted metrics as canonical NDJSON, one file per UTC day."),
+    Setting("BRIDGE_STATE_DIR", ".bridge", _folder,
+            "Folder for local state: the embedded SQLite queues (when AzureWebJobsStorage is not set) and the "
+            "local runner's function key."),
     Setting("BRIDGE_SINKS", "", _sink_list,
             "Comma list of sinks to deliver to (outbox, dynatrace, betterstack, unleash). Empty: every sink whose "
             "required settings are present, or the outbox when none is."),
@@ -302,6 +305,7 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_items: int = 100_000
     outbox_dir: Path = Path(".bridge/outbox")
+    state_dir: Path = Path(".bridge")
     sinks: tuple[str, ...] | None = None  # as BRIDGE_SINKS says; see ``enabled_sinks``
     http_timeout_seconds: float = 10.0
     delivery_deadline_seconds: float = 60.0

@@ -6,6 +6,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from conftest import ROOT
 def running_bridge(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
     """Yield (base_url, output_lines); on exit send SIGINT and check the runner stopped cleanly."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    state = tempfile.mkdtemp(prefix="bridge-state-")  # queues and keys stay out of the checkout
+    environment.update({"BRIDGE_STATE_DIR": state, "BRIDGE_OUTBOX_DIR": os.path.join(state, "outbox")})
     environment.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "bridges", "serve", "--port", "0", *args],

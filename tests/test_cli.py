@@ -70,7 +70,12 @@ def test_functions_shows_timers_with_their_schedule():
 def run_with(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     import os
 
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "DYNATRACE_", "BETTERSTACK_", "UNLEASH_"))}
+    import tempfile
+
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("BRIDGE_", "DYNATRACE_", "BETTERSTACK_", "UNLEASH_", "AZURE_", "PROMETHEUS_"))}
+    state = tempfile.mkdtemp(prefix="bridge-cli-")  # queues and outbox stay out of the checkout
+    environment.update({"BRIDGE_STATE_DIR": state, "BRIDGE_OUTBOX_DIR": os.path.join(state, "outbox")})
     return subprocess.run([sys.executable, "-m", "bridges", *args], cwd=ROOT, input=stdin, capture_output=True,
                           timeout=60, env={**environment, **env})
 

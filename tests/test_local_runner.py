@@ -80,8 +80,8 @@ def test_health_and_unknown_routes(bridge_url):
 
 
 def test_keys_are_demanded_only_when_asked(tmp_path):
-    with running_bridge("--require-keys", env={"BRIDGE_OUTBOX_DIR": str(tmp_path)}) as (base, lines):
-        key = (ROOT / ".bridge" / "function-key").read_text().strip()
+    with running_bridge("--require-keys", env={"BRIDGE_STATE_DIR": str(tmp_path)}) as (base, lines):
+        key = (tmp_path / "function-key").read_text().strip()
         assert key not in "\n".join(lines)
         assert requests.post(f"{base}/api/metrics", json=GAUGE, timeout=10).status_code == 401
         assert requests.post(f"{base}/api/metrics", json=GAUGE, headers={"x-functions-key": "wrong"}, timeout=10).status_code == 401

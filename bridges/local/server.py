@@ -38,7 +38,7 @@ from bridges.settings import SETTINGS, SettingsError, local_values
 
 log = logging.getLogger("bridges.local")
 HOST_MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's own request size limit
-KEY_FILE = Path(".bridge") / "function-key"
+KEY_FILE = "function-key"  # in BRIDGE_STATE_DIR
 EXAMPLE_METRIC = '{"name":"test_metric","gauge":{"value":123},"tags":{"host":"laptop"}}'
 MESSAGE_TTL = timedelta(days=7)  # Azure Storage's default time-to-live for a queue message
 
@@ -422,8 +422,9 @@ class QueueHost:
                 name = expand(function.trigger["queueName"], settings)
             except ScheduleError as exc:
                 raise SettingsError(str(exc).replace("the schedule", f"the queue name of {function.name}", 1)) from None
-            queue = open_queue(name, os.environ, project_dir / ".bridge")
-            poison = open_queue(poison_name(name), os.environ, project_dir / ".bridge")
+            state = project_dir / app_settings()["BRIDGE_STATE_DIR"]
+            queue = open_queue(name, os.environ, state)
+            poison = open_queue(poison_name(name), os.environ, state)
             self.listeners.append(QueueListener(function, queue, poison, options, self._stop))
 
     def start(self) -> None:
@@ -441,9 +442,13 @@ class QueueHost:
                 log.warning("queue %s: abandoning the message in flight; it reappears after its lease", listener.queue.name)
 
 
+def key_path(project_dir: Path) -> Path:
+    return project_dir / app_settings()["BRIDGE_STATE_DIR"] / KEY_FILE
+
+
 def local_function_key(project_dir: Path) -> str:
-    """A key kept in .bridge/function-key (created on first use), never printed."""
-    path = project_dir / KEY_FILE
+    """A key kept in BRIDGE_STATE_DIR/function-key (created on first use), never printed."""
+    path = key_path(project_dir)
     if path.is_file():
         return path.read_text(encoding="utf-8").strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +505,7 @@ def _print_banner(functions, http_host: HttpHost, timers: TimerHost, queues: Que
             print(f"  {function.name}: queue {listener.queue.name} ({listener.backend})")
         else:
             print(f"  {function.name}: {function.trigger_type} (not hosted by the local runner yet)")
-    key_header = f' -H "x-functions-key: $(cat {project_dir / KEY_FILE})"' if require_keys else ""
+    key_header = f' -H "x-functions-key: $(cat {key_path(project_dir)})"' if require_keys else ""
     for function in functions:
         if function.trigger_type == "httpTrigger" and function.route == "metrics":
             print("Try:")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from bridges import __version__
+from bridges import __version__, selfmetrics
 from bridges.delivery import Delivery, DeliveryError
 from bridges.formats import BodyError, decompress
 from bridges.formats import canonical
@@ -90,7 +90,19 @@ class Bridge:
             )
         original = result.indexes.__getitem__
         answer["delivery"] = {name: report.to_json(original) for name, report in reports.items()}
+        self._observe(reports, len(result.metrics))
         return Reply(202, answer)
+
+    def _observe(self, reports: dict, accepted: int) -> None:
+        """Log (and, with BRIDGE_SELF_METRICS, send) what each sink made of this request."""
+        records = [
+            selfmetrics.observation(name, report.seconds, accepted=accepted, delivered=report.delivered,
+                                    rejected=report.to_json()["rejected"], retried=report.pending)
+            for name, report in reports.items()
+        ]
+        selfmetrics.log_observations(records, "ingest")
+        if self.settings.self_metrics:
+            selfmetrics.send(self.delivery.sinks, records, self.clock(), self.settings.http_timeout_seconds)
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""

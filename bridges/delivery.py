@@ -75,6 +75,7 @@ class SinkReport:
     pending: int = 0
     pending_reasons: list[str] = field(default_factory=list)
     conversions: Counter = field(default_factory=Counter)
+    seconds: float = 0.0  # how long this sink's delivery took
 
     def to_json(self, original_index: Callable[[int], int] = lambda i: i) -> dict:
         rejected = len({r.index for r in self.rejected}) + self.rejected_without_detail
@@ -163,10 +164,14 @@ class Delivery:
         return reports
 
     def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int) -> tuple[SinkReport, DeliveryError | None]:
+        started = time.perf_counter()
         try:
             if hasattr(sink, "deliver"):
-                return SinkReport(delivered=sink.deliver(metrics, now_ns)), None
-            return self._deliver_to(sink, metrics, now_ns), None
+                report = SinkReport(delivered=sink.deliver(metrics, now_ns))
+            else:
+                report = self._deliver_to(sink, metrics, now_ns)
+            report.seconds = time.perf_counter() - started
+            return report, None
         except OSError as exc:
             log.error("sink %s could not take the metrics: %s", sink.name, exc.strerror or type(exc).__name__)
             return SinkReport(), DeliveryError(sink.name, exc.strerror or type(exc).__name__)

@@ -19,6 +19,7 @@ import random
 import time
 from typing import Callable, Sequence
 
+from bridges import selfmetrics
 from bridges.delivery import Delivery
 from bridges.model import Metric
 from bridges.retry import (
@@ -121,12 +122,14 @@ class RetryWorker:
             self.retry_queue.send(following.to_text(), visibility_timeout=delay)
         for record in decision.dead_letters:
             self.deadletter_queue.send(record.to_text())
-        log.info(
-            "retry envelope %s for %s (attempt %d): %d delivered, %d rejected, %d retried, %d dead-lettered",
-            envelope.id, envelope.sink, envelope.attempt, decision.delivered, len(decision.rejected),
-            sum(e.count for e in decision.retry), sum(d.envelope.count for d in decision.dead_letters),
-            extra={"custom_dimensions": {"sink": envelope.sink, "attempt": envelope.attempt, "outcome": decision.kind}},
+        record = selfmetrics.observation(
+            envelope.sink, delivered=decision.delivered, rejected=len(decision.rejected),
+            retried=sum(e.count for e in decision.retry),
+            dead_lettered=sum(d.envelope.count for d in decision.dead_letters),
         )
+        selfmetrics.log_observations([record], f"retry attempt {envelope.attempt} of envelope {envelope.id}")
+        if self.settings.self_metrics and sink is not None:
+            selfmetrics.send([sink], [record], now_ns, self.settings.http_timeout_seconds)
         return decision
 
     def _attempt(self, sink, metrics: list[Metric], now_ns: int) -> AttemptReport:

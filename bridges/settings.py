@@ -234,6 +234,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BRIDGE_RETRY_MAX_ATTEMPTS", "10", _positive_int, "Retries before an envelope is dead-lettered."),
     Setting("BRIDGE_RETRY_MAX_AGE_SECONDS", "86400", _positive_number,
             "Time after the first failure before an envelope is dead-lettered."),
+    Setting("BRIDGE_SELF_METRICS", "false", _boolean,
+            "Also send the bridge's own metrics (bridge_accepted_total, bridge_delivered_total, bridge_rejected_total, "
+            "bridge_retried_total, bridge_dead_lettered_total, bridge_delivery_seconds, tagged by sink) to the sinks. "
+            "They are always logged as structured records."),
     Setting("BRIDGE_DELIVERY_DEADLINE_SECONDS", "60", _positive_number,
             "Time one delivery may spend per sink; requests not sent by then are kept as pending, so an HTTP "
             "answer never nears the Functions host's 230-second limit."),
@@ -309,6 +313,7 @@ class Settings:
     sinks: tuple[str, ...] | None = None  # as BRIDGE_SINKS says; see ``enabled_sinks``
     http_timeout_seconds: float = 10.0
     delivery_deadline_seconds: float = 60.0
+    self_metrics: bool = False
     retry_queue: str = "bridge-retry"
     deadletter_queue: str = "bridge-deadletter"
     retry_base_seconds: float = 5.0

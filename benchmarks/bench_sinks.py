@@ -85,7 +85,7 @@ def main() -> None:
     for label, name, settings in SINKS:
         [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))
         encoded = sink.encode(metrics, now_ns)
-        best, median = best_and_median([seconds(lambda: sink.encode(metrics, now_ns)) for _ in range(ROUNDS)])
+        best, median = best_and_median([seconds(lambda s=sink: s.encode(metrics, now_ns)) for _ in range(ROUNDS)])
         sent = sum(len(r.body) for r in encoded.requests)
         plain = sum(plain_size(r) for r in encoded.requests)
         lines.append(

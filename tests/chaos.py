@@ -71,7 +71,7 @@ def seqs_of(sink: str, request: Received) -> list[int]:
             if line.strip():
                 data = json.loads(line)["data"]["baseData"]
                 names = data.get("dimNames") or []
-                out += [int(dict(zip(names, s["dimValues"]))["seq"]) for s in data["series"]]
+                out += [int(dict(zip(names, s["dimValues"], strict=True))["seq"]) for s in data["series"]]
         return out
     if sink == "prometheus":
         series = parse_write_request(bytes(cramjam.snappy.decompress_raw(body)))

@@ -24,7 +24,9 @@ POINTS = 10_000
 ROUNDS = 15
 
 
-def payload(points: int = POINTS) -> bytes:
+def payload(points: int = POINTS, stamp: int | None = None) -> bytes:
+    """The benchmark body; ``stamp`` (epoch seconds) gives every point that time instead of a
+    mix of timestamp forms, so no sink's time window refuses any."""
     base = 1_795_341_600
     items = []
     for i in range(points):
@@ -42,7 +44,7 @@ def payload(points: int = POINTS) -> bytes:
                 {"quantile": 0.5, "value": 0.4}, {"quantile": 0.99, "value": 0.9}]}}
         else:
             point = {"aggregate": {"min": 1, "max": 9, "sum": 20, "count": 4}}
-        dt = (base + i, (base + i) * 1000, f"2026-11-22T10:{i % 60:02d}:00.123Z")[i % 3]
+        dt = stamp if stamp is not None else (base + i, (base + i) * 1000, f"2026-11-22T10:{i % 60:02d}:00.123Z")[i % 3]
         items.append({"name": f"bench_metric_{i % 20}", **point, "tags": tags, "dt": dt})
     return json.dumps(items).encode()
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the fake receivers and the Azurite peer
 
+from benchmarks.bench_ingest import payload  # noqa: E402
 from benchmarks.common import report  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.normalize import Normalizer  # noqa: E402
@@ -65,27 +66,8 @@ BS_TOKEN = "bench-source-token"
 
 
 def body(points: int = POINTS) -> bytes:
-    """A canonical JSON body like a real POST: mixed types, 3 tags each, stamped now (so no
-    sink's time window refuses any point)."""
-    now = int(time.time())
-    items = []
-    for i in range(points):
-        tags = {"host": f"web-{i % 50}", "region": ("eu", "us", "ap")[i % 3], "service": f"svc-{i % 7}"}
-        kind = i % 5
-        if kind == 0:
-            point = {"gauge": {"value": i * 0.5}}
-        elif kind == 1:
-            point = {"counter": {"value": i, "temporality": "delta" if i % 2 else "cumulative"}}
-        elif kind == 2:
-            point = {"histogram": {"count": 10, "sum": 4.5, "buckets": [
-                {"upper_limit": 0.1, "count": 2}, {"upper_limit": 0.5, "count": 5}, {"upper_limit": 1.0, "count": 3}]}}
-        elif kind == 3:
-            point = {"summary": {"count": 10, "sum": 4.5, "quantiles": [
-                {"quantile": 0.5, "value": 0.4}, {"quantile": 0.99, "value": 0.9}]}}
-        else:
-            point = {"aggregate": {"min": 1, "max": 9, "sum": 20, "count": 4}}
-        items.append({"name": f"bench_metric_{i % 20}", **point, "tags": tags, "dt": now})
-    return json.dumps(items).encode()
+    """A canonical JSON body like a real POST (the ingest benchmark's), stamped now."""
+    return payload(points, stamp=int(time.time()))
 
 
 class AcceptingDynatrace(FakeDynatrace):

@@ -10,20 +10,26 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from conftest import ROOT
 
 
 @contextmanager
-def running_bridge(*args: str, env: dict[str, str] | None = None, timeout: float = 30):
-    """Yield (base_url, output_lines); on exit send SIGINT and check the runner stopped cleanly."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    state = tempfile.mkdtemp(prefix="bridge-state-")  # queues and keys stay out of the checkout
-    environment.update({"BRIDGE_STATE_DIR": state, "BRIDGE_OUTBOX_DIR": os.path.join(state, "outbox")})
+def running_bridge(*args: str, env: dict[str, str] | None = None, timeout: float = 30, cwd: Path = ROOT):
+    """Yield (base_url, output_lines); on exit send SIGINT and check the runner stopped cleanly.
+
+    ``cwd`` is the project folder (host.json, .bridge/); the repository stays importable. Run
+    from the checkout itself, the runner keeps its state in a temporary folder instead."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobsStorage"))}
+    environment["PYTHONPATH"] = str(ROOT)
+    if Path(cwd) == ROOT:  # queues and keys stay out of the checkout
+        state = tempfile.mkdtemp(prefix="bridge-state-")
+        environment.update({"BRIDGE_STATE_DIR": state, "BRIDGE_OUTBOX_DIR": os.path.join(state, "outbox")})
     environment.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "bridges", "serve", "--port", "0", *args],
-        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []
     ready: queue.Queue = queue.Queue()
@@ -77,3 +83,14 @@ def raw_request(base: str, request: bytes) -> str:
         while chunk := connection.recv(4096):
             received += chunk
     return received.decode()
+
+
+def wait_until(condition, timeout: float = 20, what: str = "the condition"):
+    """The first true value of ``condition()``, polled until ``timeout`` (never a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not in {timeout} s: {what}")

@@ -47,6 +47,7 @@ from chaos import (
     RESOURCE, SINKS, Ledger, OffsetClock, Rates, account, batch, dead_by_sink, dead_letters, drain, make_fakes, sink_settings,
 )
 from conftest import ROOT
+from runner import wait_until
 
 POINTS = 10_000
 BATCH = 200
@@ -220,16 +221,6 @@ class Runner:
         self.process.wait(timeout=30)
         self.reader.join(timeout=5)
         assert self.process.returncode == 0, "\n".join(self.lines[-50:])
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not in {timeout} s: {what}")
 
 
 def test_conservation_across_a_crash(identity, tmp_path):

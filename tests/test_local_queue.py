@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,7 @@ import requests
 
 from bridges.queues import LOCAL_FILE, SqliteQueue
 from conftest import ROOT
-from runner import wait_for_line
+from runner import running_bridge, wait_for_line, wait_until
 
 HOST_JSON = {
     "version": "2.0",
@@ -29,56 +24,9 @@ HOST_JSON = {
 }
 
 
-def _serve(project: Path, env: dict[str, str]) -> subprocess.Popen:
-    """The runner with ``project`` as its project folder (cwd) and the repository importable."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobsStorage", "SAMPLE_"))}
-    environment.update({"PYTHONPATH": str(ROOT), **env})
-    return subprocess.Popen(
-        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.queue_app"],
-        cwd=project, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-@contextmanager
 def running(project: Path, env: dict[str, str]):
-    """Yield (base_url, output_lines); on exit Ctrl-C the runner and check it stopped cleanly."""
-    process = _serve(project, env)
-    lines: list[str] = []
-    ready: queue.Queue = queue.Queue()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("Listening on "):
-                ready.put(line.split()[2])
-        ready.put(None)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        base = ready.get(timeout=30)
-        assert base is not None, "the runner did not start:\n" + "\n".join(lines)
-        yield base, lines
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        reader.join(timeout=5)
-    assert process.returncode == 0, "\n".join(lines)
-    assert "Stopped." in lines
-
-
-def wait_until(condition, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    """The runner with ``project`` as its project folder, hosting the sample queue app."""
+    return running_bridge("--app", "tests.apps.queue_app", env=env, cwd=project)
 
 
 def tries(record: Path) -> list[dict]:
@@ -141,7 +89,10 @@ def test_ctrl_c_lets_the_message_in_flight_finish(project):
 
 
 def test_an_unknown_queue_setting_stops_start_up_with_its_name(project):
-    process = _serve(project, {})
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 2
-    assert "SAMPLE_QUEUE" in output and "queue name of work" in output
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "SAMPLE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.queue_app"],
+        cwd=project, env={**environment, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "SAMPLE_QUEUE" in done.stderr and "queue name of work" in done.stderr

@@ -346,7 +346,9 @@ class QueueListener:
             try:
                 messages = self.queue.receive(self.options.batch_size, self.options.function_timeout)
             except Exception as exc:  # e.g. Azurite not running: keep trying, as the host does
-                log.warning("queue %s: receive failed: %s", self.queue.name, exc)
+                # The type and status only: a storage SDK message can carry the account URL.
+                log.warning("queue %s: receive failed (%s %s)", self.queue.name, type(exc).__name__,
+                            getattr(exc, "status_code", "") or "")
                 messages = []
             if messages:
                 delay = self.FIRST_BACKOFF

@@ -12,6 +12,19 @@ UNLEASH_VERSIONS=(7.5.1 8.2.0)
 say() { printf 'install-peers: %s\n' "$*"; }
 die() { printf 'install-peers: ERROR: %s\n' "$*" >&2; exit 1; }
 
+as_root() {  # run a command as root: directly when we are root, else through sudo
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {  # install one Debian package, or stop with a message naming it
+    say "$1: installing Debian package '$1' ..."
+    command -v apt-get >/dev/null 2>&1 || die "$1 is not installed and apt-get is unavailable; install it by hand"
+    [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install $1"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    as_root apt-get install -y -qq --no-install-recommends "$1" >/dev/null || die "apt-get install $1 failed"
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 find_pg_bin() {
     local d
@@ -27,17 +40,7 @@ find_pg_bin() {
 if pg_bin="$(find_pg_bin)"; then
     say "postgresql: ok ($pg_bin)"
 else
-    say "postgresql: installing Debian package 'postgresql' ..."
-    command -v apt-get >/dev/null 2>&1 || die "initdb/pg_ctl not found and apt-get is unavailable; install PostgreSQL manually"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install postgresql"
-        SUDO="sudo"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
-    $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
-        || die "apt-get install postgresql failed"
+    apt_install postgresql
     # The Debian package creates and starts a default cluster; the tests do not need it.
     pg_bin="$(find_pg_bin)" || die "postgresql installed but initdb/pg_ctl not found under /usr/lib/postgresql/*/bin"
     say "postgresql: installed ($pg_bin)"
@@ -49,18 +52,9 @@ id postgres >/dev/null 2>&1 || say "warning: no 'postgres' OS user; tests runnin
 if command -v prometheus >/dev/null 2>&1; then
     say "prometheus: ok ($(command -v prometheus))"
 else
-    say "prometheus: installing Debian package 'prometheus' ..."
-    command -v apt-get >/dev/null 2>&1 || die "prometheus not found and apt-get is unavailable"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install prometheus"
-        SUDO="sudo"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
-    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null || die "apt-get install prometheus failed"
+    apt_install prometheus
     # The package starts a system-wide server on :9090; the tests start their own.
-    ($SUDO service prometheus stop || $SUDO pkill -x prometheus) >/dev/null 2>&1 || true
+    (as_root service prometheus stop || as_root pkill -x prometheus) >/dev/null 2>&1 || true
     say "prometheus: installed"
 fi
 

@@ -102,7 +102,7 @@ class Bridge:
         ]
         selfmetrics.log_observations(records, "ingest")
         if self.settings.self_metrics:
-            selfmetrics.send(self.delivery.sinks, records, self.clock(), self.settings.http_timeout_seconds)
+            selfmetrics.send(self.delivery, records, self.clock())
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""

@@ -150,33 +150,41 @@ class Delivery:
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
 
-    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> dict[str, SinkReport]:
-        """Per-sink reports; raises DeliveryError when metrics could be neither delivered nor kept."""
-        if len(self.sinks) == 1:
-            outcomes = [self._guarded(self.sinks[0], metrics, now_ns)]
+    def deliver(self, metrics: Sequence[Metric], now_ns: int, handoff: RetryHandoff | None = None,
+                only: str | None = None) -> dict[str, SinkReport]:
+        """Per-sink reports; raises DeliveryError when metrics could be neither delivered nor kept.
+
+        ``handoff`` replaces the stage's own for this call (the retry worker decides itself what
+        becomes of pending metrics; the bridge's own metrics are never queued); ``only`` names
+        the one sink to deliver to. Rate limits and health state stay shared either way.
+        """
+        handoff = handoff or self.handoff
+        sinks = [s for s in self.sinks if only is None or s.name == only]
+        if len(sinks) == 1:
+            outcomes = [self._guarded(sinks[0], metrics, now_ns, handoff)]
         else:
-            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns), self.sinks))
+            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns, handoff), sinks))
         reports = {}
-        for sink, (report, failure) in zip(self.sinks, outcomes, strict=True):
+        for sink, (report, failure) in zip(sinks, outcomes, strict=True):
             if failure is not None:
                 raise failure
             reports[sink.name] = report
         return reports
 
-    def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int) -> tuple[SinkReport, DeliveryError | None]:
+    def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int, handoff) -> tuple[SinkReport, DeliveryError | None]:
         started = time.perf_counter()
         try:
             if hasattr(sink, "deliver"):
                 report = SinkReport(delivered=sink.deliver(metrics, now_ns))
             else:
-                report = self._deliver_to(sink, metrics, now_ns)
+                report = self._deliver_to(sink, metrics, now_ns, handoff)
             report.seconds = time.perf_counter() - started
             return report, None
         except OSError as exc:
             log.error("sink %s could not take the metrics: %s", sink.name, exc.strerror or type(exc).__name__)
             return SinkReport(), DeliveryError(sink.name, exc.strerror or type(exc).__name__)
 
-    def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int) -> SinkReport:
+    def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int, handoff) -> SinkReport:
         report = SinkReport()
         pending: dict[str, tuple[list[int], float | None]] = {}
         delivered: set[int] = set()  # sets: a metric's lines may travel in more than one request
@@ -230,7 +238,7 @@ class Delivery:
         waiting: set[int] = set()
         for reason, (items, after) in pending.items():
             items = [i for i in dict.fromkeys(items) if i not in waiting]
-            self._hand_off(sink.name, [metrics[i] for i in items], reason, after, now_ns)
+            _hand_off(handoff, sink.name, [metrics[i] for i in items], reason, after, now_ns)
             waiting.update(items)
             report.pending_reasons.append(reason)
         refused = {r.index for r in report.rejected}
@@ -284,3 +292,13 @@ class Delivery:
                 status = {**status, "misconfigured": self.misconfigured[sink.name]}
             statuses[sink.name] = status
         return statuses
+
+
+def _hand_off(handoff: RetryHandoff, sink: str, metrics: Sequence[Metric], reason: str, after: float | None,
+              now_ns: int) -> None:
+    try:
+        handoff.hand_off(sink, metrics, reason, after, now_ns)
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {why}") from exc
+    log.warning("sink %s: %d metrics pending (%s)", sink, len(metrics), reason)

@@ -96,9 +96,13 @@ class RetryWorker:
     """Runs one envelope: deliver to its sink, then queue the next attempt or dead-letter."""
 
     def __init__(self, settings: Settings, sinks: dict, retry_queue, deadletter_queue,
-                 clock: Callable[[], int] = time.time_ns, rng: random.Random | None = None):
+                 clock: Callable[[], int] = time.time_ns, rng: random.Random | None = None,
+                 delivery: Delivery | None = None):
+        """``delivery``: the stage the HTTP path uses, so rate limits and health are shared."""
         self.settings = settings
         self.sinks = sinks
+        self.delivery = delivery or Delivery(list(sinks.values()), None, timeout_seconds=settings.http_timeout_seconds,
+                                             deadline_seconds=settings.delivery_deadline_seconds)
         self.retry_queue = retry_queue
         self.deadletter_queue = deadletter_queue
         self.clock = clock
@@ -129,15 +133,13 @@ class RetryWorker:
         )
         selfmetrics.log_observations([record], f"retry attempt {envelope.attempt} of envelope {envelope.id}")
         if self.settings.self_metrics and sink is not None:
-            selfmetrics.send([sink], [record], now_ns, self.settings.http_timeout_seconds)
+            selfmetrics.send(self.delivery, [record], now_ns, only=sink.name)
         return decision
 
     def _attempt(self, sink, metrics: list[Metric], now_ns: int) -> AttemptReport:
         kept = _Kept()
         kept.index(metrics)
-        delivery = Delivery([sink], kept, timeout_seconds=self.settings.http_timeout_seconds,
-                            deadline_seconds=self.settings.delivery_deadline_seconds)
-        report = delivery.deliver(metrics, now_ns)[sink.name]
+        report = self.delivery.deliver(metrics, now_ns, handoff=kept, only=sink.name)[sink.name]
         refused = {r.index: r.reason for r in report.rejected}
         done = set(refused) | set(kept.pending)
         # Every refusal on a retry is dead-lettered (with its reason) so it can be replayed once fixed.

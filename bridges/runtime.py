@@ -48,7 +48,7 @@ def retry_worker() -> RetryWorker:
 
         current = bridge()
         sinks = {sink.name: sink for sink in current.delivery.sinks}
-        _worker = RetryWorker(current.settings, sinks, *open_queues(current.settings))
+        _worker = RetryWorker(current.settings, sinks, *open_queues(current.settings), delivery=current.delivery)
     return _worker
 
 

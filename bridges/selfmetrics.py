@@ -55,13 +55,14 @@ class _Discard:
         log.warning("bridge metrics not delivered to %s: %s", sink, reason)
 
 
-def send(sinks: Sequence, records: Sequence[dict], now_ns: int, timeout_seconds: float) -> None:
-    from bridges.delivery import Delivery, DeliveryError
+def send(delivery, records: Sequence[dict], now_ns: int, only: str | None = None) -> None:
+    """Deliver the records as metrics through ``delivery`` (to ``only`` that sink, if named)."""
+    from bridges.delivery import DeliveryError
 
     metrics = as_metrics(records, now_ns)
     if not metrics:
         return
     try:
-        Delivery(sinks, _Discard(), timeout_seconds=timeout_seconds, deadline_seconds=timeout_seconds).deliver(metrics, now_ns)
+        delivery.deliver(metrics, now_ns, handoff=_Discard(), only=only)
     except DeliveryError as exc:
         log.warning("bridge metrics not delivered: %s", exc)

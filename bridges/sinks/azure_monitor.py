@@ -43,7 +43,6 @@ intersected with the 4 minutes ahead the service enforces); others are refused l
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import logging
@@ -140,7 +139,7 @@ class AzureMonitorSink:
 
     def authorize(self, request: Request) -> Request:
         """A copy with a fresh bearer token; ``TokenError`` propagates to the delivery stage."""
-        return dataclasses.replace(request, headers={**request.headers, "Authorization": self._tokens.header()})
+        return self._tokens.authorize(request)
 
     # --- encoding -------------------------------------------------------------------------
 

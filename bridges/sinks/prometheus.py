@@ -39,7 +39,6 @@ until the offending metric is alone, and then drops it with the receiver's messa
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from functools import lru_cache
@@ -176,9 +175,7 @@ class PrometheusSink:
 
     def authorize(self, request: Request) -> Request:
         """A copy carrying a fresh bearer token (raises TokenError when none can be had)."""
-        if self._tokens is None:
-            return request
-        return dataclasses.replace(request, headers={**request.headers, "Authorization": self._tokens.header()})
+        return request if self._tokens is None else self._tokens.authorize(request)
 
     # --- encoding -------------------------------------------------------------------------
 

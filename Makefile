@@ -28,6 +28,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_sinks.py
+	$(BIN)/python benchmarks/bench_inputs.py
 	$(BIN)/python benchmarks/bench_retry.py
 
 clean:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bridges serve|validate|functions``.
+"""Command line: ``python -m bridges serve|validate|render|send|mappings|deadletter|functions``.
 
 Exit codes: 0 success, 1 something was rejected or failed, 2 bad usage or settings.
 """
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from bridges.formats import BodyError
+from bridges.mapping import MappingError
 from bridges.settings import BACKEND_SINKS, SettingsError
 
 _CONTENT_TYPES = {
@@ -37,10 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="print the canonical NDJSON of a payload and each rejection")
     _payload_arguments(validate)
 
-    render = commands.add_parser("render", help="print exactly what a sink would send for a payload")
-    render.add_argument("--sink", required=True, choices=sorted(BACKEND_SINKS), help="the sink (its settings must be complete)")
+    render = commands.add_parser(
+        "render", help="print exactly what a sink would send for a payload, or the metrics a webhook payload yields")
+    render.add_argument("--sink", choices=sorted(BACKEND_SINKS), help="the sink (its settings must be complete)")
+    render.add_argument("--source", help="read FILE as a webhook of this source, through its mapping rules")
+    render.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="a request header the rules read (with --source), e.g. 'X-GitHub-Event: push'")
     render.add_argument("--raw", action="store_true", help="write the request bodies' bytes instead of a readable form")
     _payload_arguments(render)
+
+    mappings = commands.add_parser("mappings", help="webhook mapping rules")
+    mapping_commands = mappings.add_subparsers(dest="mappings_command", required=True)
+    check = mapping_commands.add_parser("check", help="validate rule files (default: built-in and BRIDGE_MAPPINGS_DIR)")
+    check.add_argument("paths", nargs="*", help="rule files or folders of them")
 
     send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
     _payload_arguments(send)
@@ -102,15 +112,23 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from bridges.core import Bridge
+    from bridges.formats.canonical import encode_ndjson
     from bridges.render import readable
     from bridges.settings import environment, load_settings
     from bridges.sinks import build_sinks
 
-    settings = load_settings({**environment(), "BRIDGE_SINKS": args.sink})
+    if not args.sink and not args.source:
+        print("error: say --sink SINK, --source SOURCE, or both", file=sys.stderr)
+        return 2
+    settings = load_settings({**environment(), "BRIDGE_SINKS": args.sink} if args.sink else None)
     bridge = Bridge(settings)
-    result = _parse_payload(args, bridge)
+    result = _map_payload(args, bridge) if args.source else _parse_payload(args, bridge)
     if result is None:
         return 1
+    if not args.sink:
+        sys.stdout.buffer.write(encode_ndjson(result.metrics))
+        print(f"{len(result.metrics)} metrics", file=sys.stderr)
+        return 1 if result.rejected else 0
     [sink] = build_sinks(settings)
     encoded = sink.encode(result.metrics, bridge.clock())
     for request in encoded.requests:
@@ -124,6 +142,56 @@ def _render(args: argparse.Namespace) -> int:
         print(f"{args.sink}: {conversion}: {count}", file=sys.stderr)
     print(f"{len(encoded.requests)} requests, {sum(len(r.body) for r in encoded.requests)} bytes", file=sys.stderr)
     return 1 if result.rejected or encoded.rejected else 0
+
+
+def _map_payload(args: argparse.Namespace, bridge):
+    """A webhook payload through its source's rules, normalized; refusals and skips printed."""
+    from bridges.webhooks import load_sources, webhook_payload
+
+    sources = load_sources(bridge.settings)
+    rules = sources.get(args.source.lower())
+    if rules is None:
+        print(f"error: no mapping rules for source {args.source!r}; known: {', '.join(sorted(sources))}", file=sys.stderr)
+        return None
+    headers = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise SettingsError(f"--header {header!r}: expected 'NAME: VALUE'")
+        headers[name.strip().lower()] = value.strip()
+    body, _ = _read_payload(args)
+    try:
+        payload = webhook_payload(body, headers.get("content-type"))
+    except BodyError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return None
+    decoded = rules.apply(payload, headers, bridge.clock())
+    result = bridge.normalizer.normalize(decoded.items, bridge.clock(), lambda i: "", check_unicode=True)
+    for refused in decoded.refused:
+        print(f"refused {refused.origin}: {refused.message}", file=sys.stderr)
+    for error in result.errors:
+        print(f"refused {decoded.origin(error.index)}: {error.pointer} {error.message}", file=sys.stderr)
+    for reason, count in sorted(decoded.skipped.items()):
+        print(f"skipped: {reason}: {count}", file=sys.stderr)
+    result.rejected += len(decoded.refused)
+    return result
+
+
+def _mappings(args: argparse.Namespace) -> int:
+    from bridges.mapping import check_paths
+    from bridges.settings import load_settings
+    from bridges.webhooks import rule_dirs
+
+    paths = [Path(p) for p in args.paths] or rule_dirs(load_settings())
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(2, "no such file or folder", str(missing[0]))
+    loaded, errors = check_paths(paths)
+    for rules in loaded:
+        print(f"ok: {rules.path} (source {rules.source}, {len(rules.rules)} rules)")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -177,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             from bridges.deadletters import deadletter_main
 
             return deadletter_main(args)
-        commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions}
+        commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions,
+                    "mappings": _mappings}
         return commands[args.command](args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MappingError as exc:
+        print(f"mapping rules error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is in use, or no such payload file
         where = f"{exc.filename}: " if exc.filename else ""

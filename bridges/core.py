@@ -9,18 +9,24 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import cached_property
+import re
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from bridges import __version__, selfmetrics
 from bridges.delivery import Delivery, DeliveryError
-from bridges.formats import BodyError, decompress
+from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, decompress
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
 from bridges.retrying import QueueHandoff
 from bridges.settings import Settings
 from bridges.sinks import build_sinks
 
+if TYPE_CHECKING:
+    from bridges.webhooks import Webhooks
+
 RETRY_AFTER_SECONDS = 30
+MAX_REPORTED_PROBLEMS = 100
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +35,29 @@ class Reply:
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class InputFormat(Protocol):
+    """A vendor wire format in (a module such as ``bridges.formats.dynatrace``): pure functions."""
+
+    def decode(self, body: bytes, content_type: str | None, params: Mapping[str, str], max_bytes: int) -> Decoded: ...
+
+    def answer(self, outcome: Outcome) -> Answer: ...
+
+    def refuse(self, error: BodyError) -> Answer: ...
+
+
+def _name(fmt: object) -> str:
+    return getattr(fmt, "NAME", None) or getattr(fmt, "__name__", type(fmt).__name__).rsplit(".", 1)[-1]
+
+
+def _natural(origin: object) -> tuple:
+    """Sort key putting 'timeseries[10]' after 'timeseries[9]', and line 10 after line 9."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(origin)))
+
+
+def _unkept(exc: DeliveryError) -> str:
+    return f"accepted metrics could be neither delivered nor kept ({exc}); send again"
 
 
 class Bridge:
@@ -50,18 +79,26 @@ class Bridge:
 
     def parse(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Normalized:
         """Decode, validate and normalize a canonical body; raises BodyError for the whole body."""
-        limit = self.settings.max_body_bytes
-        if len(body) > limit:
-            raise BodyError(413, f"the body is over the limit of {limit} bytes (BRIDGE_MAX_BODY_BYTES)")
-        decoded = canonical.decode(decompress(body, content_encoding, limit), content_type)
-        count = len(decoded.items)
-        if count > self.settings.max_items:
-            raise BodyError(413, f"{count} metrics is more than the limit of {self.settings.max_items} (BRIDGE_MAX_ITEMS)")
-        if count == 0:
-            raise BodyError(400, "the body holds no metrics")
+        decoded = canonical.decode(self._inflate(body, content_encoding), content_type)
+        self._check_count(len(decoded.items))
         return self.normalizer.normalize(
             decoded.items, self.clock(), decoded.item_pointer, check_unicode=decoded.may_hold_surrogates
         )
+
+    def _inflate(self, body: bytes, content_encoding: str | None, own_encodings: frozenset = frozenset()) -> bytes:
+        """The body within BRIDGE_MAX_BODY_BYTES, gzip undone (a format's own encodings are its decoder's)."""
+        limit = self.settings.max_body_bytes
+        if len(body) > limit:
+            raise BodyError(413, f"the body is over the limit of {limit} bytes (BRIDGE_MAX_BODY_BYTES)")
+        if (content_encoding or "").strip().lower() in own_encodings:
+            return body
+        return decompress(body, content_encoding, limit)
+
+    def _check_count(self, count: int, empty_allowed: bool = False) -> None:
+        if count > self.settings.max_items:
+            raise BodyError(413, f"{count} metrics is more than the limit of {self.settings.max_items} (BRIDGE_MAX_ITEMS)")
+        if count == 0 and not empty_allowed:
+            raise BodyError(400, "the body holds no metrics")
 
     def ingest(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Reply:
         """POST /api/metrics: 202 when at least one metric was accepted and handed on."""
@@ -81,28 +118,80 @@ class Bridge:
         if not result.metrics:
             return Reply(400, answer)
         try:
-            reports = self.delivery.deliver(result.metrics, self.clock())
+            answer["delivery"] = self._deliver(result.metrics, result.indexes.__getitem__, "ingest")
         except DeliveryError as exc:
-            return Reply(
-                503,
-                {"error": f"accepted metrics could be neither delivered nor kept ({exc}); send again"},
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        original = result.indexes.__getitem__
-        answer["delivery"] = {name: report.to_json(original) for name, report in reports.items()}
-        self._observe(reports, len(result.metrics))
+            return Reply(503, {"error": _unkept(exc)}, {"Retry-After": str(RETRY_AFTER_SECONDS)})
         return Reply(202, answer)
 
-    def _observe(self, reports: dict, accepted: int) -> None:
+    def receive(self, fmt: InputFormat, body: bytes, content_type: str | None, content_encoding: str | None = None,
+                params: Mapping[str, str] | None = None) -> Reply:
+        """A vendor-format request (Dynatrace lines, remote-write...): the format decodes and
+        answers in its vendor's shape; validation and delivery are the same as for /api/metrics."""
+        own = getattr(fmt, "OWN_ENCODINGS", frozenset())
+        try:
+            raw = self._inflate(body, content_encoding, own)
+            decoded = fmt.decode(raw, content_type, params or {}, self.settings.max_body_bytes)
+            # Vendors' clients send requests without points (Prometheus's metadata, an SDK's
+            # report with nothing to count): the format answers those as its server does.
+            self._check_count(len(decoded.items) + len(decoded.refused), empty_allowed=True)
+        except BodyError as exc:
+            log.info("%s refused the body: %d %s", _name(fmt), exc.status, exc.message)
+            return Reply(*fmt.refuse(exc))
+        outcome = self.process(decoded, _name(fmt))
+        if isinstance(outcome, Reply):
+            status, answer, headers = fmt.refuse(BodyError(503, outcome.body["error"]))
+            return Reply(status, answer, {**headers, **outcome.headers})
+        return Reply(*fmt.answer(outcome))
+
+    def process(self, decoded: Decoded, route: str) -> Outcome | Reply:
+        """Validate decoded items and deliver the accepted ones; a 503 Reply when they could
+        be neither delivered nor kept."""
+        result = self.normalizer.normalize(decoded.items, self.clock(), lambda i: "",
+                                           check_unicode=decoded.may_hold_surrogates)
+        problems = list(decoded.refused) + [
+            Refused(decoded.origin(error.index), f"{error.pointer}: {error.message}" if error.pointer else error.message)
+            for error in result.errors
+        ]
+        problems.sort(key=lambda problem: _natural(problem.origin))
+        rejected = len(decoded.refused) + result.rejected
+        outcome = Outcome(
+            accepted=len(result.metrics), rejected=rejected, problems=problems[:MAX_REPORTED_PROBLEMS],
+            units=len(decoded.items) + len(decoded.refused) + sum(decoded.skipped.values()), skipped=dict(decoded.skipped),
+        )
+        log.info("%s: %d accepted, %d rejected, skipped %s", route, outcome.accepted, rejected, decoded.skipped or "none")
+        if result.metrics:
+            try:
+                outcome.delivery = self._deliver(result.metrics, lambda i: decoded.origin(result.indexes[i]), route)
+            except DeliveryError as exc:
+                return Reply(503, {"error": _unkept(exc)}, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return outcome
+
+    def _deliver(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
+        """Deliver to every sink; the per-sink reports, each rejection named by its origin."""
+        reports = self.delivery.deliver(metrics, self.clock())
+        self._observe(reports, len(metrics), route)
+        return {name: report.to_json(origin_of) for name, report in reports.items()}
+
+    def _observe(self, reports: dict, accepted: int, route: str) -> None:
         """Log (and, with BRIDGE_SELF_METRICS, send) what each sink made of this request."""
         records = [
             selfmetrics.observation(name, report.seconds, accepted=accepted, delivered=report.delivered,
                                     rejected=report.to_json()["rejected"], retried=report.pending)
             for name, report in reports.items()
         ]
-        selfmetrics.log_observations(records, "ingest")
+        selfmetrics.log_observations(records, route)
         if self.settings.self_metrics:
             selfmetrics.send(self.delivery, records, self.clock())
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        from bridges.webhooks import Webhooks
+
+        return Webhooks(self)
+
+    def webhook(self, source: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """POST /api/webhooks/{source}: any JSON webhook through the source's mapping rules."""
+        return self.webhooks.handle(source, body, headers)
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""
@@ -114,8 +203,17 @@ class Bridge:
             if sink.get("misconfigured"):
                 problems.append(f"{name}: {sink['misconfigured']}")
         answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
-                  "problems": problems, "retry": self.retry_status()}
+                  "problems": problems, "retry": self.retry_status(), "webhooks": self._webhook_status(problems)}
         return Reply(200, answer)
+
+    def _webhook_status(self, problems: list) -> dict:
+        from bridges.mapping import MappingError
+
+        try:
+            return self.webhooks.status()
+        except MappingError as exc:
+            problems.append(f"webhooks: {exc}")
+            return {}
 
     def retry_status(self) -> dict:
         """Depths of the retry, poison and dead-letter queues, dead letters per sink."""

@@ -229,7 +229,7 @@ def _message(error, item: object) -> str:
             + (f"; found {', '.join(found)}" if found else "")
         )
     if path == ["name"] and error.validator == "pattern":
-        return "a metric name must not contain control characters"
+        return "a metric name must not be empty" if error.instance == "" else "a metric name must not contain control characters"
     if path == ["dt"] and error.validator == "anyOf":
         try:
             parse_timestamp(error.instance)

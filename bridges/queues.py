@@ -131,8 +131,8 @@ class SqliteQueue:
     def __repr__(self) -> str:
         return f"SqliteQueue({str(self.path)!r}, {self.name!r})"
 
-    def _connect(self, write: bool = True) -> _Connection:
-        return _Connection(self.path, self.BUSY_TIMEOUT, write)
+    def _connect(self, write: bool = True) -> SqliteConnection:
+        return SqliteConnection(self.path, self.BUSY_TIMEOUT, write)
 
     def send(self, text: str, visibility_timeout: float = 0) -> None:
         check_text(text)
@@ -198,7 +198,7 @@ class SqliteQueue:
         return count
 
 
-class _Connection:
+class SqliteConnection:
     """One short transaction on a fresh connection: nothing shared between threads."""
 
     def __init__(self, path: Path, busy_timeout: float, write: bool = True):
@@ -206,7 +206,11 @@ class _Connection:
         self.begin = "BEGIN IMMEDIATE" if write else "BEGIN"  # IMMEDIATE: take the write lock first
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute(self.begin)
+        try:
+            self.db.execute(self.begin)
+        except BaseException:  # e.g. still locked after the busy timeout: __exit__ will not run
+            self.db.close()
+            raise
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -324,7 +328,7 @@ class _stale_receipt:
 # --------------------------------------------------------------------------- settings
 
 
-def _setting(environ: Mapping[str, str], key: str) -> str:
+def storage_setting(environ: Mapping[str, str], key: str) -> str:
     value = (environ.get(key) or "").strip()
     if value.startswith("@Microsoft.KeyVault("):
         raise ValueError(f"app setting {key} is an unresolved Key Vault reference")
@@ -333,10 +337,10 @@ def _setting(environ: Mapping[str, str], key: str) -> str:
 
 def storage_configured(environ: Mapping[str, str]) -> bool:
     """True when the host would find a storage account: a connection string or identity settings."""
-    if _setting(environ, SETTING):
+    if storage_setting(environ, SETTING):
         return True
     return any(
-        _setting(environ, f"{SETTING}__{part}")
+        storage_setting(environ, f"{SETTING}__{part}")
         for part in ("queueServiceUri", "serviceUri", "accountName")
     )
 
@@ -354,25 +358,25 @@ def queue_client(name: str, environ: Mapping[str, str], **kwargs: Any) -> Any:
 
     kwargs.setdefault("message_encode_policy", TextBase64EncodePolicy())
     kwargs.setdefault("message_decode_policy", TextBase64DecodePolicy())
-    conn = _setting(environ, SETTING)
+    conn = storage_setting(environ, SETTING)
     if conn:
         return QueueClient.from_connection_string(conn, name, **kwargs)
 
-    url = _setting(environ, f"{SETTING}__queueServiceUri") or _setting(environ, f"{SETTING}__serviceUri")
+    url = storage_setting(environ, f"{SETTING}__queueServiceUri") or storage_setting(environ, f"{SETTING}__serviceUri")
     if not url:
-        account = _setting(environ, f"{SETTING}__accountName")
+        account = storage_setting(environ, f"{SETTING}__accountName")
         if not account:
             raise ValueError(
                 f"no storage account: set {SETTING} (a connection string) or "
                 f"{SETTING}__queueServiceUri / {SETTING}__accountName"
             )
         url = f"https://{account}.queue.core.windows.net"
-    return QueueClient(url.rstrip("/"), name, credential=_credential(environ), **kwargs)
+    return QueueClient(url.rstrip("/"), name, credential=storage_credential(environ), **kwargs)
 
 
-def _credential(environ: Mapping[str, str]) -> Any:
-    client_id = _setting(environ, f"{SETTING}__clientId") or None
-    if _setting(environ, f"{SETTING}__credential").lower() == "managedidentity":
+def storage_credential(environ: Mapping[str, str]) -> Any:
+    client_id = storage_setting(environ, f"{SETTING}__clientId") or None
+    if storage_setting(environ, f"{SETTING}__credential").lower() == "managedidentity":
         from azure.identity import ManagedIdentityCredential
 
         return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bridges.settings import Settings, load_settings
+from bridges.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from bridges.core import Bridge
@@ -28,7 +28,24 @@ def start() -> Settings:
     _settings = load_settings()
     for problem in _settings.sink_problems:
         log.warning("sink not enabled: %s", problem)
+    if _settings.mappings_dir is not None:
+        check_mappings(_settings)
     return _settings
+
+
+def check_mappings(settings: Settings) -> None:
+    """The user's rule files (and the built-in ones they may replace) load, or start-up stops
+    naming the file, rule and field. Without BRIDGE_MAPPINGS_DIR only the built-in rules are
+    used, which the tests check, so cold starts do not pay for loading them."""
+    from bridges.mapping import MappingError
+    from bridges.webhooks import load_sources
+
+    if not settings.mappings_dir.is_dir():
+        raise SettingsError(f"BRIDGE_MAPPINGS_DIR: {settings.mappings_dir} is not a folder")
+    try:
+        load_sources(settings)
+    except MappingError as exc:
+        raise SettingsError(f"BRIDGE_MAPPINGS_DIR: {exc}") from None
 
 
 def bridge() -> Bridge:

@@ -106,6 +106,19 @@ def _folder(text: str) -> Path:
     return Path(text.strip())
 
 
+def _optional_folder(text: str) -> Path | None:
+    return Path(text.strip()) if text.strip() else None
+
+
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+
+
+def _table_name(text: str) -> str:
+    if not _TABLE_NAME.fullmatch(text.strip()):
+        raise ValueError
+    return text.strip()
+
+
 def _url(text: str) -> str | None:
     text = text.strip()
     if not text:
@@ -146,7 +159,7 @@ _RESOURCE_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/
 _REGION = re.compile(r"[a-z0-9]{2,40}")
 
 
-def _resource_id(text: str) -> str | None:
+def resource_id(text: str) -> str | None:
     """An Azure resource id; a resource group or subscription cannot receive custom metrics."""
     text = text.strip().rstrip("/")
     if not text:
@@ -202,11 +215,13 @@ _EXPECTED = {
     _boolean: "true or false",
     _dimensions: "key=value pairs separated by commas",
     _sink_list: f"a comma list of {', '.join((OUTBOX, *BACKEND_SINKS))}",
-    _resource_id: "the id of an Azure resource (/subscriptions/.../resourceGroups/.../providers/...), "
+    resource_id: "the id of an Azure resource (/subscriptions/.../resourceGroups/.../providers/...), "
                   "not a resource group or subscription",
     _region: "a lower-case region short name such as westeurope",
     _names: "names separated by commas",
     _optional_text: "text",
+    _optional_folder: "a folder path",
+    _table_name: "an Azure table name (a letter, then 2-62 letters or digits)",
 }
 _BETTERSTACK_FORMATS = _choice("msgpack", "json", "ndjson")
 _UNLEASH_APIS = _choice("auto", "custom", "impact")
@@ -241,6 +256,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BRIDGE_DELIVERY_DEADLINE_SECONDS", "60", _positive_number,
             "Time one delivery may spend per sink; requests not sent by then are kept as pending, so an HTTP "
             "answer never nears the Functions host's 230-second limit."),
+    Setting("BRIDGE_MAPPINGS_DIR", "", _optional_folder,
+            "Folder of extra webhook mapping rule files (.yaml, .yml, .json); a file for a source that has built-in "
+            "rules replaces them. Checked at start-up."),
+    Setting("BRIDGE_IDEMPOTENCY_TTL_SECONDS", "259200", _positive_number,
+            "How long a webhook delivery id is remembered: a repeat within it is answered 200 `{\"duplicate\": true}` "
+            "and not sent again (default 3 days, Stripe's retry window)."),
+    Setting("BRIDGE_IDEMPOTENCY_TABLE", "bridgeidempotency", _table_name,
+            "Azure table of seen delivery ids (on AzureWebJobsStorage; an embedded SQLite file locally)."),
     Setting("DYNATRACE_URL", "", _url,
             "Metrics ingest URL: `https://<env>.live.dynatrace.com/api/v2/metrics/ingest`, a Managed or ActiveGate "
             "`.../e/<env>/api/v2/metrics/ingest`, or the OneAgent local `http://localhost:14499/metrics/ingest` "
@@ -267,7 +290,7 @@ SETTINGS: tuple[Setting, ...] = (
             "custom: `/api/client/metrics/custom` (Unleash 7.0-8.0); impact: impact metrics in `/api/client/metrics` "
             "(8.1+); auto: custom, switching to impact for the process on a 404.", "unleash"),
     Setting("UNLEASH_APP_NAME", "metrics-bridge", _text, "appName reported with impact metrics.", "unleash"),
-    Setting("AZURE_MONITOR_RESOURCE_ID", "", _resource_id,
+    Setting("AZURE_MONITOR_RESOURCE_ID", "", resource_id,
             "Default Azure resource the custom metrics belong to (a metric's `azure.resource_id` overrides it). "
             "Grant the app's identity Monitoring Metrics Publisher on it.", "azure_monitor"),
     Setting("AZURE_MONITOR_REGION", "", _region,
@@ -320,6 +343,9 @@ class Settings:
     retry_cap_seconds: float = 600.0
     retry_max_attempts: int = 10
     retry_max_age_seconds: float = 86400.0
+    mappings_dir: Path | None = None
+    idempotency_ttl_seconds: float = 259200.0
+    idempotency_table: str = "bridgeidempotency"
     dynatrace_url: str | None = None
     dynatrace_api_token: Secret | None = None
     dynatrace_metric_prefix: str = ""

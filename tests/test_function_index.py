@@ -17,13 +17,23 @@ def indexed():
     return {f.get_function_name(): json.loads(f.get_function_json()) for f in app.get_functions()}
 
 
+def _keyed_post(route: str) -> list[dict]:
+    return [
+        {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["POST"], "authLevel": "FUNCTION",
+         "route": route},
+        {"direction": "OUT", "type": "http", "name": "$return"},
+    ]
+
+
 def test_every_function_and_its_bindings(indexed):
     assert {name: doc["bindings"] for name, doc in indexed.items()} == {
-        "ingest_metrics": [
-            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["POST"],
-             "authLevel": "FUNCTION", "route": "metrics"},
-            {"direction": "OUT", "type": "http", "name": "$return"},
-        ],
+        "ingest_metrics": _keyed_post("metrics"),
+        "ingest_dynatrace": _keyed_post("v2/metrics/ingest"),
+        "ingest_remote_write": _keyed_post("v1/write"),
+        "ingest_unleash_custom": _keyed_post("client/metrics/custom"),
+        "ingest_unleash_client": _keyed_post("client/metrics"),
+        "ingest_azure_monitor": _keyed_post("azure/{*resourceId}"),
+        "webhook": _keyed_post("webhooks/{source}"),
         "health": [
             {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"],
              "authLevel": "ANONYMOUS", "route": "health"},

@@ -6,6 +6,8 @@ Every decoder reports a body it cannot use as ``BodyError`` with the HTTP status
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 
 class BodyError(Exception):
@@ -19,6 +21,58 @@ class BodyError(Exception):
 
     def to_json(self) -> dict:
         return {"error": self.message, **self.where}
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A part of a request that could not become a metric. ``origin`` is where the client
+    sent it, in the client's own terms: a JSON pointer, a 1-based Dynatrace line number..."""
+
+    origin: object
+    message: str
+
+
+@dataclass
+class Decoded:
+    """What a decoder read: raw items in the canonical shape of ``schemas/metric.schema.json``
+    (validated afterwards by the one Normalizer), and where each came from.
+
+    ``item_pointer(i)`` is the JSON pointer of item i in the request (canonical JSON);
+    ``origins[i]``, when given, is item i's origin as the client names it (a vendor format).
+    ``refused`` lists parts the decoder itself could not read; ``skipped`` counts, by reason,
+    parts that are deliberately not metrics (metadata lines, staleness markers).
+    """
+
+    items: list
+    item_pointer: Callable[[int], str] = lambda i: f"/{i}"
+    may_hold_surrogates: bool = False
+    origins: Optional[list] = None
+    refused: list[Refused] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def origin(self, index: int) -> object:
+        return self.origins[index] if self.origins is not None else self.item_pointer(index)
+
+
+@dataclass
+class Outcome:
+    """What became of one vendor-format request, for that format's ``answer``.
+
+    ``problems`` are the refusals of the decoder and of validation together, in request order
+    and cut to a bounded number; ``rejected`` counts them all; ``units`` is how many parts the
+    client sent (Dynatrace: non-empty lines, metadata included), ``delivery`` the per-sink report.
+    """
+
+    accepted: int
+    rejected: int
+    problems: list[Refused]
+    units: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    delivery: dict = field(default_factory=dict)
+
+
+# A format's answer: HTTP status, JSON body (None: empty body), extra headers.
+Answer = tuple[int, Optional[dict], dict]
 
 
 def media_type(content_type: str | None) -> str:

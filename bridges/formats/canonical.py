@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
-from bridges.formats import BodyError, media_type
+from bridges.formats import BodyError, Decoded, media_type
 from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, format_rfc3339
 
 JSON_TYPES = ("application/json", "text/json", "")
@@ -21,34 +20,30 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 SUPPORTED = "application/json, application/x-ndjson or application/msgpack"
 
 
-@dataclass
-class Decoded:
-    """Raw items, the JSON pointer of item i in the request document, and whether the text
-    may hold lone surrogates (only JSON's \\uD800-\\uDFFF escapes can produce them)."""
-
-    items: list
-    item_pointer: Callable[[int], str]
-    may_hold_surrogates: bool = False
-
-
 def decode(body: bytes, content_type: str | None) -> Decoded:
     kind = media_type(content_type)
     if not body.strip():
         raise BodyError(400, "the body is empty")
     if kind in JSON_TYPES:
-        decoded = _container(_load_json(body))
+        decoded = _container(load_json(body))
     elif kind in NDJSON_TYPES:
         decoded = Decoded(_load_ndjson(body), lambda i: f"/{i}")
     else:
         decoded = None
     if decoded is not None:
-        decoded.may_hold_surrogates = _SURROGATE_ESCAPE.search(body) is not None
+        decoded.may_hold_surrogates = may_hold_surrogates(body)
         return decoded
     if kind in MSGPACK_TYPES:
         decoded = _container(_load_msgpack(body))
         _msgpack_timestamps_to_text(decoded.items)
         return decoded
     raise BodyError(415, f"unsupported Content-Type {kind!r}: send {SUPPORTED}")
+
+
+def may_hold_surrogates(body: bytes) -> bool:
+    """Whether JSON text may decode to lone surrogates (only \\uD800-\\uDFFF escapes make them),
+    so that the costly per-string Unicode check runs only then."""
+    return _SURROGATE_ESCAPE.search(body) is not None
 
 
 def _container(document: object) -> Decoded:
@@ -62,7 +57,7 @@ def _container(document: object) -> Decoded:
     return Decoded([document], lambda i: "")
 
 
-def _load_json(data: bytes, line: int | None = None) -> object:
+def load_json(data: bytes, line: int | None = None) -> object:
     """Parse JSON; ``line`` is the NDJSON line number, where the data is one line of a body."""
     where = {} if line is None else {"line": line}
     try:
@@ -83,7 +78,7 @@ def _load_ndjson(body: bytes) -> list:
     items = []
     for number, line in enumerate(body.split(b"\n"), start=1):
         if line.strip():
-            items.append(_load_json(line, line=number))
+            items.append(load_json(line, line=number))
     return items
 
 

@@ -1,4 +1,8 @@
-"""HTTP-triggered functions: canonical ingest and health."""
+"""HTTP-triggered functions: canonical ingest, each vendor format in, generic webhooks, health.
+
+Every route but health needs a function key (the app's default auth level). The vendor routes
+take the path their clients already post to, so a client changes only its base URL.
+"""
 from __future__ import annotations
 
 import json
@@ -15,6 +19,8 @@ blueprint = func.Blueprint()
 
 
 def to_response(reply: Reply) -> func.HttpResponse:
+    if reply.body is None:  # vendors that answer with an empty body (202, 204)
+        return func.HttpResponse(status_code=reply.status, headers=reply.headers)
     return func.HttpResponse(
         json.dumps(reply.body, ensure_ascii=False),
         status_code=reply.status,
@@ -24,12 +30,67 @@ def to_response(reply: Reply) -> func.HttpResponse:
     )
 
 
+def _receive(fmt, req: func.HttpRequest) -> func.HttpResponse:
+    reply = runtime.bridge().receive(
+        fmt, req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding"), req.route_params
+    )
+    return to_response(reply)
+
+
 @blueprint.route(route="metrics", methods=["POST"])
 def ingest_metrics(req: func.HttpRequest) -> func.HttpResponse:
-    """Canonical metrics (JSON, NDJSON or MessagePack) in; per-item verdicts out."""
+    """Canonical metrics (JSON, NDJSON or MessagePack; Better Stack's objects) in; per-item verdicts out."""
     reply = runtime.bridge().ingest(
         req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding")
     )
+    return to_response(reply)
+
+
+@blueprint.route(route="v2/metrics/ingest", methods=["POST"])
+def ingest_dynatrace(req: func.HttpRequest) -> func.HttpResponse:
+    """Dynatrace metric ingestion protocol, answered as Dynatrace answers."""
+    from bridges.formats import dynatrace
+
+    return _receive(dynatrace, req)
+
+
+@blueprint.route(route="v1/write", methods=["POST"])
+def ingest_remote_write(req: func.HttpRequest) -> func.HttpResponse:
+    """Prometheus remote-write 1.0 (snappy + protobuf): a Prometheus server's remote_write target."""
+    from bridges.formats import remote_write
+
+    return _receive(remote_write, req)
+
+
+@blueprint.route(route="client/metrics/custom", methods=["POST"])
+def ingest_unleash_custom(req: func.HttpRequest) -> func.HttpResponse:
+    """Unleash custom metrics (the 7.x endpoint)."""
+    from bridges.formats import unleash
+
+    return _receive(unleash.CUSTOM, req)
+
+
+@blueprint.route(route="client/metrics", methods=["POST"])
+def ingest_unleash_client(req: func.HttpRequest) -> func.HttpResponse:
+    """Unleash SDK metrics: impact metrics and feature evaluation counts."""
+    from bridges.formats import unleash
+
+    return _receive(unleash.CLIENT, req)
+
+
+@blueprint.route(route="azure/{*resourceId}", methods=["POST"])
+def ingest_azure_monitor(req: func.HttpRequest) -> func.HttpResponse:
+    """Azure Monitor custom-metric documents at /api/azure/<resource id>/metrics (a catch-all
+    must end a route template, so '/metrics' is checked by the decoder)."""
+    from bridges.formats import azure_monitor
+
+    return _receive(azure_monitor, req)
+
+
+@blueprint.route(route="webhooks/{source}", methods=["POST"])
+def webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Any JSON webhook, turned into metrics by the source's mapping rules."""
+    reply = runtime.bridge().webhook(req.route_params.get("source", ""), req.get_body(), dict(req.headers))
     return to_response(reply)
 
 

@@ -1,13 +1,15 @@
-"""A real Azurite queue service for tests (the Azure Storage emulator, queue service only).
+"""Real Azurite queue and table services for tests (the Azure Storage emulator), one process each.
 
-Fixture (session-scoped):
-    azurite -> AzuritePeer with `connection_string` (explicit form: the well-known
-               devstoreaccount1 key and QueueEndpoint=http://127.0.0.1:<port>/devstoreaccount1)
+Fixtures (session-scoped):
+    azurite       -> AzuritePeer with `connection_string` (explicit form: the well-known
+                     devstoreaccount1 key and QueueEndpoint=http://127.0.0.1:<port>/devstoreaccount1)
+    azurite_table -> AzuriteTablePeer, the same with TableEndpoint=http://127.0.0.1:<port>/devstoreaccount1
 
 Azurite 3.35.0 is installed by `bash scripts/install-azurite.sh` into .peers/azurite/ (3.36+
 needs Node 22). It runs in memory with --skipApiVersionCheck, because azure-storage-queue 12.x
-sends an API version newer than 3.35 knows (CONTRACTS §10). Listens on 127.0.0.1 only. If it
-cannot be started the fixture skips (or fails when CI=true).
+sends an API version newer than 3.35 knows (CONTRACTS §10); azure-data-tables 12.7 sends
+2019-02-02, which 3.35 knows, and the flag is kept for both alike. Listens on 127.0.0.1 only. If
+a service cannot be started its fixture skips (or fails when CI=true).
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ import pytest
 from peers import PeerUnavailable, free_port, serve_peer
 
 ROOT = Path(__file__).resolve().parents[2]
-AZURITE_BIN = ROOT / ".peers" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
+BIN_DIR = ROOT / ".peers" / "azurite" / "node_modules" / ".bin"
+AZURITE_BIN = BIN_DIR / "azurite-queue"
+AZURITE_TABLE_BIN = BIN_DIR / "azurite-table"
 INSTALL_HINT = "run `bash scripts/install-azurite.sh` to install it"
 
 HOST = "127.0.0.1"
@@ -52,6 +56,23 @@ class AzuritePeer:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"QueueEndpoint={self.queue_endpoint};"
+        )
+
+
+@dataclass
+class AzuriteTablePeer:
+    port: int
+    log_path: str
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"TableEndpoint={self.table_endpoint};"
         )
 
 
@@ -95,8 +116,22 @@ def run_azurite():
 
     Raises PeerUnavailable (before the first yield) when it cannot be started.
     """
-    if not AZURITE_BIN.exists():
-        raise PeerUnavailable(f"azurite-queue is not installed at {AZURITE_BIN}")
+    yield from _run_service(AZURITE_BIN, "queue", AzuritePeer)
+
+
+def run_azurite_table():
+    """Generator: start azurite-table on a free port, yield an AzuriteTablePeer, stop it.
+
+    Raises PeerUnavailable (before the first yield) when it cannot be started.
+    """
+    yield from _run_service(AZURITE_TABLE_BIN, "table", AzuriteTablePeer)
+
+
+def _run_service(binary: Path, service: str, peer_type):
+    """Start one Azurite service (`service` names its --<service>Host/--<service>Port flags)."""
+    what = binary.name
+    if not binary.exists():
+        raise PeerUnavailable(f"{what} is not installed at {binary}")
     if not shutil.which("node"):
         raise PeerUnavailable("node is not on PATH")
     workdir = Path(tempfile.mkdtemp(prefix="azurite-peer-"))
@@ -104,9 +139,9 @@ def run_azurite():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     args = [
-        str(AZURITE_BIN),
-        "--queueHost", HOST,
-        "--queuePort", str(port),
+        str(binary),
+        f"--{service}Host", HOST,
+        f"--{service}Port", str(port),
         "--inMemoryPersistence",
         "--disableTelemetry",
         "--skipApiVersionCheck",
@@ -128,14 +163,14 @@ def run_azurite():
         while not _answers(port):
             rc = proc.poll()
             if rc is not None:
-                raise PeerUnavailable(f"azurite-queue exited with code {rc} during start:\n{_tail(str(log_path))}")
+                raise PeerUnavailable(f"{what} exited with code {rc} during start:\n{_tail(str(log_path))}")
             if time.monotonic() > deadline:
                 raise PeerUnavailable(
-                    f"azurite-queue did not open {HOST}:{port} within {START_TIMEOUT:.0f} s:\n"
+                    f"{what} did not open {HOST}:{port} within {START_TIMEOUT:.0f} s:\n"
                     f"{_tail(str(log_path))}"
                 )
             time.sleep(0.1)
-        yield AzuritePeer(port=port, log_path=str(log_path))
+        yield peer_type(port=port, log_path=str(log_path))
     finally:
         if proc is not None:
             _stop(proc)
@@ -146,3 +181,9 @@ def run_azurite():
 def azurite():
     """A running Azurite queue service on a free loopback port."""
     yield from serve_peer(run_azurite, "Azurite queue service", INSTALL_HINT)
+
+
+@pytest.fixture(scope="session")
+def azurite_table():
+    """A running Azurite table service on a free loopback port."""
+    yield from serve_peer(run_azurite_table, "Azurite table service", INSTALL_HINT)

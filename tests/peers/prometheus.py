@@ -56,15 +56,16 @@ class PrometheusPeer:
             return ""
 
 
-def run_prometheus():
-    """Generator: start Prometheus, yield a PrometheusPeer, stop it and remove its files."""
+def run_prometheus(config=lambda port: CONFIG):
+    """Generator: start Prometheus, yield a PrometheusPeer, stop it and remove its files.
+    ``config(port)`` is its prometheus.yml, given the port it will listen on."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise PeerUnavailable("the `prometheus` binary is not on PATH")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
     workdir = Path(tempfile.mkdtemp(prefix="prometheus-peer-"))
-    (workdir / "prometheus.yml").write_text(CONFIG)
     port = free_port(HOST)
+    (workdir / "prometheus.yml").write_text(config(port))
     log_path = workdir / "prometheus.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -1,0 +1,131 @@
+"""Cost of reading each vendor format in, and of the webhook mapping engine, per point.
+
+Each format's bodies are what the bridge's own sink for that vendor writes for the foundation
+benchmark's 10,000-point payload (so the figures cover realistic bodies of every type the
+format carries). Timed: the format's decode plus validation and normalization, i.e. everything
+``Bridge.receive`` does before delivery, per decoded item. The mapping engine is timed per
+event (an Alertmanager notification of 100 alerts and a GitHub workflow run) through
+``SourceRules.apply`` plus normalization. The floor is the foundation's (json.loads +
+msgpack.packb of the canonical payload), measured in the same run; target <= 4x.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_ingest import ROUNDS, payload, seconds  # noqa: E402
+from benchmarks.bench_sinks import SINKS  # noqa: E402
+from benchmarks.common import best_and_median, report  # noqa: E402
+from bridges.formats import azure_monitor, dynatrace, remote_write, unleash  # noqa: E402
+from bridges.formats.canonical import may_hold_surrogates  # noqa: E402
+from bridges.mapping import BUILTIN_DIR, load_file  # noqa: E402
+from bridges.normalize import Normalizer  # noqa: E402
+from bridges.settings import load_settings  # noqa: E402
+from bridges.sinks import build_sinks  # noqa: E402
+
+WEBHOOKS = ROOT / "tests" / "testdata" / "webhooks"
+FORMATS = [  # (label, sink label in bench_sinks, format, content type, route parameters)
+    ("dynatrace lines", "dynatrace", dynatrace, "text/plain; charset=utf-8", {}),
+    ("azure custom metrics", "azure_monitor", azure_monitor, "application/x-ndjson",
+     {"resourceId": "subscriptions/0/resourceGroups/rg/providers/Microsoft.Web/sites/bench/metrics"}),
+    ("prometheus remote-write", "prometheus", remote_write, "application/x-protobuf", {}),
+    ("unleash custom", "unleash custom", unleash.CUSTOM, "application/json", {}),
+    ("unleash impact", "unleash impact", unleash.CLIENT, "application/json", {}),
+]
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def bodies_for(sink_label: str, metrics: list, now_ns: int) -> list[bytes]:
+    """The request bodies the sink would send, with their Content-Encoding undone the way the
+    pipeline undoes it (gzip) or left for the decoder (snappy)."""
+    import gzip
+
+    [(_, name, settings)] = [entry for entry in SINKS if entry[0] == sink_label]
+    [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))
+    bodies = []
+    for request in sink.encode(metrics, now_ns).requests:
+        encoding = {k.lower(): v for k, v in request.headers.items()}.get("content-encoding", "")
+        bodies.append(gzip.decompress(request.body) if encoding == "gzip" else request.body)
+    return bodies
+
+
+def read_all(fmt, bodies: list[bytes], content_type: str, params: dict, normalizer: Normalizer, now_ns: int) -> int:
+    items = 0
+    for body in bodies:
+        decoded = fmt.decode(body, content_type, params, MAX_BYTES)
+        result = normalizer.normalize(decoded.items, now_ns, lambda i: "", check_unicode=decoded.may_hold_surrogates)
+        items += len(result.metrics)
+    return items
+
+
+def time_format(fmt, bodies, content_type, params, normalizer, now_ns) -> tuple[float, float]:
+    return best_and_median([seconds(lambda: read_all(fmt, bodies, content_type, params, normalizer, now_ns))
+                            for _ in range(ROUNDS)])
+
+
+def time_mapping(rules, body, headers, repeat: int, normalizer, now_ns: int) -> tuple[float, float]:
+    """Best and median seconds for ``repeat`` payloads through the rules and the Normalizer."""
+    check_unicode = may_hold_surrogates(json.dumps(body).encode())  # as the webhook route decides
+
+    def run():
+        for _ in range(repeat):
+            decoded = rules.apply(body, headers, now_ns)
+            normalizer.normalize(decoded.items, now_ns, lambda i: "", check_unicode=check_unicode)
+
+    run()
+    return best_and_median([seconds(run) for _ in range(ROUNDS)])
+
+
+def webhook_case(source: str, sample: str) -> tuple:
+    rules = load_file(next(BUILTIN_DIR.glob(f"{source}.*")))
+    body = json.loads((WEBHOOKS / source / f"{sample}.json").read_text())
+    headers_file = WEBHOOKS / source / f"{sample}.headers.json"
+    headers = {k.lower(): v for k, v in json.loads(headers_file.read_text()).items()} if headers_file.exists() else {}
+    return rules, body, headers
+
+
+def main() -> None:
+    canonical = payload()
+    now_ns = time.time_ns()
+    normalizer = Normalizer()
+    metrics = [dataclasses.replace(m, time_ns=now_ns) for m in normalizer.normalize(json.loads(canonical), now_ns).metrics]
+    floor = []
+    for _ in range(ROUNDS):
+        floor.append(seconds(lambda: msgpack.packb(json.loads(canonical))))
+    floor_best, floor_median = best_and_median(floor)
+    floor_us = floor_best / len(metrics) * 1e6
+    lines = [f"floor (json.loads + msgpack.packb, foundation payload): {floor_us:.2f} us/point "
+             f"(median {floor_median / len(metrics) * 1e6:.2f})"]
+    for label, sink_label, fmt, content_type, params in FORMATS:
+        bodies = bodies_for(sink_label, metrics, now_ns)
+        items = read_all(fmt, bodies, content_type, params, normalizer, now_ns)
+        best, median = time_format(fmt, bodies, content_type, params, normalizer, now_ns)
+        per_item = best / items * 1e6
+        lines.append(f"{label:<24} {per_item:6.2f} us/point (median {median / items * 1e6:.2f}), {items} points "
+                     f"from {len(bodies)} bodies, {sum(map(len, bodies))} bytes: {per_item / floor_us:.2f}x floor")
+    for source, sample, events in (("alertmanager", "firing_and_resolved", "body.alerts"),
+                                   ("github", "workflow_run_failure", None)):
+        rules, body, headers = webhook_case(source, sample)
+        if events:  # a notification of 100 alerts: 100 events in one payload
+            body = {**body, "alerts": (body["alerts"] * 100)[:100]}
+        count = len(body["alerts"]) if events else 1
+        repeat = max(1, 1000 // count)
+        best, median = time_mapping(rules, body, headers, repeat, normalizer, now_ns)
+        per_event = best / (repeat * count) * 1e6
+        decoded = rules.apply(body, headers, now_ns)
+        lines.append(f"mapping {source:<16} {per_event:6.2f} us/event (median {median / (repeat * count) * 1e6:.2f}), "
+                     f"{len(decoded.items) / count:.1f} metrics per event: {per_event / floor_us:.2f}x floor")
+    lines.append("target: each at most 4x the floor")
+    report("inputs", lines)
+
+
+if __name__ == "__main__":
+    main()

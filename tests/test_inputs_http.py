@@ -1,0 +1,116 @@
+"""Every input route as the host calls it: the vendor shapes of the answers, and fuzzing of
+the whole path (any body, any content type: a 2xx, or a 4xx with a JSON body; never a 5xx)."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import azure.functions as func
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridges.formats import remote_write
+from bridges.triggers import http
+from conftest import NOW_NS, outbox_lines, use_bridge
+
+RESOURCE = "subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/shop"
+ROUTES = {  # route -> (function, route parameters)
+    "v2/metrics/ingest": (http.ingest_dynatrace, {}),
+    "v1/write": (http.ingest_remote_write, {}),
+    "client/metrics/custom": (http.ingest_unleash_custom, {}),
+    "client/metrics": (http.ingest_unleash_client, {}),
+    f"azure/{RESOURCE}/metrics": (http.ingest_azure_monitor, {"resourceId": f"{RESOURCE}/metrics"}),
+    "webhooks/alertmanager": (http.webhook, {"source": "alertmanager"}),
+    "metrics": (http.ingest_metrics, {}),
+}
+
+
+def post(route: str, body: bytes, **headers: str) -> func.HttpResponse:
+    function, params = ROUTES[route]
+    request = func.HttpRequest("POST", f"http://localhost/api/{route}", headers=headers, body=body, route_params=params)
+    return function(request)
+
+
+def answer_of(response: func.HttpResponse):
+    body = response.get_body()
+    return json.loads(body) if body else None
+
+
+def test_dynatrace_lines_are_answered_as_dynatrace_answers(bridge):
+    body = b"shop.orders,currency=eur count,delta=3\nbad key! 1\n#shop.orders count dt.meta.unit=Count\n"
+    response = post("v2/metrics/ingest", body, **{"Content-Type": "text/plain; charset=utf-8"})
+    answer = answer_of(response)
+    assert response.status_code == 400
+    assert (answer["linesOk"], answer["linesInvalid"]) == (2, 1)
+    assert [line["line"] for line in answer["error"]["invalidLines"]] == [2]
+    [written] = outbox_lines(bridge)
+    assert written["counter"] == {"value": 3, "temporality": "delta"} and written["unit"] == "Count"
+    response = post("v2/metrics/ingest", b"shop.orders 1", **{"Content-Type": "text/plain"})
+    assert (response.status_code, answer_of(response)["linesOk"]) == (202, 1)
+
+
+def test_remote_write_is_answered_204_and_keeps_the_labels(bridge):
+    now_ms = NOW_NS // 1_000_000
+    protobuf = remote_write.write_request([((("__name__", "queue_depth"), ("queue", "orders")), 7.0, now_ms)])
+    response = post("v1/write", remote_write.compress(protobuf), **{
+        "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
+        "X-Prometheus-Remote-Write-Version": "0.1.0"})
+    assert (response.status_code, response.get_body()) == (204, b"")
+    assert outbox_lines(bridge) == [{"name": "queue_depth", "gauge": {"value": 7.0}, "tags": {"queue": "orders"},
+                                     "dt": "2026-11-22T10:00:00Z"}]
+
+
+def test_azure_documents_keep_their_resource_and_namespace(bridge):
+    document = {"time": "2026-11-22T09:59:00Z", "data": {"baseData": {
+        "metric": "QueueDepth", "namespace": "Shop", "dimNames": ["Queue"],
+        "series": [{"dimValues": ["orders"], "min": 1, "max": 9, "sum": 20, "count": 4}]}}}
+    response = post(f"azure/{RESOURCE}/metrics", gzip.compress(json.dumps(document).encode()),
+                    **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert (response.status_code, response.get_body()) == (200, b"")
+    [written] = outbox_lines(bridge)
+    assert written["azure"] == {"resource_id": "/" + RESOURCE}
+    assert (written["namespace"], written["aggregate"]) == ("Shop", {"min": 1, "max": 9, "sum": 20, "count": 4})
+
+
+def test_unleash_custom_metrics_are_answered_202_empty(bridge):
+    body = json.dumps({"metrics": [{"name": "checkout_clicks", "value": 4, "labels": {"env": "prod"}}]}).encode()
+    response = post("client/metrics/custom", body, **{"Content-Type": "application/json"})
+    assert (response.status_code, response.get_body()) == (202, b"")
+    [written] = outbox_lines(bridge)
+    assert written["name"] == "checkout_clicks" and written["tags"] == {"env": "prod"}
+
+
+def test_a_delivery_that_cannot_be_kept_is_a_503_in_the_vendors_shape(settings_env, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the outbox folder should be")
+    use_bridge({**settings_env, "BRIDGE_OUTBOX_DIR": str(blocked / "outbox")})
+    response = post("v2/metrics/ingest", b"shop.orders 1", **{"Content-Type": "text/plain"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert "send again" in answer_of(response)["error"]["message"]
+
+
+CONTENT_TYPES = st.sampled_from([None, "text/plain", "application/json", "application/x-ndjson",
+                                 "application/x-protobuf", "application/msgpack", "text/html", "multipart/form-data"])
+ENCODINGS = st.sampled_from([None, "gzip", "snappy", "br", "identity"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(route=st.sampled_from(sorted(ROUTES)), body=st.binary(max_size=300), content_type=CONTENT_TYPES,
+       encoding=ENCODINGS)
+def test_any_body_on_any_route_is_a_2xx_or_a_4xx_with_a_json_body(bridge, route, body, content_type, encoding):
+    headers = {k: v for k, v in (("Content-Type", content_type), ("Content-Encoding", encoding)) if v}
+    response = post(route, body, **headers)
+    assert 200 <= response.status_code < 500, (response.status_code, response.get_body())
+    if response.status_code >= 400:
+        assert isinstance(answer_of(response), dict)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_json_shaped_garbage_is_refused_with_a_json_reason(bridge, route):
+    for body in (b"{}", b"[]", b'{"metrics": 5}', b"null", b'"text"', b'{"data": {"baseData": []}}'):
+        response = post(route, body, **{"Content-Type": "application/json"})
+        assert 200 <= response.status_code < 500
+        if response.status_code >= 400:
+            assert isinstance(answer_of(response), dict), (route, body)

@@ -1,0 +1,414 @@
+"""Webhook signature checks: the providers' published vectors pass, any tampering fails with a
+reason that gives nothing away, and no header value, however malformed, raises."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bridges.signatures import SCHEMES, verify
+from conftest import NOW_NS
+
+NOW = NOW_NS // 1_000_000_000  # 2026-11-22T10:00:00Z in unix seconds
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None)
+
+
+def spec(scheme: str, **extra) -> dict:
+    """A signature block as the loader hands it over, defaults filled."""
+    return {"scheme": scheme, "secrets": ["WEBHOOK_SECRET"], "prefix": "", "encoding": "hex", "tolerance_seconds": 300,
+            **extra}
+
+
+# --- published vectors ---------------------------------------------------------------------------
+
+def test_github_published_vector():
+    # GitHub Docs, "Validating webhook deliveries" > "Testing the webhook payload validation"
+    # (github/docs: content/webhooks/using-webhooks/validating-webhook-deliveries.md).
+    headers = {"x-hub-signature-256": "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"}
+    assert verify(spec("github"), headers, b"Hello, World!", ["It's a Secret to Everybody"], NOW) is None
+    assert verify(spec("github"), headers, b"Hello, World?", ["It's a Secret to Everybody"], NOW) == "no signature matched"
+
+
+# Slack API docs, "Verifying requests from Slack" > "Validating a request": signing secret, slash
+# command body, X-Slack-Request-Timestamp and the resulting v0 signature of the worked example.
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+SLACK_TS = 1531420618
+SLACK_BODY = (
+    b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V"
+    b"&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text="
+    b"&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
+    b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
+)
+SLACK_HEADERS = {
+    "x-slack-signature": "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+    "x-slack-request-timestamp": str(SLACK_TS),
+}
+
+
+def test_slack_published_vector():
+    assert verify(spec("slack"), SLACK_HEADERS, SLACK_BODY, [SLACK_SECRET], SLACK_TS + 42) is None
+    # The same request a day later is a replay.
+    assert verify(spec("slack"), SLACK_HEADERS, SLACK_BODY, [SLACK_SECRET], SLACK_TS + 86400) == \
+        "timestamp outside the 300 s tolerance"
+
+
+# Standard Webhooks reference library tests (standard-webhooks/standard-webhooks,
+# libraries/go/webhook_test.go, TestWebhookSign and TestWebhookPrefix): secret, message id,
+# timestamp, payload and the expected "v1," signature.
+SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SW_TS = 1614265330
+SW_BODY = b'{"test": 2432232314}'
+SW_HEADERS = {
+    "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+    "webhook-timestamp": str(SW_TS),
+    "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+}
+
+
+def test_standard_webhooks_published_vector():
+    assert verify(spec("standard-webhooks"), SW_HEADERS, SW_BODY, [SW_SECRET], SW_TS) is None
+
+
+def test_standard_webhooks_secret_without_prefix_is_the_bare_base64_key():
+    # As the reference libraries do (TestWebhookPrefix): "whsec_" is optional, the rest is base64.
+    bare = SW_SECRET.removeprefix("whsec_")
+    assert verify(spec("standard-webhooks"), SW_HEADERS, SW_BODY, [bare], SW_TS) is None
+
+
+def test_standard_webhooks_secret_that_is_not_base64_cannot_verify():
+    reason = verify(spec("standard-webhooks"), SW_HEADERS, SW_BODY, ["whsec_not base64!"], SW_TS)
+    assert reason == "the signing secret is not a whsec_ base64 key"
+    assert "base64!" not in reason
+
+
+def test_standard_webhooks_ignores_other_signature_versions():
+    # Spec example header: a v1a (asymmetric) entry beside v1; the Go library's multi-signature test
+    # also mixes in a v2 entry and a wrong v1 one.
+    wrong = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="
+    mixed = {**SW_HEADERS, "webhook-signature": f"{wrong} v2,{wrong[3:]} {SW_HEADERS['webhook-signature']} v1a,AAAA"}
+    assert verify(spec("standard-webhooks"), mixed, SW_BODY, [SW_SECRET], SW_TS) is None
+    only_others = {**SW_HEADERS, "webhook-signature": "v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw v2,abc"}
+    assert verify(spec("standard-webhooks"), only_others, SW_BODY, [SW_SECRET], SW_TS) == \
+        "webhook-signature header has no v1 signature"
+
+
+# Stripe publishes no signed example with its secret. Inputs follow Stripe's docs and official
+# libraries: the docs' Stripe-Signature example timestamp (t=1492774577), stripe-go/stripe-python's
+# test secret "whsec_test_secret" and its rolled form (stripe-go webhook/client_test.go), and the
+# rule "HMAC-SHA256(secret as text, '<t>.<body>'), hex" (stripe-go webhook/client.go). The digests
+# were computed outside Python with `openssl dgst -sha256 -hmac <secret>`.
+STRIPE_TS = 1492774577
+STRIPE_BODY = b'{"id":"evt_test_webhook","object":"event"}'
+STRIPE_V1 = "88a022085c6bdb887b02cb26ff76dd681234d9675c0f22844059f55552a8883a"  # key whsec_test_secret
+STRIPE_V1_ROLLED = "9e010fbc4cc8f6c5dc44a6824569d0ab0d471b5fd81ab229d222117f0a69c435"  # whsec_test_secret_rolled_key
+
+
+def test_stripe_vector():
+    headers = {"stripe-signature": f"t={STRIPE_TS},v1={STRIPE_V1}"}
+    assert verify(spec("stripe"), headers, STRIPE_BODY, ["whsec_test_secret"], STRIPE_TS + 1) is None
+
+
+def test_stripe_any_v1_matching_any_secret_passes():
+    # During a Stripe-side roll the header carries one v1 per secret; Stripe's libraries also
+    # ignore unreadable v1 values and v0 entries.
+    header = f"t={STRIPE_TS},v1=bad_signature,v1={STRIPE_V1},v1={STRIPE_V1_ROLLED},v0={'0' * 64}"
+    for secrets in (["whsec_test_secret"], ["whsec_test_secret_rolled_key"], ["other", "whsec_test_secret_rolled_key"]):
+        assert verify(spec("stripe"), {"stripe-signature": header}, STRIPE_BODY, secrets, STRIPE_TS) is None
+    assert verify(spec("stripe"), {"stripe-signature": header}, STRIPE_BODY, ["other"], STRIPE_TS) == "no signature matched"
+
+
+def test_stripe_v0_alone_is_not_enough():
+    headers = {"stripe-signature": f"t={STRIPE_TS},v0={STRIPE_V1}"}
+    assert verify(spec("stripe"), headers, STRIPE_BODY, ["whsec_test_secret"], STRIPE_TS) == \
+        "Stripe-Signature header has no v1 signature"
+
+
+def test_shopify_vector():
+    # Shopify's docs ("Verify webhook deliveries") give the rule, base64 HMAC-SHA256 of the raw body
+    # keyed with the app's client secret, but no signed example. This digest was computed with
+    # `openssl dgst -sha256 -hmac hush -binary | base64`.
+    body = b'{"id":820982911946154508,"email":"jon@doe.ca"}'
+    headers = {"x-shopify-hmac-sha256": "fp5HwmAHEVGQQwJU1KRpk57Ts2YHF6/TLOCczCtB5bs="}
+    assert verify(spec("shopify"), headers, body, ["hush"], NOW) is None
+
+
+# Computed with openssl: HMAC-SHA256("generic-secret", '{"event":"ping"}'), hex and base64.
+GENERIC_BODY = b'{"event":"ping"}'
+GENERIC_HEX = "adbb938347115a1b87cab58c7bc6980054aec92d3d79c686a74f97cd58a14cfd"
+GENERIC_B64 = "rbuTg0cRWhuHyrWMe8aYAFSuyS09ecaGp0+XzVihTP0="
+
+
+@pytest.mark.parametrize("extra, value", [
+    ({}, GENERIC_HEX),
+    ({}, GENERIC_HEX.upper()),
+    ({"prefix": "sha256="}, "sha256=" + GENERIC_HEX),
+    ({"encoding": "base64"}, GENERIC_B64),
+    ({"encoding": "base64", "prefix": "v1="}, "v1=" + GENERIC_B64),
+])
+def test_generic_hmac_sha256_vector(extra, value):
+    rule = spec("hmac-sha256", header="X-Signature", **extra)
+    assert verify(rule, {"x-signature": value}, GENERIC_BODY, ["generic-secret"], NOW) is None
+
+
+def test_generic_hmac_sha256_wants_its_prefix_and_encoding():
+    rule = spec("hmac-sha256", header="X-Signature", prefix="sha256=")
+    assert verify(rule, {"x-signature": GENERIC_HEX}, GENERIC_BODY, ["generic-secret"], NOW) == "X-Signature header malformed"
+    rule = spec("hmac-sha256", header="X-Signature", encoding="base64")
+    assert verify(rule, {"x-signature": GENERIC_HEX}, GENERIC_BODY, ["generic-secret"], NOW) == "X-Signature header malformed"
+
+
+# --- every scheme alike: a request this test signs itself ---------------------------------------------
+
+def _hmac(secret: str | bytes, message: bytes) -> bytes:
+    key = secret if isinstance(secret, bytes) else secret.encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _sw_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+SECRET_A = "whsec_" + base64.b64encode(b"A" * 32).decode()  # base64 keys fit standard-webhooks too
+SECRET_B = "whsec_" + base64.b64encode(b"B" * 32).decode()
+SECRET_C = "whsec_" + base64.b64encode(b"C" * 32).decode()
+BODY = b'{"action":"completed","amount":1200}'
+
+
+def signed(scheme: str, secret: str, body: bytes = BODY, ts: int = NOW) -> dict[str, str]:
+    """The headers the provider would send for `body` signed with `secret` at `ts`."""
+    if scheme == "github":
+        return {"x-hub-signature-256": "sha256=" + _hmac(secret, body).hex()}
+    if scheme == "stripe":
+        return {"stripe-signature": f"t={ts},v1={_hmac(secret, f'{ts}.'.encode() + body).hex()}"}
+    if scheme == "slack":
+        return {"x-slack-signature": "v0=" + _hmac(secret, f"v0:{ts}:".encode() + body).hex(),
+                "x-slack-request-timestamp": str(ts)}
+    if scheme == "standard-webhooks":
+        digest = _hmac(_sw_key(secret), f"msg_1.{ts}.".encode() + body)
+        return {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
+                "webhook-signature": "v1," + base64.b64encode(digest).decode()}
+    if scheme == "shopify":
+        return {"x-shopify-hmac-sha256": base64.b64encode(_hmac(secret, body)).decode()}
+    assert scheme == "hmac-sha256"
+    return {"x-signature": "sha256=" + _hmac(secret, body).hex()}
+
+
+def rule(scheme: str, **extra) -> dict:
+    if scheme == "hmac-sha256":
+        extra = {"header": "X-Signature", "prefix": "sha256=", **extra}
+    return spec(scheme, **extra)
+
+
+SIGNATURE_HEADER = {"github": "x-hub-signature-256", "stripe": "stripe-signature", "slack": "x-slack-signature",
+                    "standard-webhooks": "webhook-signature", "shopify": "x-shopify-hmac-sha256", "hmac-sha256": "x-signature"}
+DIGEST_START = {"github": len("sha256="), "stripe": len(f"t={NOW},v1="), "slack": len("v0="),
+                "standard-webhooks": len("v1,"), "shopify": 0, "hmac-sha256": len("sha256=")}
+TIMED = ("stripe", "slack", "standard-webhooks")
+all_schemes = pytest.mark.parametrize("scheme", SCHEMES)
+timed_schemes = pytest.mark.parametrize("scheme", TIMED)
+
+
+def test_the_supported_schemes():
+    assert SCHEMES == ("github", "stripe", "slack", "standard-webhooks", "shopify", "hmac-sha256")
+
+
+@all_schemes
+def test_an_authentic_request_passes(scheme):
+    assert verify(rule(scheme), signed(scheme, SECRET_A), BODY, [SECRET_A], NOW) is None
+
+
+@all_schemes
+def test_one_flipped_body_byte_fails(scheme):
+    for index in (0, len(BODY) // 2, len(BODY) - 1):
+        tampered = bytearray(BODY)
+        tampered[index] ^= 0x01
+        assert verify(rule(scheme), signed(scheme, SECRET_A), bytes(tampered), [SECRET_A], NOW) == "no signature matched"
+    assert verify(rule(scheme), signed(scheme, SECRET_A), BODY + b" ", [SECRET_A], NOW) == "no signature matched"
+
+
+def _flip(text: str, index: int) -> str:
+    """Another character of the same alphabet (hex or base64) at `index`."""
+    swap = {"0": "1", "1": "0", "A": "B", "B": "A", "a": "b", "b": "a"}
+    char = text[index]
+    return text[:index] + swap.get(char, "0" if char != "0" else "1") + text[index + 1:]
+
+
+@all_schemes
+def test_one_flipped_signature_character_fails(scheme):
+    headers = signed(scheme, SECRET_A)
+    name, start = SIGNATURE_HEADER[scheme], DIGEST_START[scheme]
+    for index in (start, start + 10, start + 20):
+        tampered = {**headers, name: _flip(headers[name], index)}
+        assert verify(rule(scheme), tampered, BODY, [SECRET_A], NOW) == "no signature matched"
+
+
+@timed_schemes
+def test_a_changed_timestamp_fails(scheme):
+    # The timestamp is signed: moving it by one second, well within tolerance, breaks the signature.
+    headers = signed(scheme, SECRET_A, ts=NOW)
+    moved = {name: value.replace(str(NOW), str(NOW + 1)) for name, value in headers.items()}
+    assert moved != headers
+    assert verify(rule(scheme), moved, BODY, [SECRET_A], NOW) == "no signature matched"
+
+
+@timed_schemes
+@pytest.mark.parametrize("offset", [-300, -299, -1, 0, 1, 299, 300])
+def test_timestamps_within_tolerance_pass(scheme, offset):
+    assert verify(rule(scheme), signed(scheme, SECRET_A, ts=NOW + offset), BODY, [SECRET_A], NOW) is None
+
+
+@timed_schemes
+@pytest.mark.parametrize("offset", [-301, -86400, 301, 86400])
+def test_stale_and_future_timestamps_fail(scheme, offset):
+    reason = verify(rule(scheme), signed(scheme, SECRET_A, ts=NOW + offset), BODY, [SECRET_A], NOW)
+    assert reason == "timestamp outside the 300 s tolerance"
+
+
+@timed_schemes
+def test_the_tolerance_comes_from_the_rule(scheme):
+    headers = signed(scheme, SECRET_A, ts=NOW - 20)
+    assert verify(rule(scheme, tolerance_seconds=10), headers, BODY, [SECRET_A], NOW) == "timestamp outside the 10 s tolerance"
+    assert verify(rule(scheme, tolerance_seconds=30), headers, BODY, [SECRET_A], NOW) is None
+
+
+@timed_schemes
+def test_a_clock_that_is_not_a_number_fails(scheme):
+    for now in (math.nan, math.inf, -math.inf):
+        assert verify(rule(scheme), signed(scheme, SECRET_A), BODY, [SECRET_A], now) is not None
+
+
+@all_schemes
+def test_rotation_either_active_secret_passes_a_third_fails(scheme):
+    for signer in (SECRET_A, SECRET_B):
+        headers = signed(scheme, signer)
+        assert verify(rule(scheme), headers, BODY, [SECRET_A, SECRET_B], NOW) is None
+        assert verify(rule(scheme), headers, BODY, [SECRET_B, SECRET_A], NOW) is None
+    assert verify(rule(scheme), signed(scheme, SECRET_C), BODY, [SECRET_A, SECRET_B], NOW) == "no signature matched"
+
+
+@all_schemes
+def test_no_configured_secret_fails(scheme):
+    assert verify(rule(scheme), signed(scheme, SECRET_A), BODY, [], NOW) == "no signing secret is configured"
+    assert verify(rule(scheme), signed(scheme, SECRET_A), BODY, [""], NOW) == "no signing secret is configured"
+
+
+@all_schemes
+def test_each_missing_header_fails_with_its_name(scheme):
+    headers = signed(scheme, SECRET_A)
+    for name in headers:
+        for without in ({k: v for k, v in headers.items() if k != name}, {**headers, name: ""}, {**headers, name: "  "}):
+            reason = verify(rule(scheme), without, BODY, [SECRET_A], NOW)
+            assert reason is not None and "missing" in reason and name in reason.lower()
+
+
+MALFORMED = {
+    "github": {"x-hub-signature-256": ["sha256", "sha256=", "sha1=" + "0" * 40, "sha256=zz" + "0" * 62,
+                                       "sha256=" + "0" * 63, "sha256=" + "0" * 65, "SHA256=" + "0" * 64,
+                                       "sha256=00 " + "0" * 62, "sha256=٣" + "0" * 63]},
+    "stripe": {"stripe-signature": ["t", "t=", "v1=" + "0" * 64, f"t=abc,v1={'0' * 64}", f"t={NOW},t={NOW},v1={'0' * 64}",
+                                    f"t={NOW},,v1={'0' * 64}", f"t={NOW};v1={'0' * 64}", f"t=-{NOW},v1={'0' * 64}",
+                                    f"t={NOW}.5,v1={'0' * 64}", f"t={NOW},v1=", f"t=²,v1={'0' * 64}"]},
+    "slack": {"x-slack-signature": ["v0", "v0=", "v1=" + "0" * 64, "0" * 64, "v0=" + "g" * 64],
+              "x-slack-request-timestamp": ["now", "-1", f"{NOW}.0", "1e9", "９" * 10, "1" * 13]},
+    "standard-webhooks": {"webhook-signature": ["v1", "v1,", "v1,***", "v1a,AAAA", ",", "v1 ,AAAA"],
+                          "webhook-timestamp": ["soon", f"{NOW}.5", "-5", "٣"],
+                          "webhook-id": ["msg_\ud800"]},
+    "shopify": {"x-shopify-hmac-sha256": ["not base64!", "AAAA", "sha256=" + "0" * 64, "é" * 44,
+                                          "fp5HwmAHEVGQQwJU1KRpk57Ts2YHF6/TLOCczCtB5bs"]},  # unpadded
+    "hmac-sha256": {"x-signature": ["sha256=", "sha256:" + "0" * 64, "0" * 64, "sha256=" + "x" * 64]},
+}
+
+
+@all_schemes
+def test_malformed_headers_fail_with_a_reason(scheme):
+    headers = signed(scheme, SECRET_A)
+    for name, values in MALFORMED[scheme].items():
+        for value in values:
+            reason = verify(rule(scheme), {**headers, name: value}, BODY, [SECRET_A], NOW)
+            assert isinstance(reason, str) and reason, (name, value)
+
+
+def test_reasons_never_contain_the_secret_or_a_signature():
+    reasons = []
+    for scheme in SCHEMES:
+        good = signed(scheme, SECRET_A)
+        attempts = [
+            (signed(scheme, SECRET_C), BODY),  # wrong secret
+            (good, BODY + b"!"),  # tampered body
+            *([(signed(scheme, SECRET_A, ts=NOW - 3600), BODY)] if scheme in TIMED else []),  # replay
+            *(({**good, name: value}, BODY) for name, values in MALFORMED[scheme].items() for value in values),
+            *(({k: v for k, v in good.items() if k != name}, BODY) for name in good),
+        ]
+        for headers, body in attempts:
+            reason = verify(rule(scheme), headers, body, [SECRET_A, SECRET_B], NOW)
+            assert reason is not None
+            reasons.append((reason, scheme, headers, body))
+    for reason, scheme, headers, body in reasons:
+        forbidden = {SECRET_A, SECRET_B, SECRET_A.removeprefix("whsec_"), SECRET_B.removeprefix("whsec_")}
+        forbidden |= {value for value in headers.values() if len(value) >= 8}  # what was received
+        for secret in (SECRET_A, SECRET_B):  # what was expected
+            forbidden |= {value for value in signed(scheme, secret, body).values() if len(value) >= 8}
+        leaks = [item for item in forbidden if item in reason or item[:16] in reason]
+        assert not leaks, reason
+
+
+def test_an_unknown_scheme_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown signature scheme"):
+        verify({"scheme": "md5"}, {}, b"", ["secret"], NOW)
+    with pytest.raises(ValueError):
+        verify({}, {}, b"", ["secret"], NOW)
+
+
+def test_a_generic_rule_without_header_or_with_an_unknown_encoding_is_a_programming_error():
+    with pytest.raises(ValueError):
+        verify(spec("hmac-sha256"), {}, b"", ["secret"], NOW)
+    with pytest.raises(ValueError):
+        verify(spec("hmac-sha256", header="X-Signature", encoding="base32"), {}, b"", ["secret"], NOW)
+
+
+# --- fuzzing: no header value makes verify raise ------------------------------------------------------
+
+any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=120)  # surrogates and controls too
+digestish = st.text(alphabet="0123456789abcdefABCDEF+/=,.; tv", max_size=90)
+header_values = any_text | digestish | st.sampled_from([""] + [v for vs in MALFORMED.values() for x in vs.values() for v in x])
+
+
+@FUZZ
+@given(scheme=st.sampled_from(SCHEMES), data=st.data(), body=st.binary(max_size=64),
+       now=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40))
+def test_fuzzed_header_values_never_raise(scheme, data, body, now):
+    names = sorted(signed(scheme, SECRET_A)) + ["x-other"]
+    headers = data.draw(st.dictionaries(st.sampled_from(names), header_values, max_size=len(names)))
+    reason = verify(rule(scheme), headers, body, [SECRET_A, SECRET_B], now)
+    assert isinstance(reason, str) and reason
+
+
+stripe_items = st.lists(
+    st.tuples(st.sampled_from(["t", "v1", "v0", "", "T", " t", "v1 "]), st.sampled_from(["=", "", "=="]),
+              st.sampled_from([str(NOW), "", "-1", "0" * 64, "1" * 13]) | digestish),
+    max_size=6,
+)
+
+
+@FUZZ
+@given(items=stripe_items)
+def test_fuzzed_stripe_headers_never_raise(items):
+    header = ",".join(key + sep + value for key, sep, value in items)
+    reason = verify(rule("stripe"), {"stripe-signature": header}, BODY, [SECRET_A], NOW)
+    assert isinstance(reason, str) and reason
+
+
+@FUZZ
+@given(entries=st.lists(st.tuples(st.sampled_from(["v1", "v1a", "v2", "", "V1"]), st.sampled_from([",", "", ",,"]),
+                                  st.text(alphabet="ABCDabcd0123+/=", max_size=48)), max_size=5),
+       separator=st.sampled_from([" ", "  ", "\t", ",", ""]))
+def test_fuzzed_standard_webhooks_signatures_never_raise(entries, separator):
+    value = separator.join(version + comma + text for version, comma, text in entries)
+    headers = {**signed("standard-webhooks", SECRET_A), "webhook-signature": value}
+    reason = verify(rule("standard-webhooks"), headers, BODY, [SECRET_A], NOW)
+    assert isinstance(reason, str) and reason

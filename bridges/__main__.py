@@ -188,7 +188,7 @@ def _mappings(args: argparse.Namespace) -> int:
         raise FileNotFoundError(2, "no such file or folder", str(missing[0]))
     loaded, errors = check_paths(paths)
     for rules in loaded:
-        print(f"ok: {rules.path} (source {rules.source}, {len(rules.rules)} rules)")
+        print(f"ok: {rules.path} (source {rules.source}, {len(rules.rule_names)} rules)")
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0

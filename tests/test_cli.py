@@ -150,3 +150,46 @@ def test_render_decodes_azure_monitor_gzip_ndjson():
     [document] = request["body"]
     assert document["data"]["baseData"]["metric"] == "queue_depth"
     assert document["data"]["baseData"]["series"] == [{"dimValues": [], "min": 4, "max": 4, "sum": 4, "count": 1}]
+
+
+WEBHOOKS = ROOT / "tests" / "testdata" / "webhooks"
+
+
+def test_render_source_prints_the_metrics_a_webhook_yields():
+    done = run("render", "--source", "github", "-H", "X-GitHub-Event: workflow_run",
+               str(WEBHOOKS / "github" / "workflow_run_failure.json"))
+    assert done.returncode == 0, done.stderr
+    metrics = {m["name"]: m for m in map(json.loads, done.stdout.splitlines())}
+    assert metrics["github.workflow_run.duration"]["gauge"] == {"value": 272.0}
+    assert metrics["github.workflow_runs"]["tags"]["conclusion"] == "failure"
+
+
+def test_render_source_says_what_was_skipped_and_names_unknown_sources():
+    done = run("render", "--source", "github", "-H", "X-GitHub-Event: star", str(WEBHOOKS / "github" / "ping.json"))
+    assert done.returncode == 0 and done.stdout == b""
+    assert "skipped: no rule matched: 1" in done.stderr.decode()
+    done = run("render", "--source", "nobody", str(WEBHOOKS / "github" / "ping.json"))
+    assert done.returncode == 1 and "known: alertmanager, azure-monitor-alerts" in done.stderr.decode()
+
+
+def test_mappings_check_accepts_the_built_in_rules_and_names_file_rule_and_field_of_a_bad_one(tmp_path):
+    done = run("mappings", "check")
+    assert done.returncode == 0, done.stderr
+    assert "source github" in done.stdout.decode() and "source stripe" in done.stdout.decode()
+    bad = tmp_path / "shop.yaml"
+    bad.write_text("source: shop\nrules:\n  - name: orders\n    metrics:\n      - {name: shop.orders, type: histo}\n")
+    done = run("mappings", "check", str(tmp_path))
+    assert done.returncode == 1
+    assert "shop.yaml: rule 'orders' at /rules/0/metrics/0/type:" in done.stderr.decode()
+
+
+def test_a_bad_rule_file_in_the_mappings_folder_stops_start_up_naming_it(tmp_path):
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "shop.yaml").write_text("source: shop\nrules:\n  - name: orders\n    filter: 'a ==== b'\n"
+                                      "    metrics: [{name: shop.orders, type: counter}]\n")
+    done = subprocess.run([sys.executable, "-m", "bridges", "serve", "--port", "0"], cwd=tmp_path, capture_output=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "BRIDGE_MAPPINGS_DIR": str(folder)})
+    assert done.returncode == 2
+    message = done.stderr.decode()
+    assert "BRIDGE_MAPPINGS_DIR" in message and "shop.yaml: rule 'orders' at /rules/0/filter" in message

@@ -370,3 +370,109 @@ def test_fuzz_families(entries):
     decoded = decode(request)
     result = Normalizer().normalize(decoded.items, NOW_NS)
     assert [e.message for e in result.errors] == []
+
+
+# --- the decoder's own reading of series equals the protobuf runtime's ------------------------
+# decode reads each TimeSeries from its bytes (the label set by the runtime, cached); these
+# check that it gives what reading the whole WriteRequest through the runtime gives.
+
+
+def _runtime_series(protobuf: bytes) -> tuple[list, dict]:
+    """The reference: every series' labels and samples, and the metadata, read by the runtime."""
+    request = remote_write.messages()[0].FromString(protobuf)
+    series = [(tuple((label.name, label.value) for label in entry.labels),
+               [(sample.value, sample.timestamp) for sample in entry.samples]) for entry in request.timeseries]
+    return series, {m.metric_family_name: m for m in request.metadata}
+
+
+def _bits(series: list) -> list:
+    """Series with values as their bits, so NaNs (staleness markers included) compare exactly."""
+    return [(pairs, [(struct.pack("<d", value), ms) for value, ms in samples]) for pairs, samples in series]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | 2]) + remote_write._varint(len(payload)) + payload
+
+
+_NAMES = st.sampled_from(["__name__", "le", "quantile", "job", "", "ünï", "x" * 130]) | st.text(max_size=4)
+_VALUES = st.sampled_from(["up", "h_bucket", "h_sum", "h_count", "s", "s_sum", "s_count", "a_min", "a_max", "a_sum",
+                           "a_count", "x_total", "x_delta", "0.5", "1", "+Inf", "NaN", "", "名前", "v" * 200]) | st.text(max_size=4)
+_NUMBERS = st.sampled_from([0.0, -0.0, 1.0, 2.0, 2.5, -1.0, math.nan, math.inf, -math.inf, STALE]) | st.floats()
+_STAMPS = st.sampled_from([0, 1, 1500, AT // 1_000_000, -1, -1000, 2**63 - 1, -(2**63)]) | st.integers(-(2**63), 2**63 - 1)
+_SERIES = st.tuples(st.lists(st.tuples(_NAMES, _VALUES), max_size=5), st.lists(st.tuples(_NUMBERS, _STAMPS), max_size=3),
+                    st.booleans())
+_METADATA = st.lists(st.fixed_dictionaries({"type": st.integers(0, 7), "metric_family_name": _VALUES,
+                                            "help": st.sampled_from(["", "Help."]), "unit": st.sampled_from(["", "s"])}),
+                     max_size=3)
+
+
+def _write_request(data, entries: list, metadata: list) -> bytes:
+    """WriteRequest bytes; a series marked so has its fields shuffled and an unknown field added,
+    which protobuf allows and the runtime reads alike."""
+    _, TimeSeries, Label, Sample = remote_write.messages()
+    out = b""
+    for labels, samples, shuffled in entries:
+        label_fields = [_field(1, Label(name=n, value=v).SerializeToString()) for n, v in labels]
+        sample_fields = [_field(2, Sample(value=v, timestamp=t).SerializeToString()) for v, t in samples]
+        if shuffled:
+            fields = data.draw(st.permutations(label_fields + sample_fields + [b"\x18\x05", _field(7, b"?")]))
+            body = b"".join(fields)
+        else:
+            body = TimeSeries(labels=[Label(name=n, value=v) for n, v in labels],
+                              samples=[Sample(value=v, timestamp=t) for v, t in samples]).SerializeToString()
+        out += _field(1, body)
+    WriteRequest = remote_write.messages()[0]
+    return out + b"".join(_field(3, WriteRequest(metadata=[m]).metadata[0].SerializeToString()) for m in metadata)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.lists(_SERIES, max_size=8), _METADATA, st.booleans())
+def test_decode_reads_series_as_the_protobuf_runtime_does(data, entries, metadata, twice):
+    entries = entries + entries[:2]  # label sets that repeat, read from the cache
+    protobuf = _write_request(data, entries, metadata)
+    series, by_name = _runtime_series(protobuf)
+    request = remote_write._parse(protobuf, "WriteRequestSeriesAsBytes")
+    read = [remote_write._series(entry) for entry in request.timeseries]
+    assert _bits([(labels.pairs, samples) for labels, samples in read]) == _bits(series)
+    expected = as_json(remote_write._decoded([(remote_write._label_set(pairs), samples) for pairs, samples in series], by_name))
+    for _ in range(2 if twice else 1):
+        assert as_json(decode(remote_write.compress(protobuf))) == expected
+
+
+def test_invalid_utf8_in_labels_refuses_the_body_even_after_the_valid_labels_were_cached():
+    Label = remote_write.messages()[2]
+    good = _field(1, _field(1, Label(name="__name__", value="up").SerializeToString()) + b"\x12\x00")
+    bad_label = b"\x0a\x08__name__\x12\x02\xff\xfe"
+    for body in (good, good + _field(1, _field(1, bad_label) + b"\x12\x00"), good + _field(1, b"\x12\x00" + _field(1, bad_label))):
+        if body is good:
+            assert len(decode(remote_write.compress(body)).items) == 1
+            continue
+        with pytest.raises(BodyError) as caught:
+            decode(remote_write.compress(body))
+        assert caught.value.status == 400 and "not a remote-write WriteRequest" in caught.value.message
+
+
+@pytest.mark.parametrize("series", [
+    b"\x0a\x06\x0a\x04ab",  # a label cut short
+    b"\x0a\x0c\x0a\x08__name__\x12\x02up\x12\x05\x09\x00\x00",  # a sample cut short
+    b"\x0a\x0c\x0a\x08__name__\x12\x02up\x12\x02\x10\x80",  # a timestamp cut short
+    b"\x0a\x0c\x0a\x08__name__\x12\x02up\x12\x0b\x10" + b"\xff" * 10,  # a timestamp too long
+])
+def test_damaged_series_refuse_the_body(series):
+    with pytest.raises(BodyError) as caught:
+        decode(remote_write.compress(_field(1, series)))
+    assert caught.value.status == 400
+
+
+def test_a_family_part_sent_twice_loses_neither_sample():
+    """Two h_sum samples of one family (same labels and time) make it inconsistent: every
+    sample comes back as a gauge rather than one silently replacing the other."""
+    from bridges.formats import remote_write
+    from bridges.normalize import Normalizer
+
+    series = [((("__name__", "h_sum"), ("job", "a")), 1.5, 1_000), ((("__name__", "h_sum"), ("job", "a")), 2.5, 1_000),
+              ((("__name__", "h_count"), ("job", "a")), 3.0, 1_000)]
+    decoded = remote_write.decode(remote_write.compress(remote_write.write_request(series)), "application/x-protobuf",
+                                  {}, 1 << 20)
+    metrics = Normalizer().normalize(decoded.items, 0).metrics
+    assert sorted((m.name, m.point.value) for m in metrics) == [("h_count", 3.0), ("h_sum", 1.5), ("h_sum", 2.5)]

@@ -192,3 +192,22 @@ def test_a_form_encoded_webhook_is_read_from_its_payload_field(bridge, rules):
     body = urlencode({"payload": json.dumps(ORDER)}).encode()
     status, answer = call("shop", body, **{"X-Event": "order", "Content-Type": "application/x-www-form-urlencoded"})
     assert (status, answer["accepted"]) == (202, 2)
+
+
+def test_concurrent_duplicates_deliver_once_with_the_azure_table_store(bridge, rules, azurite_table):
+    """The store Azure uses (Table storage, here Azurite's table service), claimed by eight
+    deliveries of the same id at once."""
+    from bridges.idempotency import TableStore
+
+    store = TableStore.from_settings("webhookdupes", {"AzureWebJobsStorage": azurite_table.connection_string},
+                                     ttl_seconds=3600)
+    install(bridge, rules, store=store)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(order("azure-same-id")[0])) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(202) == 1 and set(results) <= {202, 200, 409}
+    assert order("azure-same-id") == (200, {"duplicate": True})
+    assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1

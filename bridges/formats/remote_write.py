@@ -474,13 +474,14 @@ class _Family:
     """The series of one histogram, summary or aggregate candidate: one base name, the same
     other labels, one timestamp."""
 
-    __slots__ = ("base", "tags", "ms", "buckets", "quantiles", "parts", "repeated")
+    __slots__ = ("base", "tags", "ms", "buckets", "quantiles", "parts", "extra", "repeated")
 
     def __init__(self, base: str, tags: dict, ms: int) -> None:
         self.base, self.tags, self.ms = base, tags, ms
         self.buckets: list = []  # (le, sample)
         self.quantiles: list = []  # (quantile, sample)
-        self.parts: dict = {}  # "_sum", "_count", "_min", "_max" -> sample (a second one replaces the first)
+        self.parts: dict = {}  # "_sum", "_count", "_min", "_max" -> sample
+        self.extra: list = []  # a second sample of a part: kept, so it is never lost
         self.repeated = False  # a part came twice: inconsistent (bounds that repeat are found by _family_item)
 
 
@@ -503,8 +504,11 @@ def _families_and_singles(samples: list[_Sample], metadata: dict, decoded: Decod
         elif kind == "quantile":
             family.quantiles.append((detail, sample))
         else:
-            family.repeated |= detail in family.parts
-            family.parts[detail] = sample
+            if detail in family.parts:
+                family.repeated = True
+                family.extra.append(sample)
+            else:
+                family.parts[detail] = sample
     built: list[tuple[int, dict, str]] = []  # (first sample's position, item, origin)
     for family in families.values():
         item, members = _family_item(family, _type_of(metadata, family.base), decoded)
@@ -569,7 +573,7 @@ def _bound(text: str) -> float | None:
 
 
 def _members(family: _Family) -> list[_Sample]:
-    return [s for _, s in family.buckets] + [s for _, s in family.quantiles] + list(family.parts.values())
+    return [s for _, s in family.buckets] + [s for _, s in family.quantiles] + list(family.parts.values()) + family.extra
 
 
 def _family_item(family: _Family, declared: str | None, decoded: Decoded) -> tuple[dict | None, list[_Sample]]:

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from bridges.queues import SETTING, SqliteConnection, storage_configured, storage_credential, storage_setting
+from bridges.queues import SETTING, SqliteConnection, storage_client, storage_configured, storage_setting
 
 NEW, DUPLICATE, IN_PROGRESS = "new", "duplicate", "in_progress"
 COMPLETED = "completed"  # the state of a record after complete()
@@ -279,19 +279,7 @@ def table_client(name: str, environ: Mapping[str, str], **kwargs: Any) -> Any:
     """
     from azure.data.tables import TableClient
 
-    conn = storage_setting(environ, SETTING)
-    if conn:
-        return TableClient.from_connection_string(conn, name, **kwargs)
-    url = storage_setting(environ, f"{SETTING}__tableServiceUri") or storage_setting(environ, f"{SETTING}__serviceUri")
-    if not url:
-        account = storage_setting(environ, f"{SETTING}__accountName")
-        if not account:
-            raise ValueError(
-                f"no storage account: set {SETTING} (a connection string) or "
-                f"{SETTING}__tableServiceUri / {SETTING}__accountName"
-            )
-        url = f"https://{account}.table.core.windows.net"
-    return TableClient(url.rstrip("/"), name, credential=storage_credential(environ), **kwargs)
+    return storage_client(TableClient, "table", name, environ, **kwargs)
 
 
 # --------------------------------------------------------------------------- shared

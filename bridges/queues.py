@@ -358,20 +358,26 @@ def queue_client(name: str, environ: Mapping[str, str], **kwargs: Any) -> Any:
 
     kwargs.setdefault("message_encode_policy", TextBase64EncodePolicy())
     kwargs.setdefault("message_decode_policy", TextBase64DecodePolicy())
+    return storage_client(QueueClient, "queue", name, environ, **kwargs)
+
+
+def storage_client(client_class: Any, service: str, name: str, environ: Mapping[str, str], **kwargs: Any) -> Any:
+    """A client of the ``service`` ("queue" or "table") resource ``name``, as the host finds the
+    account: the connection string, else ``__<service>ServiceUri``, ``__serviceUri`` or
+    ``__accountName`` (public cloud) with the identity credential."""
     conn = storage_setting(environ, SETTING)
     if conn:
-        return QueueClient.from_connection_string(conn, name, **kwargs)
-
-    url = storage_setting(environ, f"{SETTING}__queueServiceUri") or storage_setting(environ, f"{SETTING}__serviceUri")
+        return client_class.from_connection_string(conn, name, **kwargs)
+    url = storage_setting(environ, f"{SETTING}__{service}ServiceUri") or storage_setting(environ, f"{SETTING}__serviceUri")
     if not url:
         account = storage_setting(environ, f"{SETTING}__accountName")
         if not account:
             raise ValueError(
                 f"no storage account: set {SETTING} (a connection string) or "
-                f"{SETTING}__queueServiceUri / {SETTING}__accountName"
+                f"{SETTING}__{service}ServiceUri / {SETTING}__accountName"
             )
-        url = f"https://{account}.queue.core.windows.net"
-    return QueueClient(url.rstrip("/"), name, credential=storage_credential(environ), **kwargs)
+        url = f"https://{account}.{service}.core.windows.net"
+    return client_class(url.rstrip("/"), name, credential=storage_credential(environ), **kwargs)
 
 
 def storage_credential(environ: Mapping[str, str]) -> Any:

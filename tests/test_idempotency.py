@@ -143,32 +143,28 @@ def test_any_text_is_a_delivery_id(h, delivery_id):
     assert s.claim("stripe", delivery_id + "-other") == NEW
 
 
-def test_concurrent_duplicates_resolve_to_one_delivery(h):
-    """N instances receive the same delivery at once: exactly one processes it."""
-    stores = [h.store for _ in range(THREADS)]
+def _claim_at_once(store) -> list[str]:
+    """THREADS claims of the same delivery id, released together by a barrier."""
     barrier = threading.Barrier(THREADS)
 
-    def claim(store):
+    def claim(_):
         barrier.wait(timeout=30)
         return store.claim("stripe", "evt_same")
 
     with ThreadPoolExecutor(THREADS) as pool:
-        answers = list(pool.map(claim, stores))
+        return list(pool.map(claim, range(THREADS)))
+
+
+def test_concurrent_duplicates_resolve_to_one_delivery(h):
+    """N instances receive the same delivery at once: exactly one processes it."""
+    answers = _claim_at_once(h.store)
     assert sorted(answers) == sorted([NEW] + [IN_PROGRESS] * (THREADS - 1))
 
 
 def test_concurrent_takeover_of_an_expired_lease_has_one_winner(h):
     assert h.store.claim("stripe", "evt_same") == NEW
     h.clock.advance(LEASE + 1)
-    stores = [h.store for _ in range(THREADS)]
-    barrier = threading.Barrier(THREADS)
-
-    def claim(store):
-        barrier.wait(timeout=30)
-        return store.claim("stripe", "evt_same")
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        answers = list(pool.map(claim, stores))
+    answers = _claim_at_once(h.store)
     assert answers.count(NEW) == 1
     assert answers.count(IN_PROGRESS) == THREADS - 1
 

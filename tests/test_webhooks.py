@@ -118,14 +118,20 @@ def test_a_repeated_delivery_is_answered_duplicate_and_not_sent_twice(bridge, ru
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 2
 
 
-def test_concurrent_duplicates_deliver_once(bridge, rules):
-    install(bridge, rules)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(order("same-id")[0])) for _ in range(8)]
+def deliver_at_once(delivery: str, copies: int = 8) -> list[int]:
+    """The statuses of ``copies`` deliveries of one id sent from as many threads at once."""
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(order(delivery)[0])) for _ in range(copies)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results
+
+
+def test_concurrent_duplicates_deliver_once(bridge, rules):
+    install(bridge, rules)
+    results = deliver_at_once("same-id")
     assert results.count(202) == 1
     assert set(results) <= {202, 200, 409}
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1
@@ -202,12 +208,7 @@ def test_concurrent_duplicates_deliver_once_with_the_azure_table_store(bridge, r
     store = TableStore.from_settings("webhookdupes", {"AzureWebJobsStorage": azurite_table.connection_string},
                                      ttl_seconds=3600)
     install(bridge, rules, store=store)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(order("azure-same-id")[0])) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = deliver_at_once("azure-same-id")
     assert results.count(202) == 1 and set(results) <= {202, 200, 409}
     assert order("azure-same-id") == (200, {"duplicate": True})
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1

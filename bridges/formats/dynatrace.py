@@ -115,11 +115,11 @@ def parse_line(line: str) -> DataLine:
     simple = _SIMPLE_LINE.fullmatch(line)
     if simple is not None:
         key, pairs, payload, timestamp = simple.groups()
-        dimensions = {}
-        for pair in pairs.split(",")[1:] if pairs else ():
-            name, _, value = pair.partition("=")
-            dimensions.setdefault(name, value)
         if pairs.count(",") <= MAX_DIMENSIONS and 3 <= len(key) <= 255 and not key.startswith("dt."):
+            dimensions = {}
+            for pair in pairs.split(",")[1:] if pairs else ():
+                name, _, value = pair.partition("=")
+                dimensions.setdefault(name, value)
             kind, values = _payload(payload)
             return DataLine(key, dimensions, kind, values, int(timestamp) if timestamp else None)
     key_end = _KEY_END.search(line).start()

@@ -7,7 +7,7 @@ gives Prometheus's form.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Union
 
 from bridges.timestamps import format_rfc3339
@@ -16,6 +16,24 @@ DELTA = "delta"
 CUMULATIVE = "cumulative"
 
 
+def _quick_init(cls):
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each slot through its
+    descriptor: the generated one goes through ``object.__setattr__`` per field, about three
+    times slower, and metrics are built per point on every hot path. Same signature, defaults
+    and immutability."""
+    names = [f.name for f in fields(cls)]
+    defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    parameters = ", ".join(f"{name}=_default_{name}" if name in defaults else name for name in names)
+    body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
+    scope = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}
+    scope.update({f"_default_{name}": value for name, value in defaults.items()})
+    exec(f"def __init__(self, {parameters}):\n{body}", scope)  # noqa: S102 - as dataclasses does
+    scope["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = scope["__init__"]
+    return cls
+
+
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Gauge:
     value: float
@@ -25,6 +43,7 @@ class Gauge:
         return {"value": self.value}
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Counter:
     """A count that never decreases: a running total (cumulative) or an increase (delta)."""
@@ -37,12 +56,14 @@ class Counter:
         return {"value": self.value, "temporality": self.temporality}
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Bucket:
     upper_limit: float
     count: int
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Histogram:
     """Per-bucket counts; observations above the last upper limit are ``overflow``."""
@@ -74,12 +95,14 @@ class Histogram:
         }
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Quantile:
     quantile: float
     value: float
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Summary:
     count: int
@@ -95,6 +118,7 @@ class Summary:
         }
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Aggregate:
     """Pre-aggregated observations (Azure Monitor series, Dynatrace gauge summary)."""
@@ -113,6 +137,7 @@ Point = Union[Gauge, Counter, Histogram, Summary, Aggregate]
 POINT_KINDS = ("gauge", "counter", "histogram", "summary", "aggregate")
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class AzureTarget:
     """The Azure resource (and its region) that custom metrics for this point belong to."""
@@ -121,6 +146,7 @@ class AzureTarget:
     region: str | None = None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Metric:
     """One data point. ``tags`` are sorted (key, value) pairs; ``time_ns`` is UTC epoch nanoseconds."""

@@ -413,7 +413,7 @@ def _label_set(pairs: tuple[tuple[str, str], ...]) -> _LabelSet:
 @dataclass(slots=True)
 class _Sample:
     series: int  # index of its TimeSeries
-    origin: str
+    number: int  # index in the series' samples, -1 when the series has only this one
     name: str
     tags: dict
     value: float
@@ -421,30 +421,39 @@ class _Sample:
     role: tuple | None  # see _role
     position: int  # in the list of readable samples: the order of items
 
+    @property
+    def origin(self) -> str:
+        """Where the sample is in the request (built when needed: most samples join a family)."""
+        return _origin(self.series, self.number)
+
+
+def _origin(series: int, number: int) -> str:
+    return f"timeseries[{series}]" if number < 0 else f"timeseries[{series}].samples[{number}]"
+
 
 def _samples(series: Sequence[tuple[_LabelSet, list]], metadata: dict, decoded: Decoded) -> list[_Sample]:
     """The readable samples in request order; refusals and skips are noted in ``decoded``."""
     samples: list[_Sample] = []
     for index, (labels, points) in enumerate(series):
-        origin = f"timeseries[{index}]"
         problem, count = labels.problem, len(points)
         if problem is not None and count <= 1:
-            decoded.refused.append(Refused(origin, problem))
+            decoded.refused.append(Refused(_origin(index, -1), problem))
             continue
         if count == 0:
             decoded.skipped[SKIPPED_EMPTY] = decoded.skipped.get(SKIPPED_EMPTY, 0) + 1
             continue
         role = _role(labels.name, labels.tags, metadata) if metadata and problem is None else labels.role
         for number, (value, ms) in enumerate(points):
-            where = origin if count == 1 else f"{origin}.samples[{number}]"
+            if count == 1:
+                number = -1
             if problem is not None:
-                decoded.refused.append(Refused(where, problem))
+                decoded.refused.append(Refused(_origin(index, number), problem))
             elif value != value and _DOUBLE.pack(value) == _STALE:
                 decoded.skipped[SKIPPED_STALE] = decoded.skipped.get(SKIPPED_STALE, 0) + 1
             elif ms < 0:
-                decoded.refused.append(Refused(where, f"timestamp {ms} ms is before 1970"))
+                decoded.refused.append(Refused(_origin(index, number), f"timestamp {ms} ms is before 1970"))
             else:
-                samples.append(_Sample(index, where, labels.name, labels.tags, value, ms, role, len(samples)))
+                samples.append(_Sample(index, number, labels.name, labels.tags, value, ms, role, len(samples)))
     return samples
 
 
@@ -512,14 +521,15 @@ def _families_and_singles(samples: list[_Sample], metadata: dict, decoded: Decod
     built: list[tuple[int, dict, str]] = []  # (first sample's position, item, origin)
     for family in families.values():
         item, members = _family_item(family, _type_of(metadata, family.base), decoded)
-        leftovers = _members(family)
-        if item is not None:
-            _describe(item, metadata.get(family.base))
-            ids = {id(m) for m in members}
-            leftovers = [s for s in leftovers if id(s) not in ids]
-            series = sorted({m.series for m in members})
-            built.append((min(m.position for m in members), item, f"timeseries[{','.join(map(str, series))}]"))
-        singles += leftovers
+        if item is None:
+            singles += _members(family)
+            continue
+        _describe(item, metadata.get(family.base))
+        if len(members) < len(family.buckets) + len(family.quantiles) + len(family.parts) + len(family.extra):
+            taken = {id(m) for m in members}  # the others (say, buckets beside a summary) stand alone
+            singles += [s for s in _members(family) if id(s) not in taken]
+        series = sorted({m.series for m in members})
+        built.append((min(m.position for m in members), item, f"timeseries[{','.join(map(str, series))}]"))
     for sample in singles:
         item = _single(sample, metadata)
         if isinstance(item, Refused):

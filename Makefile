@@ -30,6 +30,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_sinks.py
 	$(BIN)/python benchmarks/bench_inputs.py
 	$(BIN)/python benchmarks/bench_retry.py
+	$(BIN)/python benchmarks/bench_checks.py
 
 clean:
 	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis

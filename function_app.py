@@ -2,10 +2,11 @@
 import azure.functions as func
 
 from bridges import runtime
-from bridges.triggers import http, queue
+from bridges.triggers import http, queue, timers
 
 runtime.start()  # validates the settings: a bad one stops start-up with its name
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http.blueprint)
 app.register_functions(queue.blueprint)
+app.register_functions(timers.blueprint)

@@ -113,14 +113,14 @@ def main() -> None:
         floor.extend(seconds(lambda: msgpack.packb(json.loads(canonical))) for _ in range(ROUNDS))
 
     measure_floor()
-    timed = [(label, sink_label, fmt, content_type, params, bodies_for(sink_label, metrics, now_ns))
+    timed = [(label, fmt, content_type, params, bodies_for(sink_label, metrics, now_ns))
              for label, sink_label, fmt, content_type, params in FORMATS]
     measure_floor()  # again after warming up, so one slow moment does not set the floor
     floor_best, floor_median = best_and_median(floor)
     floor_us = floor_best / len(metrics) * 1e6
     lines = [f"floor (json.loads + msgpack.packb, foundation payload): {floor_us:.2f} us/point "
              f"(median {floor_median / len(metrics) * 1e6:.2f})"]
-    for label, sink_label, fmt, content_type, params, bodies in timed:
+    for label, fmt, content_type, params, bodies in timed:
         items = read_all(fmt, bodies, content_type, params, normalizer, now_ns)
         best, median = time_format(fmt, bodies, content_type, params, normalizer, now_ns)
         per_item = best / items * 1e6

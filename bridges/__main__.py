@@ -1,4 +1,4 @@
-"""Command line: ``python -m bridges serve|validate|render|send|mappings|deadletter|functions``.
+"""Command line: ``python -m bridges serve|validate|render|send|check|poll|mappings|deadletter|functions``.
 
 Exit codes: 0 success, 1 something was rejected or failed, 2 bad usage or settings.
 """
@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bridges.delivery import DeliveryError
 from bridges.formats import BodyError
 from bridges.mapping import MappingError
 from bridges.settings import BACKEND_SINKS, SettingsError
@@ -51,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     mapping_commands = mappings.add_subparsers(dest="mappings_command", required=True)
     check = mapping_commands.add_parser("check", help="validate rule files (default: built-in and BRIDGE_MAPPINGS_DIR)")
     check.add_argument("paths", nargs="*", help="rule files or folders of them")
+
+    check = commands.add_parser("check", help="run the synthetic checks once; print a table and their metrics")
+    check.add_argument("--name", action="append", default=[], help="only this check (repeatable)")
+    check.add_argument("--send", action="store_true", help="also deliver the metrics to the configured sinks")
+
+    poll = commands.add_parser("poll", help="poll the sources once (all, due or not); print the metrics")
+    poll.add_argument("--name", action="append", default=[], help="only this source (repeatable)")
+    poll.add_argument("--send", action="store_true", help="also deliver the metrics to the configured sinks")
 
     send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
     _payload_arguments(send)
@@ -218,6 +227,48 @@ def _send(args: argparse.Namespace) -> int:
     return 1 if trouble or reply.status != 202 else 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from bridges.checks import table
+    from bridges.core import Bridge
+    from bridges.formats.canonical import encode_ndjson
+    from bridges.settings import load_settings
+
+    bridge = Bridge(load_settings())
+    if not bridge.checks:
+        print("error: no checks are declared: set BRIDGE_CHECKS_FILE or BRIDGE_CHECKS", file=sys.stderr)
+        return 2
+    results, metrics = bridge.run_checks(args.name, deliver=args.send)
+    print(table(results))
+    print()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(encode_ndjson(metrics))
+    return 0 if all(result.up for result in results) else 1
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from bridges.core import Bridge
+    from bridges.formats.canonical import encode_ndjson
+    from bridges.settings import load_settings
+
+    bridge = Bridge(load_settings())
+    if not bridge.polled_sources:
+        print("error: no sources are declared: set BRIDGE_SOURCES_FILE or BRIDGE_SOURCES", file=sys.stderr)
+        return 2
+    names = args.name or [source.name for source in bridge.polled_sources]
+    polls, normalized = bridge.poll_sources(names=names, deliver=args.send)
+    for result in polls:
+        state = "up" if result.up else f"DOWN ({result.reason})"
+        print(f"{result.source.name}: {state}: {result.message}", file=sys.stderr)
+        if result.decoded is not None:
+            for refused in result.decoded.refused:
+                print(f"  refused {refused.origin}: {refused.message}", file=sys.stderr)
+    for error in normalized.errors:
+        print(f"  refused item {error.index}: {error.pointer} {error.message}", file=sys.stderr)
+    sys.stdout.buffer.write(encode_ndjson(normalized.metrics))
+    troubled = any(not r.up or (r.decoded is not None and r.decoded.refused) for r in polls) or normalized.rejected
+    return 1 if troubled else 0
+
+
 def _functions(args: argparse.Namespace) -> int:
     from bridges.local.indexing import index, load_app
 
@@ -246,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return deadletter_main(args)
         commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions,
-                    "mappings": _mappings}
+                    "mappings": _mappings, "check": _check, "poll": _poll}
         return commands[args.command](args)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -254,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except MappingError as exc:
         print(f"mapping rules error: {exc}", file=sys.stderr)
         return 2
+    except DeliveryError as exc:
+        print(f"error: the metrics could be neither delivered nor kept: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # e.g. the port is in use, or no such payload file
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -11,18 +11,23 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 import re
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 from bridges import __version__, selfmetrics
 from bridges.delivery import Delivery, DeliveryError
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, decompress
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
+from bridges.probe import Fetched, fetch
 from bridges.retrying import QueueHandoff
-from bridges.settings import Settings
+from bridges.settings import Settings, SettingsError
 from bridges.sinks import build_sinks
 
 if TYPE_CHECKING:
+    from bridges.checks import Check, CheckResult
+    from bridges.model import Metric
+    from bridges.polling import Poll, Source
     from bridges.webhooks import Webhooks
 
 RETRY_AFTER_SECONDS = 30
@@ -56,6 +61,17 @@ def _natural(origin: object) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(origin)))
 
 
+def _chosen(declared: list, names: Sequence[str], what: str) -> list:
+    """The declared entries named (all when none are); SettingsError for an unknown name."""
+    if not names:
+        return list(declared)
+    known = {entry.name: entry for entry in declared}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SettingsError(f"--name: no {what} named {unknown[0]!r}; declared: {', '.join(known) or 'none'}")
+    return [known[name] for name in names]
+
+
 def _unkept(exc: DeliveryError) -> str:
     return f"accepted metrics could be neither delivered nor kept ({exc}); send again"
 
@@ -68,9 +84,11 @@ class Bridge:
         clock: Callable[[], int] = time.time_ns,
         delivery: Delivery | None = None,
         normalizer: Normalizer | None = None,
+        fetcher: Callable[..., Fetched] = fetch,
     ):
         self.settings = settings
         self.clock = clock
+        self.fetcher = fetcher  # the HTTP client of checks and polled sources
         self.delivery = delivery or Delivery(
             build_sinks(settings), QueueHandoff(settings), timeout_seconds=settings.http_timeout_seconds,
             deadline_seconds=settings.delivery_deadline_seconds,
@@ -182,6 +200,74 @@ class Bridge:
         selfmetrics.log_observations(records, route)
         if self.settings.self_metrics:
             selfmetrics.send(self.delivery, records, self.clock())
+
+    @cached_property
+    def checks(self) -> list[Check]:
+        """The declared synthetic checks (read once; a bad declaration raises SettingsError)."""
+        from bridges.checks import load_checks
+        from bridges.settings import environment
+
+        return load_checks(self.settings, environment())
+
+    @cached_property
+    def polled_sources(self) -> list[Source]:
+        """The declared polled sources, their named rule files loaded as the webhooks' are."""
+        from bridges.polling import load_sources
+        from bridges.settings import environment
+        from bridges.webhooks import load_sources as load_rule_files
+
+        return load_sources(self.settings, environment(), lambda: load_rule_files(self.settings))
+
+    def run_checks(self, names: Sequence[str] = (), deliver: bool = True) -> tuple[list[CheckResult], list[Metric]]:
+        """Run the checks (all, or those named) at once; their metrics go to every sink.
+        Raises DeliveryError when the metrics could be neither delivered nor kept."""
+        from bridges import checks
+
+        chosen = _chosen(self.checks, names, "check")
+        now_ns = self.clock()
+        results = checks.run_checks(chosen, self.fetcher)
+        metrics = checks.metrics_of(results, self.settings.location, now_ns)
+        down = [f"{r.check.name} ({r.reason}: {r.message})" for r in results if not r.up]
+        log.info("checks: %d run, %d down%s", len(results), len(down), (": " + "; ".join(down)) if down else "")
+        if deliver and metrics:
+            self._deliver(metrics, lambda i: f"check {metrics[i].tag_dict()['check']}", "checks")
+        return results, metrics
+
+    def poll_sources(self, now: datetime | None = None, names: Sequence[str] = (),
+                     deliver: bool = True) -> tuple[list[Poll], Normalized]:
+        """Poll the sources named, else those due at ``now`` by their schedules, at once; the
+        metrics their rules yield and poll_up/poll_duration_seconds go to every sink.
+        Raises DeliveryError when the metrics could be neither delivered nor kept."""
+        from bridges import polling
+        from bridges.checks import run_together
+        from bridges.schedule import Schedule
+
+        sources = _chosen(self.polled_sources, names, "source") if names else polling.due(
+            self.polled_sources, Schedule(self.settings.sources_schedule), now or datetime.now(timezone.utc))
+        now_ns = self.clock()
+        polls = run_together(
+            [lambda s=s: polling.poll(s, now_ns, self.fetcher) for s in sources], [s.timeout for s in sources],
+            [lambda s=s: polling.Poll(s, None, "timeout", f"no answer within {s.timeout:g} s", s.timeout) for s in sources],
+        )
+        merged = Decoded([], origins=[])
+        for result in polls:
+            log.info("poll %s: %s", result.source.name, result.message if result.up else f"{result.reason}: {result.message}")
+            if result.decoded is not None:
+                merged.items.extend(result.decoded.items)
+                merged.origins.extend(f"{result.source.name} {result.decoded.origin(i)}"
+                                      for i in range(len(result.decoded.items)))
+                merged.refused.extend(Refused(f"{result.source.name} {r.origin}", r.message) for r in result.decoded.refused)
+        for metric in polling.metrics_of(polls, self.settings.location, now_ns):
+            merged.items.append(metric.to_json())
+            merged.origins.append(f"{metric.tag_dict()['source']} {metric.name}")
+        normalized = self.normalizer.normalize(merged.items, now_ns, lambda i: "")
+        for error in normalized.errors:
+            log.warning("poll: %s refused: %s %s", merged.origin(error.index), error.pointer, error.message)
+        for refused in merged.refused:
+            log.warning("poll: %s refused: %s", refused.origin, refused.message)
+        if deliver and normalized.metrics:
+            self._deliver(normalized.metrics, lambda i: merged.origin(normalized.indexes[i]), "poll")
+        return polls, normalized
 
     @cached_property
     def webhooks(self) -> Webhooks:

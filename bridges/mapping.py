@@ -150,7 +150,7 @@ def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Number)
 
 
-def _equals(left: object, right: object) -> bool:
+def jmespath_equals(left: object, right: object) -> bool:
     """JMESPath equality: 0 and 1 never equal false and true."""
     if _is_number(left) and left in (0, 1):
         if isinstance(right, bool):
@@ -316,8 +316,8 @@ def _comparator(op: str, left, right, children) -> Callable[[object], object]:
                 return lambda value: left(value) == constant
             return lambda value: left(value) != constant
         if op == "eq":
-            return lambda value: _equals(left(value), right(value))
-        return lambda value: not _equals(left(value), right(value))
+            return lambda value: jmespath_equals(left(value), right(value))
+        return lambda value: not jmespath_equals(left(value), right(value))
     compare = _ORDERING[op]
 
     def ordered(value):
@@ -933,11 +933,17 @@ def _validator(explaining: bool):
 
 
 def _check_file(path: Path) -> tuple[Optional[SourceRules], list[MappingError]]:
-    name = str(path)
     try:
-        document = _read(path)
+        document = read_document(path)
     except MappingError as exc:
         return None, [exc]
+    return check_document(document, path)
+
+
+def check_document(document: object, path: Path | str) -> tuple[Optional[SourceRules], list[MappingError]]:
+    """Validate and compile one source's rules already read (from a file, or inline in a polled
+    source's declaration, ``path`` then naming where); every error found, or none."""
+    name = str(path)
     errors = _key_errors(document, name, [], document)
     if errors:
         return None, errors
@@ -952,11 +958,12 @@ def _check_file(path: Path) -> tuple[Optional[SourceRules], list[MappingError]]:
     return _compile_file(document, path)
 
 
-def _read(path: Path) -> object:
+def read_document(path: Path) -> object:
+    """A JSON or YAML file as data; MappingError (naming the file and the line) when unreadable."""
     name = str(path)
     suffix = path.suffix.lower()
     if suffix not in RULE_FILE_SUFFIXES:
-        raise MappingError(name, "a rule file ends in .yaml, .yml or .json")
+        raise MappingError(name, "the file must end in .yaml, .yml or .json")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

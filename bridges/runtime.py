@@ -30,7 +30,24 @@ def start() -> Settings:
         log.warning("sink not enabled: %s", problem)
     if _settings.mappings_dir is not None:
         check_mappings(_settings)
+    check_declarations(_settings)
     return _settings
+
+
+def check_declarations(settings: Settings) -> None:
+    """Declared checks and polled sources load (files valid, secret settings set), or start-up
+    stops naming the setting, file and field. Nothing is read when none are declared."""
+    from bridges.settings import environment
+
+    if settings.checks_file is not None or settings.checks.strip():
+        from bridges.checks import load_checks
+
+        load_checks(settings, environment())
+    if settings.sources_file is not None or settings.sources.strip():
+        from bridges.polling import load_sources
+        from bridges.webhooks import load_sources as load_rule_files
+
+        load_sources(settings, environment(), lambda: load_rule_files(settings))
 
 
 def check_mappings(settings: Settings) -> None:

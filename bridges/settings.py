@@ -110,6 +110,22 @@ def _optional_folder(text: str) -> Path | None:
     return Path(text.strip()) if text.strip() else None
 
 
+def _optional_file(text: str) -> Path | None:
+    if not text.strip():
+        return None
+    path = Path(text.strip())
+    if not path.is_file():
+        raise ValueError
+    return path
+
+
+def _schedule(text: str) -> str:
+    from bridges.schedule import Schedule
+
+    Schedule(text.strip())  # raises ScheduleError, a ValueError
+    return text.strip()
+
+
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 
 
@@ -221,6 +237,8 @@ _EXPECTED = {
     _names: "names separated by commas",
     _optional_text: "text",
     _optional_folder: "a folder path",
+    _optional_file: "the path of an existing file",
+    _schedule: "an NCRONTAB schedule (six fields, seconds first, e.g. '0 */5 * * * *') or a TimeSpan (00:05:00)",
     _table_name: "an Azure table name (a letter, then 2-62 letters or digits)",
 }
 _BETTERSTACK_FORMATS = _choice("msgpack", "json", "ndjson")
@@ -264,6 +282,18 @@ SETTINGS: tuple[Setting, ...] = (
             "and not sent again (default 3 days, Stripe's retry window)."),
     Setting("BRIDGE_IDEMPOTENCY_TABLE", "bridgeidempotency", _table_name,
             "Azure table of seen delivery ids (on AzureWebJobsStorage; an embedded SQLite file locally)."),
+    Setting("BRIDGE_CHECKS_FILE", "", _optional_file,
+            "JSON or YAML file of synthetic checks (schemas/checks.schema.json)."),
+    Setting("BRIDGE_CHECKS", "", _text, "The same checks as inline JSON, instead of a file."),
+    Setting("CHECKS_SCHEDULE", "0 * * * * *", _schedule,
+            "NCRONTAB schedule of the synthetic checks function (UTC; default every minute)."),
+    Setting("BRIDGE_SOURCES_FILE", "", _optional_file,
+            "JSON or YAML file of polled sources (schemas/sources.schema.json)."),
+    Setting("BRIDGE_SOURCES", "", _text, "The same sources as inline JSON, instead of a file."),
+    Setting("SOURCES_SCHEDULE", "0 * * * * *", _schedule,
+            "NCRONTAB schedule of the polling function; each run polls the sources whose own schedule is due."),
+    Setting("BRIDGE_LOCATION", "", _text,
+            "The location tag of check metrics (default: REGION_NAME, which Azure sets, else `local`)."),
     Setting("DYNATRACE_URL", "", _url,
             "Metrics ingest URL: `https://<env>.live.dynatrace.com/api/v2/metrics/ingest`, a Managed or ActiveGate "
             "`.../e/<env>/api/v2/metrics/ingest`, or the OneAgent local `http://localhost:14499/metrics/ingest` "
@@ -346,6 +376,13 @@ class Settings:
     mappings_dir: Path | None = None
     idempotency_ttl_seconds: float = 259200.0
     idempotency_table: str = "bridgeidempotency"
+    checks_file: Path | None = None
+    checks: str = ""
+    checks_schedule: str = "0 * * * * *"
+    sources_file: Path | None = None
+    sources: str = ""
+    sources_schedule: str = "0 * * * * *"
+    location: str = "local"
     dynatrace_url: str | None = None
     dynatrace_api_token: Secret | None = None
     dynatrace_metric_prefix: str = ""
@@ -427,6 +464,7 @@ def load_settings(environ: Mapping[str, str] | None = None, local_file: Path | N
             if setting.sink is None:
                 raise
             broken.setdefault(setting.sink, []).append(str(exc))
+    parsed["location"] = parsed["location"] or values.get("REGION_NAME", "").strip() or "local"
     enabled, problems = _choose_sinks(parsed, broken)
     # A setting that could not be read keeps its default; its sink stays off and is reported.
     return Settings(**parsed, enabled_sinks=enabled, sink_problems=problems)

@@ -43,6 +43,12 @@ def test_every_function_and_its_bindings(indexed):
             {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": "%BRIDGE_RETRY_QUEUE%",
              "connection": "AzureWebJobsStorage"},
         ],
+        "synthetic_checks": [
+            {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "%CHECKS_SCHEDULE%"},
+        ],
+        "polled_sources": [
+            {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "%SOURCES_SCHEDULE%"},
+        ],
     }
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bridges.local.routes import RouteTemplate
-from bridges.local.schedule import Schedule, ScheduleError, expand
+from bridges.schedule import Schedule, ScheduleError, expand
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,10 @@ def test_schedules_fire_with_seconds_first(expression, after, expected):
     assert Schedule(expression).next_after(after) == expected
 
 
-@pytest.mark.parametrize("expression", ["*/5 * * * *", "0 */5 * * * * *", "61 * * * * *", "00:00:00"])
+@pytest.mark.parametrize("expression", ["*/5 * * * *", "0 */5 * * * * *", "61 * * * * *", "00:00:00", "00:61:00",
+                                        "0 0 0 L * *", "0 0 0 * * 1#2", "0 0 0 ? * *", "0 0 0 15W * *"])
 def test_bad_schedules_are_refused(expression):
+    """What the host's NCRONTAB or TimeSpan parser refuses, croniter's extensions included."""
     with pytest.raises(ScheduleError):
         Schedule(expression)
 

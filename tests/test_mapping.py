@@ -187,7 +187,7 @@ def test_check_reports_every_error_of_every_file(tmp_path):
 
 def test_a_file_that_is_not_yaml_or_json_is_refused(tmp_path):
     (tmp_path / "rules.toml").write_text("source = 'x'\n")
-    with pytest.raises(MappingError, match="ends in .yaml, .yml or .json"):
+    with pytest.raises(MappingError, match="must end in .yaml, .yml or .json"):
         load_file(tmp_path / "rules.toml")
 
 

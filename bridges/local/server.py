@@ -32,7 +32,7 @@ from azure.functions.timer import TimerRequest
 
 from bridges.local.indexing import IndexedFunction, index, load_app
 from bridges.local.routes import RouteTemplate
-from bridges.local.schedule import Schedule, ScheduleError, expand
+from bridges.schedule import Schedule, ScheduleError, expand
 from bridges.queues import Message, SqliteQueue, StaleReceipt, open_queue, poison_name
 from bridges.settings import SETTINGS, SettingsError, local_values
 

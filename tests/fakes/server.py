@@ -121,3 +121,10 @@ class FakeReceiver:
                 pass
 
         return Handler
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 nothing listens on: bound, noted and closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,111 @@
+"""Declarations read from a file or an inline setting and validated by a JSON Schema: the
+synthetic checks (BRIDGE_CHECKS_FILE / BRIDGE_CHECKS) and the polled sources
+(BRIDGE_SOURCES_FILE / BRIDGE_SOURCES).
+
+Every problem is a SettingsError naming the setting, the file and the field (a JSON pointer),
+so start-up stops with a message that says what to fix. Secret header values are named by
+setting and looked up here; a literal value for a header that carries credentials is refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Mapping
+
+from bridges.normalize import SCHEMA_DIR, json_pointer
+from bridges.probe import CREDENTIAL_HEADER as _CREDENTIAL_HEADER
+from bridges.settings import KEY_VAULT_PREFIX, Secret, SettingsError
+
+# What http.client cannot send in a header value (it would raise, with the value, mid-run).
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+
+def load_declared(file_setting: str, path: Path | None, inline_setting: str, inline: str, schema_name: str,
+                  key: str) -> tuple[list[dict], str]:
+    """The entries under ``key`` of the file or of the inline JSON (both set is an error: one
+    would be ignored), and where they come from, for messages."""
+    if path is not None and inline.strip():
+        raise SettingsError(f"{inline_setting}: set {file_setting} or {inline_setting}, not both")
+    if path is not None:
+        from bridges.mapping import MappingError, read_document
+
+        where = f"{file_setting}: {path}"
+        try:
+            document = read_document(path)
+        except MappingError as exc:
+            raise SettingsError(f"{file_setting}: {exc}") from None
+    elif inline.strip():
+        where = inline_setting
+        try:
+            document = json.loads(inline)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{inline_setting}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    else:
+        return [], ""
+    _validate(document, schema_name, where)
+    declared = document[key]
+    _unique_names(declared, key, where)
+    return declared, where
+
+
+def _validate(document: object, schema_name: str, where: str) -> None:
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schemas = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in SCHEMA_DIR.glob("*.schema.json")}
+    # One schema may use another's definitions (the sources use the checks' headers).
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values() if "$id" in schema)
+    validator = jsonschema.Draft202012Validator(schemas[schema_name], registry=registry)
+    try:
+        errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    except TypeError:  # YAML keys that are not text
+        raise SettingsError(f"{where}: every key must be text (quote it)") from None
+    if errors:
+        error = errors[0]
+        message = error.schema.get("description") if error.validator == "not" else None
+        pointer = json_pointer(error.absolute_path) or "/"
+        raise SettingsError(f"{where}: at {pointer}: {message or error.message}")
+
+
+def _unique_names(declared: list[dict], key: str, where: str) -> None:
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(declared):
+        if entry["name"] in seen:
+            raise SettingsError(f"{where}: at /{key}/{index}/name: the name {entry['name']!r} is also used at "
+                                f"/{key}/{seen[entry['name']]}; names are unique")
+        seen[entry["name"]] = index
+
+
+def resolve_headers(headers: Mapping[str, object], environ: Mapping[str, str], where: str) -> dict[str, object]:
+    """Header name -> text, or a Secret read from the named setting (with its prefix).
+    ``where`` is the entry's place, e.g. ``BRIDGE_CHECKS_FILE: checks.yaml: at /checks/0``."""
+    resolved: dict[str, object] = {}
+    for name, value in headers.items():
+        if isinstance(value, str):
+            if _CREDENTIAL_HEADER.search(name):
+                raise SettingsError(f"{where}/headers/{name}: the {name} header carries a credential: name the "
+                                    'setting that holds it, {"setting": "NAME"}, instead of writing it here')
+            if _UNSENDABLE.search(value):
+                raise SettingsError(f"{where}/headers/{name}: a control character or one beyond Latin-1 "
+                                    "cannot be sent in a header")
+            resolved[name] = value
+            continue
+        setting = value["setting"]
+        text = environ.get(setting, "").strip()
+        if not text:
+            raise SettingsError(f"{setting}: {where} sends it in the {name} header, but it is not set")
+        if text.startswith(KEY_VAULT_PREFIX):
+            raise SettingsError(f"{setting}: the Key Vault reference did not resolve (check the vault, the secret "
+                                "name, and the app's identity and its 'Key Vault Secrets User' role)")
+        if _UNSENDABLE.search(value.get("prefix", "") + text):  # never show the value
+            raise SettingsError(f"{setting}: {where} sends it in the {name} header, but it holds a line break, "
+                                "another control character or one beyond Latin-1, which cannot be sent")
+        resolved[name] = Secret(value.get("prefix", "") + text)
+    return resolved
+
+
+def reveal_headers(headers: Mapping[str, object]) -> dict[str, str]:
+    """The headers to send, secrets revealed (only at the moment of sending)."""
+    return {name: value.reveal() if isinstance(value, Secret) else value for name, value in headers.items()}

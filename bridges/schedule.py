@@ -14,7 +14,12 @@ from bridges.settings import SettingsError
 
 _SETTING = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"(\d{1,2}):(\d{2}):(\d{2})")
-_NAMES = frozenset("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC SUN MON TUE WED THU FRI SAT".split())
+_MONTHS = {name: number for number, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
+_DAYS = {name: number for number, name in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+# (name, lowest, highest, names) of the six NCRONTAB fields, seconds first.
+_FIELDS = (("second", 0, 59, {}), ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day", 1, 31, {}),
+           ("month", 1, 12, _MONTHS), ("day-of-week", 0, 6, _DAYS))
+_ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
 class ScheduleError(SettingsError):
@@ -44,18 +49,15 @@ class Schedule:
                 raise ScheduleError(f"{expression!r}: a TimeSpan schedule must be longer than zero")
             return
         self.interval = None
-        if len(expression.split()) != 6:
+        fields = expression.split()
+        if len(fields) != 6:
             raise ScheduleError(
                 f"{expression!r}: an NCRONTAB schedule has six fields, seconds first, e.g. '0 */5 * * * *'"
             )
-        from croniter import croniter
-
-        extensions = [token for token in re.split(r"[\s,/-]+", expression)
-                      if not (token == "*" or token.isdigit() or token.upper() in _NAMES)]
-        if extensions:  # croniter reads L, W, #, ? and H; the host's NCRONTAB refuses them
-            raise ScheduleError(f"{expression!r}: {extensions[0]!r} is not NCRONTAB (numbers, names, * , - / only)")
-        if not croniter.is_valid(expression, second_at_beginning=True):
-            raise ScheduleError(f"{expression!r}: not a valid NCRONTAB expression")
+        for field, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
+            problem = _field_problem(field, low, high, names)
+            if problem:
+                raise ScheduleError(f"{expression!r}: the {name} field {field!r} {problem}")
 
     def next_after(self, moment: datetime) -> datetime:
         """The first firing strictly after ``moment`` (an aware UTC datetime)."""
@@ -74,3 +76,24 @@ class Schedule:
 
         tick = croniter(self.expression, moment + timedelta(microseconds=1), second_at_beginning=True).get_prev(datetime)
         return croniter(self.expression, tick, second_at_beginning=True).get_prev(datetime), tick
+
+
+def _field_problem(field: str, low: int, high: int, names: dict) -> str | None:
+    """Why a field is not what the host's NCRONTAB reads (lists of *, a, a-b, each with an
+    optional /step, numbers in range or names), else None. Checked here, without croniter, so
+    validating the schedule settings costs nothing at start-up; croniter also reads L, W, #, ?
+    and H, which the host refuses."""
+    for item in field.split(","):
+        match = _ITEM.fullmatch(item)
+        if not match:
+            return "is not NCRONTAB (numbers, names, * , - / only)"
+        _, first, last, step = match.groups()
+        for value in (first, last):
+            if value is None:
+                continue
+            number = int(value) if value.isdigit() else names.get(value.upper())
+            if number is None or not low <= number <= high:
+                return f"has {value!r}, not a value from {low} to {high}" + (" or a name" if names else "")
+        if step is not None and int(step) == 0:
+            return "has a step of 0"
+    return None

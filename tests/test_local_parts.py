@@ -53,7 +53,8 @@ def test_schedules_fire_with_seconds_first(expression, after, expected):
 
 
 @pytest.mark.parametrize("expression", ["*/5 * * * *", "0 */5 * * * * *", "61 * * * * *", "00:00:00", "00:61:00",
-                                        "0 0 0 L * *", "0 0 0 * * 1#2", "0 0 0 ? * *", "0 0 0 15W * *"])
+                                        "0 0 0 L * *", "0 0 0 * * 1#2", "0 0 0 ? * *", "0 0 0 15W * *", "*/0 * * * * *",
+                                        "0 0 0 * * 7", "0 0 0 0 * *", "0 0 24 * * *", "0 0 0 * FOO *"])
 def test_bad_schedules_are_refused(expression):
     """What the host's NCRONTAB or TimeSpan parser refuses, croniter's extensions included."""
     with pytest.raises(ScheduleError):

@@ -24,11 +24,10 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
-from bridges.declared import load_declared, resolve_headers, reveal_headers
+from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
 from bridges.mapping import compile_expression, jmespath_equals
 from bridges.model import Gauge, Metric
 from bridges.probe import FetchError, Fetched, TlsOptions, fetch
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_REDIRECTS = 5
 DEFAULT_STATUS = ((200, 299),)
-REASONS = ("timeout", "dns", "connect", "tls", "status", "assertion")
 _GRACE_SECONDS = 0.5  # beyond a check's timeout before the run stops waiting for its thread
 _MAX_MESSAGE_CHARS = 300
 _PHASE_METRICS = (("dns", "check_dns_seconds"), ("connect", "check_connect_seconds"),
@@ -127,9 +125,6 @@ def _check(entry: dict, environ: Mapping[str, str], where: str) -> Check:
     headers = resolve_headers(entry.get("headers", {}), environ, where)
     body = request_body(entry.get("body"), headers)
     tls = entry.get("tls", {})
-    ca_file = tls.get("ca_file")
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise SettingsError(f"{where}/tls/ca_file: no such file: {ca_file}")
     return Check(
         name=entry["name"],
         url=entry["url"],
@@ -140,20 +135,10 @@ def _check(entry: dict, environ: Mapping[str, str], where: str) -> Check:
         statuses=tuple(_status_range(s) for s in entry.get("status", ())) or DEFAULT_STATUS,
         redirects=entry.get("redirects", DEFAULT_REDIRECTS),
         assertions=tuple(_assertion(a, f"{where}/assertions/{i}") for i, a in enumerate(entry.get("assertions", ()))),
-        tls=TlsOptions(tls.get("verify", True), tls.get("verify_hostname", True), ca_file),
+        tls=tls_options(tls, where),
         min_days_remaining=tls.get("min_days_remaining"),
         tags=dict(entry.get("tags", {})),
     )
-
-
-def request_body(body: object, headers: dict) -> bytes | None:
-    """A declared body as bytes: text as UTF-8, an object or array as JSON (and its Content-Type
-    added to ``headers`` unless one is there)."""
-    if isinstance(body, (dict, list)):
-        if not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/json"
-        return json.dumps(body).encode()
-    return body.encode() if isinstance(body, str) else None
 
 
 def _status_range(status: int | str) -> tuple[int, int]:

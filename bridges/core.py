@@ -239,27 +239,13 @@ class Bridge:
         metrics their rules yield and poll_up/poll_duration_seconds go to every sink.
         Raises DeliveryError when the metrics could be neither delivered nor kept."""
         from bridges import polling
-        from bridges.checks import run_together
         from bridges.schedule import Schedule
 
         sources = _chosen(self.polled_sources, names, "source") if names else polling.due(
             self.polled_sources, Schedule(self.settings.sources_schedule), now or datetime.now(timezone.utc))
         now_ns = self.clock()
-        polls = run_together(
-            [lambda s=s: polling.poll(s, now_ns, self.fetcher) for s in sources], [s.timeout for s in sources],
-            [lambda s=s: polling.Poll(s, None, "timeout", f"no answer within {s.timeout:g} s", s.timeout) for s in sources],
-        )
-        merged = Decoded([], origins=[])
-        for result in polls:
-            log.info("poll %s: %s", result.source.name, result.message if result.up else f"{result.reason}: {result.message}")
-            if result.decoded is not None:
-                merged.items.extend(result.decoded.items)
-                merged.origins.extend(f"{result.source.name} {result.decoded.origin(i)}"
-                                      for i in range(len(result.decoded.items)))
-                merged.refused.extend(Refused(f"{result.source.name} {r.origin}", r.message) for r in result.decoded.refused)
-        for metric in polling.metrics_of(polls, self.settings.location, now_ns):
-            merged.items.append(metric.to_json())
-            merged.origins.append(f"{metric.tag_dict()['source']} {metric.name}")
+        polls = polling.poll_all(sources, now_ns, self.fetcher)
+        merged = polling.decoded_of(polls, self.settings.location, now_ns)
         normalized = self.normalizer.normalize(merged.items, now_ns, lambda i: "")
         for error in normalized.errors:
             log.warning("poll: %s refused: %s %s", merged.origin(error.index), error.pointer, error.message)

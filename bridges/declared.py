@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from bridges.normalize import SCHEMA_DIR, json_pointer
-from bridges.probe import CREDENTIAL_HEADER as _CREDENTIAL_HEADER
+from bridges.probe import CREDENTIAL_HEADER, TlsOptions
 from bridges.settings import KEY_VAULT_PREFIX, Secret, SettingsError
 
 # What http.client cannot send in a header value (it would raise, with the value, mid-run).
@@ -84,7 +84,7 @@ def resolve_headers(headers: Mapping[str, object], environ: Mapping[str, str], w
     resolved: dict[str, object] = {}
     for name, value in headers.items():
         if isinstance(value, str):
-            if _CREDENTIAL_HEADER.search(name):
+            if CREDENTIAL_HEADER.search(name):
                 raise SettingsError(f"{where}/headers/{name}: the {name} header carries a credential: name the "
                                     'setting that holds it, {"setting": "NAME"}, instead of writing it here')
             if _UNSENDABLE.search(value):
@@ -104,6 +104,24 @@ def resolve_headers(headers: Mapping[str, object], environ: Mapping[str, str], w
                                 "another control character or one beyond Latin-1, which cannot be sent")
         resolved[name] = Secret(value.get("prefix", "") + text)
     return resolved
+
+
+def request_body(body: object, headers: dict) -> bytes | None:
+    """A declared body as bytes: text as UTF-8, an object or array as JSON (and its Content-Type
+    added to ``headers`` unless one is there)."""
+    if isinstance(body, (dict, list)):
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+        return json.dumps(body).encode()
+    return body.encode() if isinstance(body, str) else None
+
+
+def tls_options(tls: Mapping[str, object], where: str) -> TlsOptions:
+    """A declaration's ``tls`` object; its CA file must exist."""
+    ca_file = tls.get("ca_file")
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise SettingsError(f"{where}/tls/ca_file: no such file: {ca_file}")
+    return TlsOptions(tls.get("verify", True), tls.get("verify_hostname", True), ca_file)
 
 
 def reveal_headers(headers: Mapping[str, object]) -> dict[str, str]:

@@ -19,11 +19,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from bridges.declared import load_declared, resolve_headers, reveal_headers
-from bridges.formats import Decoded
+from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
+from bridges.formats import Decoded, Refused
 from bridges.mapping import NO_RULE_MATCHED
 from bridges.model import Gauge, Metric
 from bridges.probe import FetchError, Fetched, TlsOptions, fetch
@@ -74,7 +73,6 @@ def load_sources(settings: Settings, environ: Mapping[str, str], rule_files: Cal
 
 
 def _source(entry: dict, environ: Mapping[str, str], where: str, rule_files: Callable[[], dict]) -> Source:
-    from bridges.checks import request_body
     from bridges.mapping import check_document
 
     mapping = entry["mapping"]
@@ -102,14 +100,10 @@ def _source(entry: dict, environ: Mapping[str, str], where: str, rule_files: Cal
             raise SettingsError(f"{where}/schedule: {entry['schedule']!r}: a source's schedule is NCRONTAB (six fields, "
                                 "seconds first, e.g. '0 */5 * * * *'), not a TimeSpan")
     headers = resolve_headers(entry.get("headers", {}), environ, where)
-    tls = entry.get("tls", {})
-    ca_file = tls.get("ca_file")
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise SettingsError(f"{where}/tls/ca_file: no such file: {ca_file}")
     return Source(
         name=entry["name"], url=entry["url"], rules=rules, method=entry.get("method", "GET"), headers=headers,
         body=request_body(entry.get("body"), headers), timeout=float(entry.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
-        tls=TlsOptions(tls.get("verify", True), tls.get("verify_hostname", True), ca_file), schedule=schedule,
+        tls=tls_options(entry.get("tls", {}), where), schedule=schedule,
     )
 
 
@@ -148,6 +142,35 @@ def poll(source: Source, now_ns: int, fetcher: Callable[..., Fetched] = fetch) -
     if NO_RULE_MATCHED in decoded.skipped:  # the response changed shape, or the rules never fit it
         return Poll(source, decoded, "mapping", "no rule matched the response", response.duration, response.status)
     return Poll(source, decoded, None, f"{len(decoded.items)} metrics", response.duration, response.status)
+
+
+def poll_all(sources: Sequence[Source], now_ns: int, fetcher: Callable[..., Fetched] = fetch) -> list[Poll]:
+    """Every source at once, each under its own timeout; each outcome logged."""
+    from bridges.checks import run_together
+
+    polls = run_together(
+        [lambda s=s: poll(s, now_ns, fetcher) for s in sources], [s.timeout for s in sources],
+        [lambda s=s: Poll(s, None, "timeout", f"no answer within {s.timeout:g} s", s.timeout) for s in sources],
+    )
+    for result in polls:
+        log.info("poll %s: %s", result.source.name, result.message if result.up else f"{result.reason}: {result.message}")
+    return polls
+
+
+def decoded_of(polls: Sequence[Poll], location: str, now_ns: int) -> Decoded:
+    """What the polls' rules yielded and their poll_up/poll_duration_seconds, as one batch of
+    items for the Normalizer, each origin naming its source."""
+    merged = Decoded([], origins=[])
+    for result in polls:
+        if result.decoded is not None:
+            name = result.source.name
+            merged.items.extend(result.decoded.items)
+            merged.origins.extend(f"{name} {result.decoded.origin(i)}" for i in range(len(result.decoded.items)))
+            merged.refused.extend(Refused(f"{name} {r.origin}", r.message) for r in result.decoded.refused)
+    for metric in metrics_of(polls, location, now_ns):
+        merged.items.append(metric.to_json())
+        merged.origins.append(f"{metric.tag_dict()['source']} {metric.name}")
+    return merged
 
 
 def metrics_of(polls: Sequence[Poll], location: str, now_ns: int) -> list[Metric]:

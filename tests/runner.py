@@ -71,8 +71,9 @@ def wait_for_line(lines: list[str], text: str, timeout: float = 10) -> str:
     raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(lines))
 
 
-def raw_request(base: str, request: bytes) -> str:
-    """Send raw bytes to the runner and read its answer until it closes the connection."""
+def raw_request(base: str, request: bytes, half_close: bool = False) -> str:
+    """Send raw bytes to the runner and read its answer until it closes the connection;
+    ``half_close`` shuts our side for writing after the bytes, as a client that left."""
     import socket
     from urllib.parse import urlsplit
 
@@ -80,6 +81,8 @@ def raw_request(base: str, request: bytes) -> str:
     received = b""
     with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
         connection.sendall(request)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
         while chunk := connection.recv(4096):
             received += chunk
     return received.decode()

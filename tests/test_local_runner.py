@@ -77,6 +77,10 @@ def test_health_and_unknown_routes(bridge_url):
     assert requests.get(f"{base}/api/nothing-here", timeout=10).status_code == 404
     wrong_method = requests.get(f"{base}/api/metrics", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    for method in ("TRACE", "QUERY", "PROPFIND"):  # methods http.server alone answers 501 in HTML
+        other = requests.request(method, f"{base}/api/metrics", timeout=10)
+        assert (other.status_code, other.headers["Allow"]) == (405, "POST"), method
+        assert "POST" in other.json()["error"]
 
 
 def test_keys_are_demanded_only_when_asked(tmp_path):
@@ -138,3 +142,67 @@ def test_malformed_chunked_body_is_400(bridge_url):
     answer = raw_request(bridge_url[0], request)
     assert answer.startswith("HTTP/1.1 400")
     assert "chunked" in answer.split("\r\n\r\n", 1)[1]
+
+
+METRIC = b'[{"name":"a","gauge":{"value":1}}]'  # 0x22 bytes
+CHUNKED = b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_strict_chunked_body_is_accepted(bridge_url):
+    body = b"22;name=value\r\n" + METRIC + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    answer = raw_request(bridge_url[0], CHUNKED.replace(b"Host: x", b"Host: x\r\nConnection: close") + body)
+    assert answer.startswith("HTTP/1.1 202")
+
+
+@pytest.mark.parametrize("size", [b"-1", b"0x22", b" 22", b"+22", b"2_2", b"22 ", b"00000000000000022", b"22\n"],
+                         ids=["minus-one", "0x-prefix", "leading-space", "sign", "underscore", "trailing-space", "17-digits", "bare-LF"])
+def test_a_chunk_size_is_hex_digits_and_crlf_only(bridge_url, size):
+    """Before the fix -1 read until the client closed; the others were read by Python's int()."""
+    line = size if size.endswith(b"\n") else size + b"\r\n"
+    answer = raw_request(bridge_url[0], CHUNKED + line + METRIC + b"\r\n0\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400")
+    assert "Connection: close" in answer and "chunked" in answer.split("\r\n\r\n", 1)[1]
+
+
+def test_chunk_data_must_end_with_crlf(bridge_url):
+    answer = raw_request(bridge_url[0], CHUNKED + b"22\r\n" + METRIC + b"0\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 400") and "CRLF" in answer
+
+
+@pytest.mark.parametrize("first", [b"", METRIC], ids=["first-chunk", "second-chunk"])
+def test_a_chunk_past_the_host_limit_is_413_before_its_data(bridge_url, first):
+    """Only the size line is sent: an answer at all shows the runner did not wait for the data."""
+    from bridges.local.server import HOST_MAX_BODY_BYTES
+
+    start = b"%X\r\n%s\r\n" % (len(first), first) if first else b""
+    over = b"%X\r\n" % (HOST_MAX_BODY_BYTES - len(first) + 1)
+    answer = raw_request(bridge_url[0], CHUNKED + start + over)
+    assert answer.startswith("HTTP/1.1 413") and "Connection: close" in answer
+
+
+def test_a_chunk_size_line_without_end_is_refused(bridge_url):
+    answer = raw_request(bridge_url[0], CHUNKED + b"1" * 100_000)
+    assert answer.startswith("HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("body", [
+    b"Content-Length: 100\r\n\r\n" + METRIC,
+    b"Transfer-Encoding: chunked\r\n\r\n22\r\n" + METRIC + b"\r\n",
+], ids=["content-length", "chunked"])
+def test_a_body_cut_short_by_the_client_is_no_request(bridge_url, body):
+    head = b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    assert raw_request(bridge_url[0], head + body, half_close=True) == ""
+
+
+@pytest.mark.parametrize("framing, status", [
+    (b"Content-Length: 34\r\nTransfer-Encoding: chunked", 400),
+    (b"Transfer-Encoding: chunked, gzip", 400),
+    (b"Transfer-Encoding: gzip, chunked", 501),
+    (b"Content-Length: 34\r\nContent-Length: 5", 400),
+    (b"Content-Length: -1", 400),
+    (b"Content-Length: +34", 400),
+], ids=["both", "chunked-not-last", "unknown-coding", "two-lengths", "negative", "sign"])
+def test_uncertain_body_lengths_are_refused_and_the_connection_closed(bridge_url, framing, status):
+    request = b"POST /api/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + framing + b"\r\n\r\n"
+    answer = raw_request(bridge_url[0], request + b"22\r\n" + METRIC + b"\r\n0\r\n\r\n")
+    assert answer.startswith(f"HTTP/1.1 {status}") and "Connection: close" in answer

@@ -31,6 +31,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_inputs.py
 	$(BIN)/python benchmarks/bench_retry.py
 	$(BIN)/python benchmarks/bench_checks.py
+	$(BIN)/python benchmarks/bench_hostile.py
 
 clean:
 	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis

@@ -16,16 +16,24 @@ import time
 from typing import Callable
 from urllib.parse import urlsplit
 
+from bridges.masking import remember
+
 REFRESH_MARGIN_SECONDS = 300
 _CLOUD_SUFFIXES = (".azure.us", ".azure.cn")  # sovereign clouds; everything else is public Azure
 
 
-class TokenError(Exception):
-    """No token could be had: the metrics wait (pending) and health names the reason."""
+TOKEN_HINT = ("no Entra token: check that the app has a managed identity (AZURE_CLIENT_ID names a "
+              "user-assigned one) or that AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET are right")
 
-    def __init__(self, reason: str):
+
+class TokenError(Exception):
+    """No token could be had: the metrics wait (pending). ``reason`` holds azure-identity's own
+    words (for the log), ``hint`` ours (for health)."""
+
+    def __init__(self, reason: str, hint: str = TOKEN_HINT):
         super().__init__(reason)
         self.reason = reason
+        self.hint = hint
 
 
 def _cloud_suffix(url: str) -> str:
@@ -80,6 +88,7 @@ class TokenSource:
         with self._lock:
             if self._token is None or self._token.expires_on - REFRESH_MARGIN_SECONDS <= self.clock():
                 self._token = self._fetch()
+                remember(self._token.token)  # masked wherever a backend echoes it
             return f"Bearer {self._token.token}"
 
     def authorize(self, request):

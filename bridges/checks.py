@@ -31,7 +31,8 @@ from bridges.declared import load_declared, request_body, resolve_headers, revea
 from bridges.mapping import compile_expression, jmespath_equals
 from bridges.model import Gauge, Metric
 from bridges.probe import FetchError, Fetched, TlsOptions, fetch
-from bridges.settings import Settings, SettingsError, scrub
+from bridges.masking import scrub
+from bridges.settings import Settings, SettingsError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -97,14 +97,15 @@ class Bridge:
 
     def parse(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Normalized:
         """Decode, validate and normalize a canonical body; raises BodyError for the whole body."""
-        decoded = canonical.decode(self._inflate(body, content_encoding), content_type)
+        decoded = canonical.decode(self.inflate(body, content_encoding), content_type)
         self._check_count(len(decoded.items))
         return self.normalizer.normalize(
             decoded.items, self.clock(), decoded.item_pointer, check_unicode=decoded.may_hold_surrogates
         )
 
-    def _inflate(self, body: bytes, content_encoding: str | None, own_encodings: frozenset = frozenset()) -> bytes:
-        """The body within BRIDGE_MAX_BODY_BYTES, gzip undone (a format's own encodings are its decoder's)."""
+    def inflate(self, body: bytes, content_encoding: str | None, own_encodings: frozenset = frozenset()) -> bytes:
+        """The body within BRIDGE_MAX_BODY_BYTES, gzip undone (a format's own encodings are its
+        decoder's): the one place every route's body is inflated."""
         limit = self.settings.max_body_bytes
         if len(body) > limit:
             raise BodyError(413, f"the body is over the limit of {limit} bytes (BRIDGE_MAX_BODY_BYTES)")
@@ -147,7 +148,7 @@ class Bridge:
         answers in its vendor's shape; validation and delivery are the same as for /api/metrics."""
         own = getattr(fmt, "OWN_ENCODINGS", frozenset())
         try:
-            raw = self._inflate(body, content_encoding, own)
+            raw = self.inflate(body, content_encoding, own)
             decoded = fmt.decode(raw, content_type, params or {}, self.settings.max_body_bytes)
             # Vendors' clients send requests without points (Prometheus's metadata, an SDK's
             # report with nothing to count): the format answers those as its server does.
@@ -275,7 +276,7 @@ class Bridge:
             if sink.get("writable") is False:
                 problems.append(f"{name}: {sink.get('directory')} is not writable")
             if sink.get("misconfigured"):
-                problems.append(f"{name}: {sink['misconfigured']}")
+                problems.append(f"{name}: {sink['misconfigured']['code']}: {sink['misconfigured']['hint']}")
         answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
                   "problems": problems, "retry": self.retry_status(), "webhooks": self._webhook_status(problems)}
         return Reply(200, answer)

@@ -15,7 +15,8 @@ from typing import Mapping
 
 from bridges.normalize import SCHEMA_DIR, json_pointer
 from bridges.probe import CREDENTIAL_HEADER, TlsOptions
-from bridges.settings import KEY_VAULT_PREFIX, Secret, SettingsError
+from bridges.masking import Secret
+from bridges.settings import KEY_VAULT_PREFIX, SettingsError
 
 # What http.client cannot send in a header value (it would raise, with the value, mid-run).
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
@@ -50,14 +51,15 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
 
 
 def _validate(document: object, schema_name: str, where: str) -> None:
-    import jsonschema
     from referencing import Registry, Resource
+
+    from bridges.jsonschemas import explaining_validator
 
     schemas = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in SCHEMA_DIR.glob("*.schema.json")}
     # One schema may use another's definitions (the sources use the checks' headers).
     registry = Registry().with_resources(
         (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values() if "$id" in schema)
-    validator = jsonschema.Draft202012Validator(schemas[schema_name], registry=registry)
+    validator = explaining_validator(schemas[schema_name], registry=registry)
     try:
         errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
     except TypeError:  # YAML keys that are not text

@@ -23,7 +23,7 @@ from typing import Callable, Protocol, Sequence
 from bridges import transport
 from bridges.auth import TokenError
 from bridges.model import Metric
-from bridges.settings import scrub
+from bridges.masking import scrub
 from bridges.sinks.base import (
     Delivered,
     Drop,
@@ -142,7 +142,7 @@ class Delivery:
         self.deadline_seconds = deadline_seconds
         self.clock = clock
         self.session_factory = session_factory
-        self.misconfigured: dict[str, str] = {}
+        self.misconfigured: dict[str, dict] = {}  # sink -> {"code", "hint"}: our words only, for health
         self._limiters = {
             s.name: RateLimiter(s.limits.max_requests_per_minute, clock)
             for s in self.sinks
@@ -210,10 +210,11 @@ class Delivery:
                 try:
                     sent = sink.authorize(request) if hasattr(sink, "authorize") else request
                 except TokenError as exc:  # no identity yet, or no role: keep them and say so in health
-                    self.misconfigured[sink.name] = scrub(exc.reason)
+                    self._misconfigured(sink.name, "no_token", exc.hint, scrub(exc.reason))
                     wait(request.items, scrub(exc.reason), None)
                     continue
-                outcome = _scrubbed(sink.classify(request, transport.send(session, sent, self.timeout_seconds)))
+                reply = transport.send(session, sent, self.timeout_seconds)
+                outcome = _scrubbed(sink.classify(request, reply))
                 if isinstance(outcome, (Delivered, Partial)):
                     self.misconfigured.pop(sink.name, None)  # it works (again)
                 if isinstance(outcome, Delivered):
@@ -227,7 +228,7 @@ class Delivery:
                 elif isinstance(outcome, Drop):
                     report.rejected.extend(Rejection(i, outcome.reason) for i in request.items)
                     if outcome.misconfigured:
-                        self.misconfigured[sink.name] = outcome.reason
+                        self._misconfigured(sink.name, f"http_{reply.status}", outcome.hint, outcome.reason)
                 elif isinstance(outcome, Resend):
                     queue.extendleft(reversed(self._resend(sink, metrics, request, outcome, resends, now_ns, report)))
         except Exception:  # a bug in a sink must not lose what was accepted
@@ -283,6 +284,12 @@ class Delivery:
             why = exc.strerror or str(exc) or type(exc).__name__
             raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {why}") from exc
         log.warning("sink %s: %d metrics pending (%s)", sink, len(metrics), reason)
+
+    def _misconfigured(self, sink: str, code: str, hint: str, reason: str) -> None:
+        """Health gets a reason code and our hint; the detail, which may quote the backend, is logged."""
+        if self.misconfigured.get(sink) != {"code": code, "hint": hint}:
+            log.warning("sink %s is misconfigured (%s): %s", sink, code, reason)
+        self.misconfigured[sink] = {"code": code, "hint": hint}
 
     def status(self) -> dict[str, dict]:
         statuses = {}

@@ -922,9 +922,9 @@ def _validator(explaining: bool):
     if explaining not in _VALIDATORS:
         schema = json.loads(MAPPING_SCHEMA.read_text(encoding="utf-8"))
         if explaining:
-            import jsonschema
+            from bridges.jsonschemas import explaining_validator
 
-            _VALIDATORS[explaining] = jsonschema.Draft202012Validator(schema)
+            _VALIDATORS[explaining] = explaining_validator(schema)
         else:
             import jsonschema_rs
 

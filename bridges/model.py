@@ -14,6 +14,7 @@ from bridges.timestamps import format_rfc3339
 
 DELTA = "delta"
 CUMULATIVE = "cumulative"
+MAX_COUNT = 2**63 - 1  # counts are 64-bit integers in the schema and at every backend
 
 
 def _quick_init(cls):

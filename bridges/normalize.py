@@ -107,9 +107,9 @@ class Normalizer:
 
     @cached_property
     def _explaining(self):
-        import jsonschema
+        from bridges.jsonschemas import explaining_validator
 
-        return jsonschema.Draft202012Validator(self.schema)
+        return explaining_validator(self.schema)
 
     @cached_property
     def _fast_batch(self):
@@ -228,6 +228,8 @@ def _message(error, item: object) -> str:
             "exactly one of gauge, counter, histogram, summary, aggregate is required"
             + (f"; found {', '.join(found)}" if found else "")
         )
+    if error.validator == "not" and error.schema.get("description"):  # our schema says it in words
+        return error.schema["description"]
     if path == ["name"] and error.validator == "pattern":
         return "a metric name must not be empty" if error.instance == "" else "a metric name must not contain control characters"
     if path == ["dt"] and error.validator == "anyOf":

@@ -27,7 +27,8 @@ from bridges.mapping import NO_RULE_MATCHED
 from bridges.model import Gauge, Metric
 from bridges.probe import FetchError, Fetched, TlsOptions, fetch
 from bridges.schedule import Schedule, ScheduleError
-from bridges.settings import Settings, SettingsError, scrub
+from bridges.masking import scrub
+from bridges.settings import Settings, SettingsError
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 EARLY_RUN_TOLERANCE = timedelta(milliseconds=500)

@@ -7,23 +7,9 @@ from __future__ import annotations
 import json
 
 from bridges.formats import media_type
+from bridges.masking import masked_headers
 from bridges.sinks.base import Request
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
-
-SECRET_HEADERS = ("authorization", "api-key", "x-api-key")
-
-
-def masked_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Header values that carry credentials become their scheme and ***."""
-    shown = {}
-    for name, value in headers.items():
-        if name.lower() in SECRET_HEADERS:
-            scheme, _, secret = value.partition(" ")
-            shown[name] = f"{scheme} ***" if secret else "***"
-        else:
-            shown[name] = value
-    return shown
-
 
 def readable_body(body: bytes, content_type: str) -> object:
     kind = media_type(content_type)

@@ -421,10 +421,10 @@ def _states(report: AttemptReport, count: int) -> dict[str, dict[int, str]]:
 
 @cache
 def _envelope_validator():
-    import jsonschema
+    from bridges.jsonschemas import explaining_validator
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    return explaining_validator(schema)
 
 
 def _check(validator, doc: object, where: str) -> None:

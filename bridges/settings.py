@@ -18,9 +18,12 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
+
+from bridges.masking import Secret
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
@@ -30,43 +33,6 @@ BACKEND_SINKS = ("dynatrace", "betterstack", "unleash", "azure_monitor", "promet
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message starts with the setting's name."""
-
-
-_SECRET_VALUES: set[str] = set()
-
-
-class Secret:
-    """A token that prints as *** wherever it ends up (logs, reprs, error messages)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-        if len(value) >= 4:
-            _SECRET_VALUES.add(value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-def scrub(text: str) -> str:
-    """Text from outside (a backend's error message) with any configured secret masked: some
-    servers echo the credentials they were sent."""
-    for value in _SECRET_VALUES:
-        if value in text:
-            text = text.replace(value, "***")
-    return text
 
 
 @dataclass(frozen=True)
@@ -135,11 +101,20 @@ def _table_name(text: str) -> str:
     return text.strip()
 
 
+class _Refused(ValueError):
+    """A value refused for a reason of its own; the value is never echoed (it may hold a password)."""
+
+
 def _url(text: str) -> str | None:
     text = text.strip()
     if not text:
         return None
     parts = urlsplit(text if "://" in text else "https://" + text)
+    if parts.username is not None or parts.password is not None:
+        # They would show wherever the URL does, and requests would send them as Basic auth
+        # in place of the sink's own token.
+        raise _Refused("a URL without credentials: user:password@ is refused; put the credential in the sink's "
+                       "token setting")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError
     return parts.geturl().rstrip("/")
@@ -164,25 +139,35 @@ def _dimensions(text: str) -> dict[str, str]:
     pairs = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
-        if not sep or not key.strip():
+        if not sep or not key.strip() or not part.isprintable():  # a control character would reach every line
             raise ValueError
         pairs[key.strip()] = value.strip()
     return pairs
 
 
-_RESOURCE_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/[^/]+/[^/]+/[^/]+(/[^/]+/[^/]+)*",
-                          re.IGNORECASE)
 _REGION = re.compile(r"[a-z0-9]{2,40}")
 
 
 def resource_id(text: str) -> str | None:
-    """An Azure resource id; a resource group or subscription cannot receive custom metrics."""
+    """An Azure resource id as the canonical schema defines ``azure.resource_id`` (one grammar for
+    this setting, the Azure route and every metric): a resource, not a resource group or
+    subscription, and nothing that would change the URL it becomes part of."""
     text = text.strip().rstrip("/")
     if not text:
         return None
-    if not _RESOURCE_ID.fullmatch(text):
+    if not _resource_id_validator().is_valid(text):
         raise ValueError
     return text
+
+
+@cache
+def _resource_id_validator():
+    import jsonschema_rs
+
+    from bridges.normalize import METRIC_SCHEMA
+
+    schema = json.loads(METRIC_SCHEMA.read_text(encoding="utf-8"))
+    return jsonschema_rs.validator_for(schema["$defs"]["azure"]["properties"]["resource_id"])
 
 
 def _region(text: str) -> str | None:
@@ -229,7 +214,7 @@ _EXPECTED = {
     _secret: "a token",
     _text: "text",
     _boolean: "true or false",
-    _dimensions: "key=value pairs separated by commas",
+    _dimensions: "key=value pairs separated by commas, without control characters",
     _sink_list: f"a comma list of {', '.join((OUTBOX, *BACKEND_SINKS))}",
     resource_id: "the id of an Azure resource (/subscriptions/.../resourceGroups/.../providers/...), "
                   "not a resource group or subscription",
@@ -444,6 +429,8 @@ def _parse(setting: Setting, text: str) -> object:
         )
     try:
         return setting.parse(text)
+    except _Refused as exc:
+        raise SettingsError(f"{setting.name}: expected {exc}") from None
     except ValueError:
         shown = "" if setting.secret else f", got {text!r}"
         raise SettingsError(f"{setting.name}: expected {_EXPECTED[setting.parse]}{shown}") from None

@@ -35,6 +35,8 @@ def parse_timestamp(value: object) -> int:
     if isinstance(value, float):
         if not math.isfinite(value) or value < 0:
             raise TimestampError("a numeric timestamp must be a finite, non-negative epoch time")
+        if value > MAX_TIME_NS / NS_PER_SECOND:  # checked first: 1e300 s in nanoseconds is no float
+            raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
         return _check_range(round(value * NS_PER_SECOND))
     if isinstance(value, str):
         return _check_range(_parse_string(value))

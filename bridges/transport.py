@@ -1,12 +1,14 @@
 """The one place that speaks HTTP to backends: a shared, pooled ``requests.Session`` per process.
 
 Every request has a timeout. A transport failure (refused, reset, timed out) comes back as a
-``Reply`` carrying the exception, so sinks classify it like any answer.
+``Reply`` carrying the exception, so sinks classify it like any answer. What a backend answers
+to a failed request reaches the sinks with the credentials masked (``bridges.masking``).
 """
 from __future__ import annotations
 
 import threading
 
+from bridges.masking import remember_headers, scrub, scrub_bytes
 from bridges.sinks.base import Reply, Request
 
 POOL_SIZE = 16
@@ -31,8 +33,11 @@ def shared_session():
 
 
 def send(session, request: Request, timeout_seconds: float) -> Reply:
+    """Send one request. The credentials it carries are remembered as secrets first, and an
+    answer other than 2xx comes back with every known secret masked: backends echo requests."""
     import requests
 
+    remember_headers(request.headers)
     try:
         response = session.request(
             request.method, request.url, headers=request.headers, data=request.body,
@@ -40,4 +45,7 @@ def send(session, request: Request, timeout_seconds: float) -> Reply:
         )
     except requests.RequestException as exc:
         return Reply(None, error=exc)
-    return Reply(response.status_code, response.headers, response.content)
+    if 200 <= response.status_code < 300:
+        return Reply(response.status_code, response.headers, response.content)
+    headers = {name: scrub(value, shapes=False) for name, value in response.headers.items()}
+    return Reply(response.status_code, headers, scrub_bytes(response.content, shapes=False))

@@ -9,15 +9,15 @@ neither (503), so the sender's retry is processed again.
 """
 from __future__ import annotations
 
-import json
 import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, Mapping
 from urllib.parse import parse_qs
 
 from bridges.formats import BodyError, Outcome, media_type
-from bridges.formats.canonical import may_hold_surrogates
-from bridges.settings import KEY_VAULT_PREFIX, Secret, environment
+from bridges.formats.canonical import load_json, may_hold_surrogates
+from bridges.masking import Secret
+from bridges.settings import KEY_VAULT_PREFIX, environment
 
 if TYPE_CHECKING:
     from bridges.core import Bridge, Reply
@@ -95,9 +95,10 @@ class Webhooks:
         rules = self.sources.get(source.lower())
         if rules is None:
             return Reply(404, {"error": f"no mapping rules for source {source!r}", "sources": sorted(self.sources)})
-        if len(body) > self.bridge.settings.max_body_bytes:
-            limit = self.bridge.settings.max_body_bytes
-            return Reply(413, {"error": f"the body is over the limit of {limit} bytes (BRIDGE_MAX_BODY_BYTES)"})
+        try:
+            body = self.bridge.inflate(body, headers.get("content-encoding"))
+        except BodyError as exc:
+            return Reply(exc.status, exc.to_json())
         if not self._authentic(rules, headers, body):
             return Reply(401, {"error": "unauthorized"})
         try:
@@ -165,14 +166,7 @@ def webhook_payload(body: bytes, content_type: str | None) -> object:
         if "payload" not in fields:
             raise BodyError(400, "a form-encoded webhook needs its JSON in the 'payload' field")
         body = fields["payload"][0].encode("utf-8")
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise BodyError(400, f"malformed JSON: {exc.msg}", line=exc.lineno, column=exc.colno, position=exc.pos) from None
-    except UnicodeDecodeError as exc:
-        raise BodyError(400, "the body is not valid UTF-8", position=exc.start) from None
-    except RecursionError:
-        raise BodyError(400, "the JSON is nested too deeply") from None
+    return load_json(body)
 
 
 def _status(outcome: Outcome) -> int:

@@ -13,7 +13,8 @@ from bridges import runtime
 from bridges.core import Bridge
 from bridges.delivery import Delivery
 from bridges.model import Gauge, Metric
-from bridges.settings import Secret, load_settings
+from bridges.masking import Secret
+from bridges.settings import load_settings
 from bridges.sinks import build_sinks
 from bridges.sinks.dynatrace import DynatraceSink
 from fakes.dynatrace import FakeDynatrace
@@ -178,7 +179,8 @@ def test_a_rejected_token_marks_the_sink_misconfigured_in_health(tmp_path):
     assert answer["delivery"]["dynatrace"]["rejected"] == 1
     health = bridge.health().body
     assert health["status"] == "degraded"
-    assert health["problems"] == ["dynatrace: Dynatrace answered 401: the token is wrong (misconfigured)"]
+    assert health["problems"] == ["dynatrace: http_401: the token is wrong (misconfigured)"]
+    assert health["sinks"]["dynatrace"]["misconfigured"] == {"code": "http_401", "hint": "the token is wrong (misconfigured)"}
 
 
 def test_partly_configured_sinks_are_named_in_health(tmp_path):
@@ -224,7 +226,9 @@ def test_without_a_token_metrics_wait_and_health_says_why(tmp_path):
     delivery = Delivery([NeedsToken("http://127.0.0.1:9", Secret(TOKEN))], Recorded())
     report = delivery.deliver([Metric("bridge.x", Gauge(1), time.time_ns())], time.time_ns())["dynatrace"]
     assert (report.pending, report.pending_reasons) == (1, ["no Entra token for https://monitoring.azure.com//.default: identity not found"])
-    assert delivery.status()["dynatrace"]["misconfigured"].startswith("no Entra token")
+    shown = delivery.status()["dynatrace"]["misconfigured"]
+    assert shown["code"] == "no_token" and shown["hint"].startswith("no Entra token: check")
+    assert "identity not found" not in json.dumps(shown)  # azure-identity's own words go to the log only
 
 
 def test_a_sink_that_works_again_is_no_longer_reported(tmp_path):

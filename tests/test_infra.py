@@ -716,3 +716,16 @@ def _find_resource(template: Template, kind_prefix: str):
     found = [body for _, kind, body in template.resources if kind.startswith(kind_prefix)]
     assert len(found) == 1, (template.path.name, kind_prefix, len(found))
     return found[0]
+
+
+def test_senders_can_be_restricted_to_their_published_ranges(main, module_templates):
+    """What the GitHub scheme cannot stop (a captured delivery resent under a new delivery id)
+    the network can: access restrictions to the senders' ranges, off unless given."""
+    assert main.value(main.params["allowedSenders"][0]) == []
+    assert _text(main.property(main.modules["app"][1], "params", "allowedSenders")) == "allowedSenders"
+    app = module_templates["function-app.bicep"]
+    site = app.property(_find_resource(app, "Microsoft.Web/sites@"), "properties", "siteConfig")
+    assert _text(app.property(site, "ipSecurityRestrictionsDefaultAction")) == "empty(allowedSenders) ? 'Allow' : 'Deny'"
+    rules = _text(app.property(site, "ipSecurityRestrictions"))
+    assert rules.startswith("[for (sender, index) in allowedSenders:") and "action: 'Allow'" in rules
+    assert "allowedSenders" in (ROOT / "README.md").read_text()  # and the README says when to use it

@@ -13,7 +13,7 @@ from bridges.formats import BodyError, Decoded, Outcome, Refused
 from bridges.formats import dynatrace
 from bridges.model import DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.normalize import Normalizer
-from bridges.settings import Secret
+from bridges.masking import Secret
 from bridges.sinks.dynatrace import DynatraceSink
 from conftest import NOW_NS, outbox_lines
 
@@ -182,7 +182,7 @@ def test_metadata_applies_wherever_it_is_and_the_first_of_a_key_and_kind_wins():
         ('my.metric,host=a"b 5', "invalid dimension value for 'host': a double quote must be escaped"),
         ('my.metric,host="a"b 5', "invalid dimension value for 'host': unexpected 'b' after the closing quote"),
         ("my.metric,host=a\\", "invalid dimension value for 'host': it ends in a lone backslash"),
-        ("my.metric," + ",".join(f"d{i}=v" for i in range(51)) + " 1", "too many dimensions (51): at most 50 are allowed"),
+        ("my.metric," + ",".join(f"d{i}=v" for i in range(51)) + " 1", "too many dimensions (more than 50): at most 50"),
         ("#my.metric gauge", "invalid metadata line"),
         ("#my.metric histogram dt.meta.unit=ms", "unknown payload format 'histogram'"),
         ("#my.metric gauge dt.meta.colour=red", "invalid metadata property 'dt.meta.colour'"),
@@ -201,6 +201,22 @@ def test_refused_lines(line, reason):
 def test_reasons_stay_short_for_huge_lines():
     decoded = decode("x" * 100_000 + " 1")
     assert len(decoded.refused[0].message) < 200
+
+
+def test_a_line_past_50000_characters_is_refused_by_its_length_before_it_is_read():
+    huge = "my.metric" + "".join(f",d{i}=v" for i in range(2_500_000)) + " 1"  # 26 MB, 2.5 million dimensions
+    decoded = decode("ok.metric 1\n" + huge + "\n" + "x" * 50_001)
+    assert len(decoded.items) == 1
+    assert [r.message for r in decoded.refused] == [
+        f"the line is {len(huge)} characters long: at most 50000 are allowed",
+        "the line is 50001 characters long: at most 50000 are allowed"]
+
+
+def test_reading_a_line_stops_at_the_51st_dimension():
+    """Refused as soon as the limit is passed: what follows is never read, however much it is."""
+    line = "my.metric" + "".join(f",d{i}=v" for i in range(51)) + ',BAD="never read' + " 1"
+    [refused] = decode(line).refused
+    assert refused.message == "too many dimensions (more than 50): at most 50 are allowed"
 
 
 def test_points_that_read_but_are_not_valid_metrics_are_left_to_the_normalizer():

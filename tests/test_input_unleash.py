@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bridges.formats import BodyError, Outcome, Refused, unleash
 from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.normalize import Normalizer
-from bridges.settings import Secret
+from bridges.masking import Secret
 from bridges.sinks.unleash import UnleashSink
 from conftest import NOW_NS, outbox_lines
 
@@ -345,3 +345,13 @@ def _mutate(document, path: list[int], replacement):
 def test_fuzz_mutated_valid_bodies(case, path, replacement):
     fmt, document = case
     _decodes_or_refuses(fmt, json.dumps(_mutate(document, path, replacement)).encode())
+
+
+def test_a_help_text_longer_than_a_description_is_cut_not_refused():
+    """Found by tests/test_sink_roundtrip.py: the sink's help is the description (up to 1,024
+    characters) plus `` [unit]``; a unit the reader cannot split off (it holds a bracket) left the
+    whole help as the description, over the canonical limit, and the sample was refused."""
+    metric = Metric("queue_depth", Gauge(3), AT, description="d" * 1024, unit="[items]")
+    [read] = sent_and_read([metric], "impact")
+    assert read.description == "d" * 1024 and read.unit is None
+    assert read.point == Gauge(3)

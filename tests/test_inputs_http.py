@@ -92,13 +92,28 @@ def test_a_delivery_that_cannot_be_kept_is_a_503_in_the_vendors_shape(settings_e
 
 
 CONTENT_TYPES = st.sampled_from([None, "text/plain", "application/json", "application/x-ndjson",
-                                 "application/x-protobuf", "application/msgpack", "text/html", "multipart/form-data"])
+                                 "application/x-protobuf", "application/msgpack", "text/html", "multipart/form-data",
+                                 ";;;\x7f", "application/json;", "text/plain; charset=\"x"]) | st.text(max_size=20)
 ENCODINGS = st.sampled_from([None, "gzip", "snappy", "br", "identity"])
 
 
+def _with_huge_integer(document: bytes) -> st.SearchStrategy[bytes]:
+    """A JSON body with an integer too long for Python put where a number or string was."""
+    return st.integers(4301, 6000).map(lambda digits: document.replace(b"1", b"7" * digits, 1))
+
+
+BODIES = st.binary(max_size=300) | st.sampled_from([
+    b'{"name": "m", "gauge": {"value": 1}}', b'{"metrics": [{"name": "m", "value": 1}]}',
+    b'{"appName": "a", "impactMetrics": [{"name": "m", "type": "gauge", "samples": [{"value": 1}]}]}',
+    b'{"time": "2026-11-22T09:59:00Z", "data": {"baseData": {"metric": "m", "series": [{"count": 1}]}}}',
+    b'{"alerts": [{"status": "firing", "labels": {"alertname": "1"}}]}']).flatmap(
+    lambda document: st.just(document) | _with_huge_integer(document)).flatmap(
+    lambda body: st.just(body) | st.sampled_from([gzip.compress(body), gzip.compress(body) * 2,
+                                                  gzip.compress(body) + b"\x00"]))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(route=st.sampled_from(sorted(ROUTES)), body=st.binary(max_size=300), content_type=CONTENT_TYPES,
-       encoding=ENCODINGS)
+@given(route=st.sampled_from(sorted(ROUTES)), body=BODIES, content_type=CONTENT_TYPES, encoding=ENCODINGS)
 def test_any_body_on_any_route_is_a_2xx_or_a_4xx_with_a_json_body(bridge, route, body, content_type, encoding):
     headers = {k: v for k, v in (("Content-Type", content_type), ("Content-Encoding", encoding)) if v}
     response = post(route, body, **headers)
@@ -114,3 +129,86 @@ def test_json_shaped_garbage_is_refused_with_a_json_reason(bridge, route):
         assert 200 <= response.status_code < 500
         if response.status_code >= 400:
             assert isinstance(answer_of(response), dict), (route, body)
+
+
+LONG = b"9" * 5000  # more digits than Python turns into an int
+BIG_INTEGER_BODIES = {  # route -> (body with a 5,000-digit integer, content type)
+    "metrics": (b'[{"name": "m", "gauge": {"value": 1}},\n {"name": "n", "gauge": {"value": ' + LONG + b"}}]",
+                "application/json"),
+    "client/metrics/custom": (b'{"metrics": [{"name": "m", "value": ' + LONG + b"}]}", "application/json"),
+    "client/metrics": (b'{"appName": "a", "instanceId": ' + LONG + b"}", "application/json"),
+    f"azure/{RESOURCE}/metrics": (b'{"time": "2026-11-22T09:59:00Z", "data": ' + LONG + b"}", "application/json"),
+    "webhooks/alertmanager": (b'{"alerts": [], "groupKey": ' + LONG + b"}", "application/json"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(BIG_INTEGER_BODIES))
+def test_an_integer_too_long_for_python_is_a_400_naming_its_position_on_every_json_route(bridge, route):
+    body, content_type = BIG_INTEGER_BODIES[route]
+    response = post(route, body, **{"Content-Type": content_type})
+    assert response.status_code == 400, response.get_body()
+    said = json.dumps(answer_of(response))
+    position = body.index(LONG)
+    assert "more than 4300 digits" in said and f"position {position}" in said
+
+
+def test_an_ndjson_line_with_a_long_integer_names_its_line_and_column(bridge):
+    body = b'{"name": "m", "gauge": {"value": 1}}\n{"name": "n", "gauge": {"value": -' + LONG + b"}}\n"
+    response = post("metrics", body, **{"Content-Type": "application/x-ndjson"})
+    assert response.status_code == 400
+    column = body.split(b"\n")[1].index(b"-") + 1
+    assert answer_of(response) == {"error": f"the number at line 2, column {column} has more than 4300 digits",
+                                   "line": 2, "column": column}
+
+
+GZIP_ROUTES = {  # route -> (a body in two parts, its content type), each part naming one metric m1, m2
+    "metrics": (b'{"name": "m1", "gauge": {"value": 1}}\n', b'{"name": "m2", "gauge": {"value": 2}}\n',
+                "application/x-ndjson"),
+    "v2/metrics/ingest": (b"shop.m1 1\n", b"shop.m2 2\n", "text/plain"),
+    "client/metrics/custom": (b'{"metrics": [{"name": "m1", "value": 1},', b' {"name": "m2", "value": 2}]}',
+                              "application/json"),
+    f"azure/{RESOURCE}/metrics": (
+        b'{"time": "2026-11-22T09:59:00Z", "data": {"baseData": {"metric": "m1", "namespace": "Shop", '
+        b'"series": [{"min": 1, "max": 1, "sum": 1, "count": 1}]}}}\n',
+        b'{"time": "2026-11-22T09:59:00Z", "data": {"baseData": {"metric": "m2", "namespace": "Shop", '
+        b'"series": [{"min": 2, "max": 2, "sum": 2, "count": 1}]}}}\n', "application/x-ndjson"),
+}
+
+
+@pytest.mark.parametrize("route", sorted(GZIP_ROUTES))
+def test_every_member_of_a_multi_member_gzip_body_is_read(bridge, route):
+    first, second, content_type = GZIP_ROUTES[route]
+    body = gzip.compress(first) + gzip.compress(second)  # what `cat a.gz b.gz` makes
+    response = post(route, body, **{"Content-Type": content_type, "Content-Encoding": "gzip"})
+    assert 200 <= response.status_code < 300, response.get_body()
+    assert {line["name"].removeprefix("shop.") for line in outbox_lines(bridge)} == {"m1", "m2"}
+
+
+def test_a_webhook_in_a_multi_member_gzip_body_is_read_whole(bridge):
+    alert = {"status": "firing", "labels": {"alertname": "Down", "severity": "page"}, "annotations": {},
+             "startsAt": "2026-11-22T09:58:00Z", "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "1"}
+    document = json.dumps({"version": "4", "status": "firing", "receiver": "bridge", "groupKey": "g",
+                           "alerts": [alert]}).encode()
+    half = len(document) // 2
+    response = post("webhooks/alertmanager", gzip.compress(document[:half]) + gzip.compress(document[half:]),
+                    **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 202, response.get_body()
+    assert {line["name"] for line in outbox_lines(bridge)} == {"alertmanager.alerts", "alertmanager.alert.firing"}
+
+
+@pytest.mark.parametrize("route", sorted(set(ROUTES) - {"v1/write"}))
+def test_data_after_the_last_gzip_member_is_a_400(bridge, route):
+    body = gzip.compress(b'{"name": "m", "gauge": {"value": 1}}') + b"trailing garbage"
+    response = post(route, body, **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 400, (route, response.get_body())
+    assert "not gzip" in json.dumps(answer_of(response))
+    assert outbox_lines(bridge) == []
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("content_type", [";;;\x7f", "json", "application/json; charset", "/", "text/plain;\x00"])
+def test_a_content_type_that_is_not_a_media_type_is_a_415(bridge, route, content_type):
+    response = post(route, b'{"name": "m", "gauge": {"value": 1}}', **{"Content-Type": content_type})
+    assert response.status_code == 415, (route, response.get_body())
+    assert "not a media type" in json.dumps(answer_of(response)) or route.startswith(("client", "v1", "v2"))
+    assert outbox_lines(bridge) == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import azure.functions as func
 import msgpack
@@ -11,9 +12,26 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from bridges.triggers.http import ingest_metrics
 from conftest import NOW_NS, use_bridge
 
-CONTENT_TYPES = ["application/json", "application/x-ndjson", "application/msgpack", None, "text/plain"]
+CONTENT_TYPES = ["application/json", "application/x-ndjson", "application/msgpack", None, "text/plain",
+                 ";;;\x7f", "application/json; charset", "json"]
+
+
+class HugeInteger:
+    """An integer of more digits than Python reads (4,300): written into JSON text by ``dumps``."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def dumps(document: object) -> bytes:
+    """JSON text of a generated document, its HugeIntegers written out as digits."""
+    text = json.dumps(document, default=lambda huge: f"@@huge{huge.digits}@@")
+    return re.sub(r'"@@huge(\d+)@@"', lambda m: "7" * int(m.group(1)), text).encode()
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    | st.integers(4301, 6000).map(HugeInteger),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=30,
 )
@@ -41,9 +59,11 @@ def _answer(body: bytes, content_type: str | None) -> None:
 @given(document=json_values | st.lists(metric_like, max_size=4) | metric_like, content_type=st.sampled_from(CONTENT_TYPES))
 def test_arbitrary_json(tmp_path, document, content_type):
     use_bridge({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox")})
-    _answer(json.dumps(document).encode(), content_type)
+    _answer(dumps(document), content_type)
+    if content_type == "application/x-ndjson" and isinstance(document, list):
+        _answer(b"\n".join(dumps(item) for item in document), content_type)
     try:
-        packed = msgpack.packb(document)
+        packed = msgpack.packb(document, default=lambda huge: None)
     except OverflowError:  # integers beyond 64 bits have no MessagePack form
         return
     _answer(packed, "application/msgpack")

@@ -14,7 +14,8 @@ from bridges.model import Gauge, Metric
 from bridges.queues import SqliteQueue
 from bridges.retry import DeadLetter, Envelope, EnvelopeError, envelopes_for, metrics_of
 from bridges.retrying import RetryWorker
-from bridges.settings import Secret, load_settings
+from bridges.masking import Secret
+from bridges.settings import load_settings
 from bridges.sinks.dynatrace import DynatraceSink
 from conftest import use_bridge
 from fakes.dynatrace import FakeDynatrace

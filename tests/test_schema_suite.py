@@ -8,12 +8,13 @@ import jsonschema
 import jsonschema_rs
 import pytest
 
+from bridges.jsonschemas import explaining_validator
 from bridges.normalize import METRIC_SCHEMA, Normalizer
 from conftest import NOW_NS
 
 SUITE = Path(__file__).parent / "testdata" / "schema"
 SCHEMA = json.loads(METRIC_SCHEMA.read_text())
-PYTHON_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+PYTHON_VALIDATOR = explaining_validator(SCHEMA)  # the one the bridge explains errors with
 RUST_VALIDATOR = jsonschema_rs.Draft202012Validator(SCHEMA)
 NORMALIZER = Normalizer()
 

@@ -122,6 +122,39 @@ def test_tokens_never_show_in_settings_or_their_errors():
     assert settings.unleash_api_token.reveal() == "very-secret-token"
 
 
+@pytest.mark.parametrize("name, url", [
+    ("DYNATRACE_URL", "https://admin:pa55w0rd@abc.live.dynatrace.com"),
+    ("BETTERSTACK_URL", "https://pa55w0rd@s1.eu-nbg-2.betterstackdata.com"),
+    ("UNLEASH_URL", "https://admin:pa55w0rd@unleash.example.com"),
+    ("AZURE_MONITOR_ENDPOINT", "https://u:pa55w0rd@usgovarizona.monitoring.azure.us"),
+    ("PROMETHEUS_REMOTE_WRITE_URL", "https://u:pa55w0rd@dce.eastus-1.metrics.ingest.monitor.azure.com/x"),
+])
+def test_credentials_in_a_sink_url_are_refused_naming_the_setting_and_never_shown(tmp_path, name, url):
+    from bridges.core import Bridge
+
+    sink_settings = {"DYNATRACE_API_TOKEN": "dt0c01.X", "BETTERSTACK_SOURCE_TOKEN": "bs-token", "UNLEASH_API_TOKEN": "ul",
+                     "AZURE_MONITOR_RESOURCE_ID": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Web/sites/a"}
+    env = {**sink_settings, name: url, "BRIDGE_OUTBOX_DIR": str(tmp_path)}
+    settings = load_settings(env)
+    [problem] = [p for p in settings.sink_problems if name in p]
+    assert f"{name}: expected a URL without credentials" in problem
+    health = json.dumps(Bridge(settings).health().body)
+    assert "pa55w0rd" not in health + problem and "admin" not in health
+    with pytest.raises(SettingsError, match=f"{name}: expected a URL without credentials") as caught:
+        load_settings({**env, "BRIDGE_SINKS": problem.split(":", 1)[0]})
+    assert "pa55w0rd" not in str(caught.value)
+
+
+def test_render_refuses_a_sink_whose_url_holds_credentials():
+    done = subprocess.run([sys.executable, "-m", "bridges", "render", "--sink", "dynatrace", "-"], cwd=ROOT,
+                          input=b'{"name": "m", "gauge": {"value": 1}}', capture_output=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "DYNATRACE_URL": "https://admin:pa55w0rd@abc.live.dynatrace.com",
+                               "DYNATRACE_API_TOKEN": "dt0c01.X"})
+    assert done.returncode != 0
+    assert b"DYNATRACE_URL: expected a URL without credentials" in done.stderr
+    assert b"pa55w0rd" not in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("target", ["/subscriptions/0000", "/subscriptions/0000/resourceGroups/rg"])
 def test_resource_groups_and_subscriptions_cannot_receive_custom_metrics(target):
     env = {"AZURE_MONITOR_RESOURCE_ID": target, "AZURE_MONITOR_REGION": "westeurope"}
@@ -143,3 +176,11 @@ def test_azure_sinks_are_enabled_by_their_settings():
     assert sovereign.enabled_sinks == ("azure_monitor",)  # the endpoint stands in for the region
     assert load_settings({"AZURE_MONITOR_RESOURCE_ID": resource}).sink_problems == (
         "azure_monitor: AZURE_MONITOR_REGION is not set",)
+
+
+def test_default_dimensions_with_a_control_character_are_refused_at_start_up():
+    env = {"DYNATRACE_URL": "https://abc.live.dynatrace.com", "DYNATRACE_API_TOKEN": "dt0c01.X",
+           "DYNATRACE_DEFAULT_DIMENSIONS": "env=prod\nevil.injected 1"}
+    assert load_settings(env).sink_problems == (
+        "dynatrace: DYNATRACE_DEFAULT_DIMENSIONS: expected key=value pairs separated by commas, without control "
+        "characters, got 'env=prod\\nevil.injected 1'",)

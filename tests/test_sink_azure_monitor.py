@@ -15,7 +15,7 @@ from azure.core.credentials import AccessToken
 from bridges import transport
 from bridges.auth import process_credential
 from bridges.delivery import Delivery
-from bridges.model import AzureTarget, Gauge, Metric
+from bridges.model import Aggregate, AzureTarget, Gauge, Metric
 from bridges.settings import load_settings
 from bridges.sinks.azure_monitor import MAX_BODY_BYTES, STATUS_OUTCOMES, AzureMonitorSink, metric_name
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
@@ -175,7 +175,8 @@ FORBIDDEN = (b'{"error":{"code":"AuthenticationFailed","message":"The Azure AD o
         (Scripted(500), Retry("Azure Monitor answered 500", None)),
         (Scripted(413), Resend("Azure Monitor answered 413: request too large", split=True)),
         (Scripted(404, body=b'{"error":{"code":"ResourceNotFound","message":"not found"}}'),
-         Drop("Azure Monitor answered 404: no such resource or endpoint (not found)", misconfigured=True)),
+         Drop("Azure Monitor answered 404: no such resource or endpoint (not found)", misconfigured=True,
+              hint="no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and AZURE_MONITOR_ENDPOINT")),
     ],
     ids=["429", "503", "500", "413", "404"],
 )
@@ -270,3 +271,29 @@ def test_without_any_region_a_metric_must_name_its_own():
     assert [r.url for r in encoded.requests] == [f"https://eastus.monitoring.azure.com{OTHER}/metrics"]
     assert [(r.index, r.reason.split(" (")[0]) for r in encoded.rejected] == [(0, "no Azure region for the resource")]
     assert sink.status()["endpoint"] == "monitoring.azure.com"
+
+
+def test_a_sum_beyond_the_largest_number_is_refused_not_sent_as_infinity():
+    """Found by tests/test_sink_roundtrip.py: two huge points of one series and minute summed to
+    ``Infinity``, which is not JSON, so Azure would refuse the whole body."""
+    now = now_ns()
+    huge = [Metric("big", Gauge(1.7e308), now), Metric("big", Gauge(1.7e308), now), Metric("big", Gauge(-1.0), now)]
+    encoded = AzureMonitorSink(RESOURCE, "westeurope", StaticCredential()).encode(huge, now)
+    assert [(r.index, r.reason) for r in encoded.rejected] == [
+        (1, "its sum with the other points of its series in this minute is too large for a number")]
+    [document] = body_lines(encoded.requests[0])
+    assert document["data"]["baseData"]["series"][0]["sum"] == 1.7e308 - 1.0
+    assert encoded.requests[0].items == (0, 2)
+
+
+def test_a_count_merged_beyond_64_bits_is_refused_not_sent():
+    """Found by tests/test_sink_roundtrip.py once counts were bounded to 64 bits: two points of
+    one series and minute, each within the bound, summed beyond it."""
+    now = now_ns()
+    half = Aggregate(1, 1, float(2**62), 2**62)
+    points = [Metric("many", half, now), Metric("many", half, now), Metric("many", Aggregate(1, 1, 1, 1), now)]
+    encoded = AzureMonitorSink(RESOURCE, "westeurope", StaticCredential()).encode(points, now)
+    assert [(r.index, r.reason) for r in encoded.rejected] == [
+        (1, "its count with the other points of its series in this minute is beyond a 64-bit integer")]
+    [document] = body_lines(encoded.requests[0])
+    assert document["data"]["baseData"]["series"][0]["count"] == 2**62 + 1

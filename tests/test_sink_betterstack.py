@@ -15,7 +15,8 @@ import requests
 
 from bridges.model import CUMULATIVE, Counter, Gauge, Metric
 from bridges.normalize import Normalizer
-from bridges.settings import Secret, load_settings
+from bridges.masking import Secret
+from bridges.settings import load_settings
 from bridges.sinks.base import Delivered, Drop, Reply, Request, Resend, Retry
 from bridges.sinks.betterstack import STATUS_OUTCOMES, BetterStackSink, metrics_url
 from bridges.transport import send
@@ -359,3 +360,16 @@ def test_fake_enforces_the_contract(path, headers, body, status, shared_fake, se
                      413: "payload reached size limit"}
     if status in expected_text:
         assert response.text == expected_text[status]
+
+
+def test_a_count_beyond_msgpack_integers_is_refused_not_a_crash():
+    """Found by tests/test_sink_roundtrip.py: the schema bounds no count, and packing 2^64 raised
+    OverflowError out of encode, failing the whole batch for this sink."""
+    from bridges.model import Histogram
+
+    metrics = [Metric("big", Histogram(2**64, 1.0, ()), NOW_NS), Metric("ok", Gauge(1), NOW_NS)]
+    encoded = BetterStackSink("http://127.0.0.1", Secret(TOKEN)).encode(metrics, NOW_NS)
+    assert [(r.index, r.reason) for r in encoded.rejected] == [(0, "a count too large for MessagePack (at most 2^64 - 1)")]
+    assert [r.items for r in encoded.requests] == [(1,)]
+    as_json = BetterStackSink("http://127.0.0.1", Secret(TOKEN), "json").encode(metrics, NOW_NS)
+    assert [r.items for r in as_json.requests] == [(0, 1)]  # JSON has no such limit

@@ -8,8 +8,9 @@ import pytest
 import requests
 
 from bridges import transport
-from bridges.model import Counter, Gauge, Metric
-from bridges.settings import Secret
+from bridges.formats import dynatrace as dynatrace_format
+from bridges.model import Bucket, Counter, Gauge, Histogram, Metric
+from bridges.masking import Secret
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
 from bridges.sinks.dynatrace import STATUS_OUTCOMES, DynatraceSink, dimension_key, dimension_value, metric_key, number
 from golden import cases, check_case
@@ -126,8 +127,10 @@ def test_more_than_ten_invalid_lines_are_counted_without_detail():
         (Scripted(503, {"Retry-After": "120"}), Retry("Dynatrace answered 503", 120.0)),
         (Scripted(500), Retry("Dynatrace answered 500", None)),
         (Scripted(413), Resend("Dynatrace answered 413: request too large")),
-        (Scripted(404), Drop("Dynatrace answered 404: the ingest URL is wrong (misconfigured)", misconfigured=True)),
-        (Scripted(403), Drop("Dynatrace answered 403: the token lacks metrics.ingest (misconfigured)", misconfigured=True)),
+        (Scripted(404), Drop("Dynatrace answered 404: the ingest URL is wrong (misconfigured)", misconfigured=True,
+                             hint="the ingest URL is wrong (misconfigured)")),
+        (Scripted(403), Drop("Dynatrace answered 403: the token lacks metrics.ingest (misconfigured)", misconfigured=True,
+                             hint="the token lacks metrics.ingest (misconfigured)")),
     ],
     ids=["429", "503", "500", "413", "404", "403"],
 )
@@ -149,7 +152,8 @@ def test_status_table_covers_every_listed_status():
 
 def test_a_wrong_token_is_refused_by_the_receiver_and_dropped_as_misconfigured(fake):
     _, outcome = exchange(DynatraceSink(fake.url, Secret("dt0c01.WRONG")), gauges(1))
-    assert outcome == Drop("Dynatrace answered 401: the token is wrong (misconfigured)", misconfigured=True)
+    assert outcome == Drop("Dynatrace answered 401: the token is wrong (misconfigured)", misconfigured=True,
+                           hint="the token is wrong (misconfigured)")
 
 
 def test_connection_reset_and_timeout_retry(fake):
@@ -167,3 +171,85 @@ def test_oneagent_local_endpoint_sends_no_token():
         assert outcome == Delivered()
         assert "authorization" not in receiver.received[0].headers
         assert receiver.received[0].path == "/metrics/ingest"
+
+
+# --- issue 13, defect 1: no text of a metric can break a line -----------------------------
+
+INJECTED = "x\nevil.injected,host=prod gauge,999999"
+LINE_BREAKS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"]
+
+
+def _read_back(encoded):
+    """Each request's body as the bridge's own Dynatrace input reads it, and as text."""
+    for request in encoded.requests:
+        yield request, dynatrace_format.decode(request.body, request.headers["Content-Type"], {}, 10**6), request.body.decode()
+
+
+@pytest.mark.parametrize("description", [INJECTED, INJECTED + "\n#victim.metric gauge dt.meta.unit=x\ny"])
+def test_a_description_cannot_inject_lines(description):
+    """Issue 13, defect 1: a description's newline went out unescaped, so a sender could add any
+    line (here ``evil.injected,host=prod gauge,999999``) for any key and dimension."""
+    metric = Metric("victim.metric", Gauge(1), NOW_NS, description=description)
+    encoded = DynatraceSink("http://dt.local", Secret(TOKEN)).encode([metric], NOW_NS)
+    [(request, decoded, text)] = _read_back(encoded)
+    assert decoded.refused == []
+    assert [item["name"] for item in decoded.items] == ["victim.metric"]
+    assert decoded.skipped == {"metadata lines": 1}
+    assert "evil.injected" not in [line.split(",")[0] for line in text.split("\n")]
+    assert decoded.items[0]["description"].startswith("x_evil.injected")
+    assert encoded.conversions["description control characters replaced"] == 1
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS, ids=repr)
+def test_no_text_of_a_metric_can_break_a_line(brk):
+    """Description, unit, tag keys and values, and the name: every line break any reader may
+    split on (str.splitlines, Dynatrace's own) is replaced, and counted where it was data."""
+    metric = Metric(f"victim{brk}metric", Counter(2, "delta"), NOW_NS, ((f"ho{brk}st", f"a{brk}b"), ("zone", '"q\\')),
+                    unit=f"m{brk}s", description=f"d{brk}e")
+    sink = DynatraceSink("http://dt.local", Secret(TOKEN), default_dimensions={"env": f"p{brk}d"})
+    encoded = sink.encode([metric], NOW_NS)
+    [(request, decoded, text)] = _read_back(encoded)
+    assert len(text.splitlines()) == len(request.lines) == 2  # metadata and data: nothing else
+    assert decoded.refused == []
+    [item] = decoded.items
+    assert item["tags"] == {"ho_st": "a_b", "zone": '"q\\', "env": "p_d"}
+    assert (item["unit"], item["description"]) == ("m_s", "d_e")
+    replaced = [f"{field} control characters replaced" for field in ("description", "unit", "dimension value")]
+    assert {name: encoded.conversions[name] for name in replaced} == dict.fromkeys(replaced, 1)
+
+
+@pytest.mark.parametrize("text", ["x" * 249 + "\\", "x" * 248 + '"', "\\" * 300, '"' * 300])
+def test_cut_descriptions_and_values_never_end_in_a_dangling_escape(text):
+    metric = Metric("cut.metric", Gauge(1), NOW_NS, (("tag", text),), description=text)
+    encoded = DynatraceSink("http://dt.local", Secret(TOKEN)).encode([metric], NOW_NS)
+    [(request, decoded, _)] = _read_back(encoded)
+    assert decoded.refused == [] and len(decoded.items) == 1
+    [item] = decoded.items
+    assert text.startswith(item["tags"]["tag"]) and text.startswith(item["description"])
+
+
+def test_a_unit_ending_in_a_space_keeps_its_metadata_line_readable():
+    """Unquoted, ``dt.meta.unit=ms\\ `` ended its line in an escaped space, which a reader that
+    trims lines turns into a dangling backslash: the metadata line was refused."""
+    metric = Metric("unit.metric", Gauge(1), NOW_NS, unit="ms ")
+    encoded = DynatraceSink("http://dt.local", Secret(TOKEN)).encode([metric], NOW_NS)
+    [(request, decoded, text)] = _read_back(encoded)
+    assert decoded.refused == [] and decoded.items[0]["unit"] == "ms "
+    assert text.split("\n")[0] == '#unit.metric gauge dt.meta.unit="ms "'
+
+
+def test_suffixed_keys_of_long_names_stay_within_255_characters():
+    """Found by tests/test_sink_roundtrip.py: a 250-character key became a 257-character
+    ``<key>_bucket``, which Dynatrace refuses."""
+    name = "a" * 255
+    metrics = [Metric(name, Histogram(1, 2.0, (Bucket(1.0, 1),)), NOW_NS), Metric(name, Gauge(1), NOW_NS)]
+    [(request, decoded, _)] = _read_back(DynatraceSink("http://dt.local", Secret(TOKEN)).encode(metrics, NOW_NS))
+    assert decoded.refused == []
+    assert [item["name"] for item in decoded.items] == ["a" * 248 + "_count", "a" * 248 + "_sum", "a" * 248 + "_bucket",
+                                                        "a" * 248 + "_bucket", "a" * 250]
+
+
+def test_dimension_keys_longer_once_lower_cased_are_cut_after():
+    """Found by tests/test_sink_roundtrip.py: ``"İ".lower()`` is two characters, so a key cut to
+    100 before lower-casing came out at up to 200 (over Dynatrace's 100 and the schema's 128)."""
+    assert dimension_key("İ" * 100) == "i_" * 50

@@ -191,8 +191,9 @@ def test_accepted_series_reach_the_receiver(sink, fake):
     assert received["authorization"] == f"Bearer mi-token.1.{AUDIENCE}"
 
 
-ROLE_DROP = ("Prometheus receiver answered {}: the token was refused: the identity needs Monitoring Metrics Publisher "
+ROLE_HINT = ("the token was refused: the identity needs Monitoring Metrics Publisher "
              "on the data collection rule; a new role assignment can take up to 30 minutes to apply (misconfigured)")
+ROLE_DROP = "Prometheus receiver answered {}: " + ROLE_HINT
 
 
 @pytest.mark.parametrize(
@@ -201,7 +202,7 @@ ROLE_DROP = ("Prometheus receiver answered {}: the token was refused: the identi
         (Scripted(429, {"Retry-After": "7"}), Retry("Prometheus receiver answered 429", 7.0)),
         (Scripted(503, {"Retry-After": "120"}), Retry("Prometheus receiver answered 503", 120.0)),
         (Scripted(500), Retry("Prometheus receiver answered 500", None)),
-        (Scripted(403), Drop(ROLE_DROP.format(403), misconfigured=True)),
+        (Scripted(403), Drop(ROLE_DROP.format(403), misconfigured=True, hint=ROLE_HINT)),
         (Scripted(413, body=b"too big"), Drop("Prometheus receiver answered 413: too big")),
         (Scripted(200), Delivered()),
     ],
@@ -223,7 +224,7 @@ def test_400_splits_several_metrics_and_drops_one_alone(sink, fake):
 def test_the_receiver_contract_refuses_what_the_sink_must_not_send(identity, fake):
     metric = [Metric("bridge_test_x", Gauge(1), now_ns())]
     no_token = PrometheusSink(fake.write_url, None)
-    assert exchange(no_token, metric)[1] == Drop(ROLE_DROP.format(401), misconfigured=True)
+    assert exchange(no_token, metric)[1] == Drop(ROLE_DROP.format(401), misconfigured=True, hint=ROLE_HINT)
     bare_host = PrometheusSink(fake.url + "/api/v1/write", None)
     assert exchange(bare_host, metric)[1].misconfigured
     wrong = PrometheusSink(fake.write_url, None)

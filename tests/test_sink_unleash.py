@@ -16,7 +16,8 @@ import requests
 from bridges import transport
 from bridges.delivery import Delivery
 from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Summary
-from bridges.settings import Secret, load_settings
+from bridges.masking import Secret
+from bridges.settings import load_settings
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
 from bridges.sinks.unleash import (
     CUSTOM_PATH, IMPACT_PATH, MAX_SERIES, STATUS_OUTCOMES, UnleashSink, base_url, custom_name, impact_name,

@@ -5,6 +5,7 @@ Every decoder reports a body it cannot use as ``BodyError`` with the HTTP status
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -75,25 +76,62 @@ class Outcome:
 Answer = tuple[int, Optional[dict], dict]
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
+_PARAMETER = re.compile(rf'{_TOKEN}[ \t]*=[ \t]*(?:{_TOKEN}|"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*")')
+MAX_GZIP_MEMBERS = 1000
+_GZIP_PIECE = 65536  # input fed to zlib at a time: what it copies per call stays small
+
+
 def media_type(content_type: str | None) -> str:
-    """'Application/JSON; charset=utf-8' -> 'application/json'."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+    """'Application/JSON; charset=utf-8' -> 'application/json'; '' when none was sent.
+
+    A Content-Type that is not ``type/subtype`` with well-formed parameters (RFC 9110 8.3)
+    raises BodyError 415 rather than being read as a missing one."""
+    if content_type is None or not content_type.strip():
+        return ""
+    kind, *parameters = content_type.split(";")
+    kind = kind.strip(" \t")
+    if not _MEDIA_TYPE.fullmatch(kind) or not all(
+            _PARAMETER.fullmatch(p.strip(" \t")) for p in parameters if p.strip(" \t")):
+        shown = content_type if len(content_type) <= 80 else content_type[:80] + "…"
+        raise BodyError(415, f"the Content-Type {shown!r} is not a media type (type/subtype[; name=value])")
+    return kind.lower()
 
 
 def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """Undo a gzip Content-Encoding without ever holding more than ``max_bytes`` decoded bytes."""
+    """Undo a gzip Content-Encoding without ever holding more than ``max_bytes`` decoded bytes.
+
+    Every member is read, as ``gzip -d`` does (``cat a.gz b.gz`` is one valid gzip body), up
+    to MAX_GZIP_MEMBERS; anything after the last member that is not gzip is refused."""
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip"):
         raise BodyError(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none")
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise BodyError(400, f"the gzip body cannot be decompressed: {exc}") from None
-    if len(data) > max_bytes:
-        raise BodyError(413, f"the decompressed body is over the limit of {max_bytes} bytes")
-    if not inflater.eof:
-        raise BodyError(400, "the gzip body is truncated")
-    return data
+    if not body:
+        raise BodyError(400, "the gzip body is empty")
+    view = memoryview(body)
+    parts: list[bytes] = []
+    size = position = members = 0
+    while position < len(body):
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise BodyError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        start = position
+        while not inflater.eof and position < len(body):
+            piece = view[position:position + _GZIP_PIECE]
+            try:
+                data = inflater.decompress(piece, max_bytes - size + 1)
+            except zlib.error as exc:
+                what = "cannot be decompressed" if members == 1 else f"has data after member {members - 1} that is not gzip"
+                raise BodyError(400, f"the gzip body {what}: {exc}", position=start) from None
+            size += len(data)
+            if size > max_bytes:
+                raise BodyError(413, f"the decompressed body is over the limit of {max_bytes} bytes")
+            parts.append(data)
+            position += len(piece) - len(inflater.unused_data) - len(inflater.unconsumed_tail)
+        if not inflater.eof:
+            raise BodyError(400, "the gzip body is truncated", position=start)
+    return b"".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Iterable
 
 from bridges.formats import BodyError, Decoded, media_type
@@ -72,6 +73,30 @@ def load_json(data: bytes, line: int | None = None) -> object:
         raise BodyError(400, "the body is not valid UTF-8", position=exc.start, **where) from None
     except RecursionError:
         raise BodyError(400, "the JSON is nested too deeply", **where) from None
+    except ValueError:  # only Python's limit on the digits of an integer is left to raise this
+        where = _long_number_position(data, line)
+        at = ", ".join(f"{name} {value}" for name, value in where.items())
+        raise BodyError(400, f"the number at {at} has more than {MAX_INTEGER_DIGITS} digits", **where) from None
+
+
+MAX_INTEGER_DIGITS = sys.get_int_max_str_digits() or 4300
+# Strings are skipped whole, so that digits inside them are never taken for a number.
+_STRING_OR_LONG_NUMBER = re.compile(
+    rb'"(?:[^"\\]|\\.)*"|(?<![0-9.eE+-])(-?[0-9]{%d,})(?![0-9.eE])' % (MAX_INTEGER_DIGITS + 1), re.DOTALL)
+
+
+def _long_number_position(data: bytes, line: int | None) -> dict:
+    """Where the first integer too long for Python starts, as the JSON error positions are given."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    for match in _STRING_OR_LONG_NUMBER.finditer(data):
+        if match.group(1) is not None:
+            start = match.start(1)
+            column = start - data.rfind(b"\n", 0, start)
+            if line is not None:
+                return {"line": line, "column": column}
+            return {"line": data.count(b"\n", 0, start) + 1, "column": column, "position": start}
+    return {} if line is None else {"line": line}
 
 
 def _load_ndjson(body: bytes) -> list:

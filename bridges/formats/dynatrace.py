@@ -27,10 +27,13 @@ give the unit and description of that key's gauge or count lines anywhere in the
 first metadata line of a key and kind wins, as in Dynatrace); the display name has no place in
 the canonical model and is dropped. They count as valid lines and in ``skipped``.
 
-Refused here, with reasons worded as Dynatrace words them: keys that break the key rules
-(sections of ``[A-Za-z0-9_-]`` not starting with a digit or hyphen, 3 to 255 characters) or
-start with the reserved ``dt.``, dimension keys outside lower-case ``[a-z0-9_:.-]``, more than 50
-dimensions, unreadable values, numbers that are NaN, infinite or out of range. The rest (a
+Refused here, with reasons worded as Dynatrace words them: lines over 50,000 characters, keys
+that break the key rules (sections of ``[A-Za-z0-9_-]`` not starting with a digit or hyphen, 3
+to 255 characters) or start with the reserved ``dt.``, dimension keys outside lower-case
+``[a-z0-9_:.-]``, more than 50 dimensions, unreadable values, numbers that are NaN, infinite or
+out of range. A limit is checked as soon as it is passed (a line's length before it is read,
+the 51st dimension before the rest of the line), so refusing a hostile body costs time in
+proportion to its size, never more. The rest (a
 negative delta, count 0, min > max) is left to the Normalizer, which words it for the field.
 
 Every non-empty line is exactly one item, one refusal or one metadata line, so the pipeline's
@@ -55,6 +58,7 @@ MEDIA_TYPES = ("text/plain", "")
 EMPTY_REQUEST = "empty request"
 METADATA_LINES = "metadata lines"
 MAX_DIMENSIONS = 50
+MAX_LINE_CHARS = 50_000  # the serialized line limit of Dynatrace's own client libraries (CONTRACTS 3.4)
 MAX_LISTED_ERRORS = 10
 NS_PER_MS = 1_000_000
 
@@ -133,8 +137,8 @@ def parse_line(line: str) -> DataLine:
             raise LineError(f"invalid dimension key {_shown(name)}: only lower-case letters, digits and - . : _ are allowed")
         dimensions.setdefault(name, value)
         count += 1
-    if count > MAX_DIMENSIONS:
-        raise LineError(f"too many dimensions ({count}): at most {MAX_DIMENSIONS} are allowed")
+        if count > MAX_DIMENSIONS:  # refused at once: the rest of the line is never read
+            raise LineError(f"too many dimensions (more than {MAX_DIMENSIONS}): at most {MAX_DIMENSIONS} are allowed")
     parts = [part for part in re.split(r"[ \t]+", line[position:]) if part]
     if not parts:
         raise LineError(f"missing payload after metric key {_shown(key)}")
@@ -218,8 +222,13 @@ def _pair(text: str, position: int, what: str) -> tuple[str, str, int]:
         raise LineError(f"invalid {what} value for {_shown(name)}: {problem}")
     value = quoted if quoted is not None else bare
     if "\\" in value:
-        value = _ESCAPED.sub(r"\1", value)
+        value = _ESCAPED.sub(_escaped_character, value)
     return name, value, end
+
+
+def _escaped_character(match: re.Match) -> str:
+    """What a backslash escape stands for (a function: a template would be parsed per call)."""
+    return match.group(1)
 
 
 def _shown(text: str) -> str:
@@ -288,6 +297,8 @@ def decode(body: bytes, content_type: str | None, params: Mapping[str, str], max
         if not line:
             continue
         try:
+            if len(line) > MAX_LINE_CHARS:
+                raise LineError(f"the line is {len(line)} characters long: at most {MAX_LINE_CHARS} are allowed")
             if line.startswith("#"):
                 described = parse_metadata(line)
                 metadata.setdefault((described.key, described.payload_format), described.fields)

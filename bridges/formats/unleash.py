@@ -22,8 +22,9 @@ wrote them as (``_count``, ``_sum``, ``_bucket{le}``, ``{quantile}``, ``_min``, 
   ``{"le": number or "+Inf", "count"}``, the ``+Inf`` one holding the count) one **histogram**
   of that interval, with per-bucket counts. Label values may be strings or numbers (the schema
   allows both); numbers become their text. Origin ``impactMetrics[i].samples[j]``.
-- ``help`` is the description; a trailing ``" [unit]"`` is the unit, and a help text equal to the
-  name is no description (how the bridge's sink writes a metric without one).
+- ``help`` is the description (cut to the canonical 1,024 characters, as remote-write's is); a
+  trailing ``" [unit]"`` is the unit, and a help text equal to the name is no description (how
+  the bridge's sink writes a metric without one).
 - ``bucket.toggles`` (``{feature: {"yes", "no", "variants": {variant: n}}}``, the evaluations of
   the interval) become **delta counters** ``unleash_feature_evaluations`` with tags ``feature``,
   ``result`` (``yes``/``no``) and ``unleash_feature_variant_evaluations`` with tags ``feature``
@@ -63,6 +64,7 @@ EVALUATIONS = "unleash_feature_evaluations"
 VARIANT_EVALUATIONS = "unleash_feature_variant_evaluations"
 IMPACT_TYPES = ("counter", "gauge", "histogram")
 MAX_UNIT_CHARS = 64  # the canonical schema's limit: a longer "[...]" stays in the description
+MAX_DESCRIPTION_CHARS = 1024  # the canonical schema's limit: longer help text is cut, not refused
 _ERROR_NAMES = {400: "BadDataError", 413: "ContentTooLargeError", 415: "ContentTypeError", 503: "ServiceUnavailableError"}
 _HELP_WITH_UNIT = re.compile(r"(.*) \[([^\[\]]+)\]", re.DOTALL)
 # Where a canonical field came from in an Unleash entry (validation errors name canonical pointers).
@@ -293,7 +295,7 @@ def _described(help_text: object, name: object) -> dict:
     if match and len(match[2]) <= MAX_UNIT_CHARS:
         help_text, out["unit"] = match[1], match[2]
     if help_text and help_text != name:
-        out["description"] = help_text
+        out["description"] = help_text[:MAX_DESCRIPTION_CHARS]
     return out
 
 

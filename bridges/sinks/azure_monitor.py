@@ -39,7 +39,9 @@ the others are dropped and counted. Empty values are dropped (counted); dimensio
 256 characters are dropped and values over 256 characters truncated (both counted).
 Time: only points inside [now - 20 min, now + 4 min] are sent (the documented 20 minutes past
 intersected with the 4 minutes ahead the service enforces); others are refused locally.
-``time`` is the start of the point's minute, RFC 3339 UTC with ``Z``.
+``time`` is the start of the point's minute, RFC 3339 UTC with ``Z``. A point that would make
+its series' sum for the minute overflow to infinity, which JSON cannot carry, or its count past
+a 64-bit integer, is refused locally.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from typing import Sequence
 from urllib.parse import urlsplit
 
 from bridges.auth import TokenSource, custom_metrics_scope, process_credential
-from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric
+from bridges.model import MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric
 from bridges.sinks.base import (
     Delivered,
     Drop,
@@ -161,6 +163,12 @@ class AzureMonitorSink:
             current = series.get(values)
             if current is None:
                 series[values] = [low, high, total, count, [index]]
+            elif not math.isfinite(current[2] + total):  # JSON has no infinity: Azure would refuse the body
+                encoded.rejected.append(Rejection(index, "its sum with the other points of its series in this "
+                                                         "minute is too large for a number"))
+            elif current[3] + count > MAX_COUNT:  # Azure counts in 64 bits
+                encoded.rejected.append(Rejection(index, "its count with the other points of its series in this "
+                                                         "minute is beyond a 64-bit integer"))
             else:
                 current[0] = min(current[0], low)
                 current[1] = max(current[1], high)
@@ -267,12 +275,16 @@ class AzureMonitorSink:
         code, message = _error(reply.body)
         if status == 400:
             if code == "RegionMismatch":
-                return Drop(f"Azure Monitor answered 400 RegionMismatch: {message}", misconfigured=True)
+                return Drop(f"Azure Monitor answered 400 RegionMismatch: {message}", misconfigured=True,
+                            hint="the resource is in another region: set AZURE_MONITOR_REGION (or the metric's "
+                                 "azure.region) to the resource's region")
             return Drop(f"Azure Monitor answered 400: {message}")
         if status in (401, 403):
-            return Drop(f"Azure Monitor answered {status} ({code or 'no code'}: {message}); {ROLE_HINT}", misconfigured=True)
+            return Drop(f"Azure Monitor answered {status} ({code or 'no code'}: {message}); {ROLE_HINT}", misconfigured=True,
+                        hint=ROLE_HINT)
         if status == 404:
-            return Drop(f"Azure Monitor answered 404: no such resource or endpoint ({message})", misconfigured=True)
+            return Drop(f"Azure Monitor answered 404: no such resource or endpoint ({message})", misconfigured=True,
+                        hint="no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and AZURE_MONITOR_ENDPOINT")
         if status == 413:
             return Resend("Azure Monitor answered 413: request too large")
         if status == 429 or status >= 500:

@@ -12,8 +12,9 @@ Outcomes:
   the ``metrics`` given to ``encode``), with reasons; the rest are delivered and never resent.
 - ``Retry(reason, after)``: nothing was taken, try again later (``after`` seconds if the
   backend said so).
-- ``Drop(reason, misconfigured)``: nothing was taken and trying again cannot help; when the
-  cause is our configuration (a bad token), health reports the sink as misconfigured.
+- ``Drop(reason, misconfigured, hint)``: nothing was taken and trying again cannot help; when
+  the cause is our configuration (a bad token), health reports the sink as misconfigured with
+  the HTTP status and the hint (never the backend's own text, which may echo credentials).
 - ``Resend(reason, split)``: send the same metrics again now, re-encoded: in halves when the
   backend found the request too large (``split``), or whole after the sink changed how it
   encodes (Unleash switching endpoints).
@@ -100,8 +101,12 @@ class Retry:
 
 @dataclass(frozen=True)
 class Drop:
+    """``reason`` may quote the backend (masked, for the answer and the log); ``hint``, set when
+    ``misconfigured``, is in our own words only, for the anonymous health page."""
+
     reason: str
     misconfigured: bool = False
+    hint: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ How canonical metrics are said (each lossy conversion is counted in ``Encoded.co
 - ``dt``: MessagePack's timestamp extension (exact to the nanosecond) in msgpack bodies, RFC
   3339 UTC text with up to nine fraction digits in JSON and NDJSON bodies.
 
-Points older than 15 minutes or more than 5 minutes ahead of ``now_ns`` are refused locally
-(both bounds inclusive): Better Stack documents points up to 15 minutes old, and what it
-does with older ones (or ones from the future) is not documented.
+In msgpack bodies, a metric with a count of 2^64 or more (MessagePack's integers end there) is
+refused locally. Points older than 15 minutes or more than 5 minutes ahead of ``now_ns`` are
+refused locally (both bounds inclusive): Better Stack documents points up to 15 minutes old,
+and what it does with older ones (or ones from the future) is not documented.
 Requests are packed greedily in order, which for an ordered split gives the fewest requests;
 sizes are measured on the real encoded bytes.
 """
@@ -45,7 +46,7 @@ from bridges.sinks.base import (
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 if TYPE_CHECKING:
-    from bridges.settings import Secret
+    from bridges.masking import Secret
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,11 @@ class BetterStackSink:
             if metric.time_ns > newest:
                 encoded.rejected.append(Rejection(index, "more than 5 minutes in the future: check the sender's clock"))
                 continue
-            data = pack_one(_metric_object(metric, encoded.conversions, self.body_format))
+            try:
+                data = pack_one(_metric_object(metric, encoded.conversions, self.body_format))
+            except OverflowError:  # MessagePack's integers end at 2**64 - 1; the schema bounds no count
+                encoded.rejected.append(Rejection(index, "a count too large for MessagePack (at most 2^64 - 1)"))
+                continue
             if _framed_size(frame, 1, len(data)) > limit:
                 encoded.rejected.append(Rejection(index, f"{len(data)} bytes encoded: over the {limit}-byte "
                                                          "request limit on its own"))
@@ -170,9 +175,9 @@ class BetterStackSink:
         if kind is Retry:
             return Retry(f"HTTP {status}{said}", retry_after_seconds(reply.headers))
         if status == 403:
-            return Drop(f"HTTP 403: Better Stack refused the source token, or the source does not take metrics "
-                        f"(check BETTERSTACK_SOURCE_TOKEN and that the source is a metrics source){said}",
-                        misconfigured=True)
+            hint = ("Better Stack refused the source token, or the source does not take metrics "
+                    "(check BETTERSTACK_SOURCE_TOKEN and that the source is a metrics source)")
+            return Drop(f"HTTP 403: {hint}{said}", misconfigured=True, hint=hint)
         if status == 406:
             log.error(
                 "betterstack answered HTTP 406%s to a %s request of %d metrics (%d bytes): the bridge sent a body "
@@ -182,7 +187,8 @@ class BetterStackSink:
             return Drop(f"HTTP 406: Better Stack could not parse the body (a bridge bug){said}")
         if 300 <= status < 400:
             return Drop(f"HTTP {status}: redirected to {reply.headers.get('Location', '?')}; "
-                        "set BETTERSTACK_URL to the ingesting host", misconfigured=True)
+                        "set BETTERSTACK_URL to the ingesting host", misconfigured=True,
+                        hint="redirected: set BETTERSTACK_URL to the source's ingesting host")
         return Drop(f"HTTP {status}{said}")
 
 

@@ -17,11 +17,24 @@ Every conversion that loses a type is counted in the report.
 
 Normalization follows the protocol (and Dynatrace's own metric-utils libraries): keys made of
 ``[A-Za-z0-9_-]`` sections, sections not starting with a digit (the server refuses them, though
-the libraries allow it), 3 to 255 characters, ``dt.`` reserved; dimension keys lower-case
-``[a-z0-9_:-]`` sections of at most 100 characters; values at most 250 characters with control
-characters replaced and ``= , space \\ "`` escaped. At most 50 dimensions a line: the metric's
-own tags in key order, then the default dimensions; the rest are dropped and counted. Points
-outside [now - 1 h, now + 10 min] are refused locally.
+the libraries allow it), 3 to 255 characters (names cut to 250 first, as the libraries do; for
+histograms and summaries to 248, so that ``<key>_bucket`` fits), ``dt.`` reserved; dimension
+keys lower-case ``[a-z0-9_:-]`` sections of at most 100 characters; values at most 250
+characters with ``= , space \\ "`` escaped. At most 50 dimensions a line: the metric's own tags in key order,
+then the default dimensions; the rest are dropped and counted. Points outside
+[now - 1 h, now + 10 min] are refused locally.
+
+No text of a metric can add or break a line. Keys and dimension keys keep only the characters
+above (the prefix too, as part of the key). A line break cannot be escaped in the protocol, so
+in dimension values (default dimensions included), the unit and the description every run of
+characters of Unicode category C (``\\n``, ``\\r`` and every other control, format, private-use or
+unassigned character) or a line or paragraph separator (U+2028, U+2029, on which other line
+readers break) becomes one ``_``, counted as "<field> control characters replaced" for each
+point (not for default dimensions, which are configuration). Metadata values go quoted
+(``dt.meta.unit="ms",dt.meta.description="..."``, only ``"`` and ``\\`` escaped, as the protocol
+asks: an unquoted unit ending in an escaped space would end its line in a backslash once a
+reader trims the line). Values and the description are cut to 250 characters, and a cut never
+leaves a dangling backslash that would escape the closing quote or the next separator.
 """
 from __future__ import annotations
 
@@ -29,7 +42,9 @@ import json
 import logging
 import re
 import unicodedata
+from collections import Counter as TallyCounter
 from functools import lru_cache
+from itertools import groupby
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -54,6 +69,9 @@ NS_PER_MS = 1_000_000
 MAX_LINES = 1000
 MAX_LINE_CHARS = 50_000
 MAX_DIMENSIONS = 50
+MAX_VALUE_CHARS = 250  # dimension values and the description
+MAX_KEY_CHARS = 255
+LONGEST_SUFFIX = "_bucket"  # of the keys a histogram or summary becomes
 PAST_WINDOW_MS = 60 * 60 * 1000
 FUTURE_WINDOW_MS = 10 * 60 * 1000
 INGEST_PATH = "/api/v2/metrics/ingest"
@@ -62,7 +80,13 @@ _KEY_SECTION_START = re.compile(r"^[^A-Za-z_]+")
 _KEY_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
 _DIM_SECTION_START = re.compile(r"^[^a-z_]+")
 _DIM_INVALID = re.compile(r"[^a-z0-9_:-]+")
-_VALUE_ESCAPE = re.compile(r'([= ,\\"])')
+_VALUE_ESCAPE = re.compile(r'([= ,\\"])')  # in unquoted values, as Dynatrace's libraries write them
+_QUOTED_ESCAPE = re.compile(r'([\\"])')  # in quoted values, as the protocol says
+# Characters a line cannot hold, escaped or not: Unicode category C (controls, format,
+# surrogates, private use, unassigned; \n and \r among them) and the line and paragraph
+# separators, on which str.splitlines and other line readers break a line.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+CONTROLS_REPLACED = "{} control characters replaced"
 
 # What each answer means; classify() reads this table and a test walks it.
 STATUS_OUTCOMES = {
@@ -95,21 +119,34 @@ def metric_key(name: str) -> str | None:
 @lru_cache(maxsize=4096)
 def dimension_key(key: str) -> str | None:
     sections = []
-    for section in key[:100].lower().split("."):
+    for section in key.lower()[:100].split("."):  # lower() may lengthen (İ -> i̇): cut after it
         section = _DIM_INVALID.sub("_", _DIM_SECTION_START.sub("_", section))
         if section:
             sections.append(section)
     return ".".join(sections) or None
 
 
-@lru_cache(maxsize=16384)
 def dimension_value(value: str) -> str:
-    value = value[:250]
-    if not value.isprintable():
-        value = re.sub("_+", "_", "".join("_" if unicodedata.category(c).startswith("C") else c for c in value))
-    escaped = _VALUE_ESCAPE.sub(r"\\\1", value)[:250]
-    trailing = len(escaped) - len(escaped.rstrip("\\"))
-    return escaped[:-1] if trailing % 2 else escaped
+    """A dimension value as written unquoted on a line (see ``escaped``)."""
+    return escaped(value)[0]
+
+
+@lru_cache(maxsize=16384)
+def escaped(value: str, quoted: bool = False) -> tuple[str, bool]:
+    """(the text of a value on a line, whether characters had to be replaced): cut to 250
+    characters, each run of characters no line can hold replaced by one ``_``, ``= , space \\ "``
+    escaped (only ``\\ "`` for a quoted value), cut to 250 again without leaving a dangling
+    backslash, which would escape what follows."""
+    cut = value[:MAX_VALUE_CHARS]
+    safe = cut if cut.isprintable() else "".join(
+        "_" if unsafe else "".join(run) for unsafe, run in groupby(cut, key=_unsafe))
+    text = (_QUOTED_ESCAPE if quoted else _VALUE_ESCAPE).sub(r"\\\1", safe)[:MAX_VALUE_CHARS]
+    trailing = len(text) - len(text.rstrip("\\"))
+    return (text[:-1] if trailing % 2 else text), safe != cut
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
 
 
 def number(value: float) -> str:
@@ -154,45 +191,52 @@ class DynatraceSink:
         encoded = Encoded()
         now_ms = now_ns // NS_PER_MS
         lines: list[tuple[int, str, str | None]] = []  # (metric index, line, its metadata line)
-        dimensions: dict = {}  # tags -> (pairs, dimension text): tags repeat across points
+        dimensions: dict = {}  # tags -> (pairs, dimension text, lost): tags repeat across points
         for index, metric in enumerate(metrics):
-            key = self._key(metric.name)
+            key = self._key(metric.name, suffixed=isinstance(metric.point, (Histogram, Summary)))
             problem = _refusal(key, metric.time_ns // NS_PER_MS, now_ms)
             if problem is None:
                 if metric.tags not in dimensions:
-                    dimensions[metric.tags] = self._dimensions(metric.tags, encoded)
-                metric_lines = self._lines(key, metric, dimensions[metric.tags], encoded)
+                    dimensions[metric.tags] = self._dimensions(metric.tags)
+                *kept, lost = dimensions[metric.tags]
+                encoded.conversions.update(lost)
+                metric_lines = self._lines(key, metric, kept, encoded)
                 if any(len(line) > MAX_LINE_CHARS for line in metric_lines):
                     problem = f"a line is longer than {MAX_LINE_CHARS} characters"
             if problem is not None:
                 encoded.rejected.append(Rejection(index, problem))
                 continue
-            metadata = self._metadata_line(key, metric)
+            metadata = self._metadata_line(key, metric, encoded)
             lines += [(index, line, metadata) for line in metric_lines]
         encoded.requests = self._pack(lines)
         return encoded
 
-    def _key(self, name: str) -> str | None:
-        key = metric_key(f"{self.prefix}.{name}" if self.prefix else name)
-        return key if key and len(key) <= 255 else None
+    def _key(self, name: str, suffixed: bool = False) -> str | None:
+        """The key for a name; for ``suffixed`` lines (histograms, summaries) short enough that
+        ``_bucket`` still fits in 255 characters."""
+        full = f"{self.prefix}.{name}" if self.prefix else name
+        key = metric_key(full[:MAX_KEY_CHARS - len(LONGEST_SUFFIX)] if suffixed else full)
+        return key if key and len(key) <= MAX_KEY_CHARS else None
 
-    def _dimensions(self, tags, encoded: Encoded) -> tuple[list[tuple[str, str]], str]:
-        """The (key, value) pairs kept for these tags, own tags first then defaults, and their text."""
-        pairs, seen, unusable = [], set(), 0
+    def _dimensions(self, tags) -> tuple[list[tuple[str, str]], str, TallyCounter]:
+        """The (key, value) pairs kept for these tags, own tags first then defaults, their text,
+        and what was lost on the way (counted for each point with these tags)."""
+        pairs, seen, lost = [], set(), TallyCounter()
         for raw_key, raw_value in tags:
             key = dimension_key(raw_key)
             if key is None or key in seen or raw_value == "":
-                unusable += 1
+                lost["dimensions dropped (empty, duplicate or unusable key)"] += 1
                 continue
             seen.add(key)
-            pairs.append((key, dimension_value(raw_value)))
-        if unusable:
-            encoded.conversions["dimensions dropped (empty, duplicate or unusable key)"] += unusable
+            value, replaced = escaped(raw_value)
+            if replaced:
+                lost[CONTROLS_REPLACED.format("dimension value")] += 1
+            pairs.append((key, value))
         pairs += [(k, v) for k, v in self.default_dimensions if k not in seen]
         if len(pairs) > MAX_DIMENSIONS:
-            encoded.conversions[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(pairs) - MAX_DIMENSIONS
+            lost[f"dimensions over {MAX_DIMENSIONS} dropped"] += len(pairs) - MAX_DIMENSIONS
             pairs = pairs[:MAX_DIMENSIONS]
-        return pairs, "".join(f",{k}={v}" for k, v in pairs)
+        return pairs, "".join(f",{k}={v}" for k, v in pairs), lost
 
     def _lines(self, key: str, metric: Metric, dimensions, encoded: Encoded) -> list[str]:
         pairs, dim_text = dimensions
@@ -222,16 +266,18 @@ class DynatraceSink:
                              f"gauge,{number(quantile.value)}{stamp}")
         return lines
 
-    def _metadata_line(self, key: str, metric: Metric) -> str | None:
+    def _metadata_line(self, key: str, metric: Metric, encoded: Encoded) -> str | None:
+        """``#key gauge|count dt.meta.unit=..,dt.meta.description=".."`` for a described metric."""
         if not self.metadata or not (metric.unit or metric.description) or isinstance(metric.point, (Histogram, Summary)):
             return None
         kind = "count" if isinstance(metric.point, Counter) and metric.point.temporality == "delta" else "gauge"
         fields = []
-        if metric.unit:
-            fields.append(f"dt.meta.unit={dimension_value(metric.unit)}")
-        if metric.description:
-            text = metric.description[:250].replace("\\", "\\\\").replace('"', '\\"')
-            fields.append(f'dt.meta.description="{text}"')
+        for name, text in (("unit", metric.unit), ("description", metric.description)):
+            if text:
+                value, replaced = escaped(text, quoted=True)
+                if replaced:
+                    encoded.conversions[CONTROLS_REPLACED.format(name)] += 1
+                fields.append(f'dt.meta.{name}="{value}"')
         return f"#{key} {kind} {','.join(fields)}"
 
     def _pack(self, lines: list[tuple[int, str, str | None]]) -> list[Request]:
@@ -280,7 +326,8 @@ class DynatraceSink:
         if 200 <= status < 300:
             return Delivered()
         if status in (401, 403, 404):
-            return Drop(f"Dynatrace answered {status}: {STATUS_OUTCOMES[status].split(': ', 1)[1]}", misconfigured=True)
+            hint = STATUS_OUTCOMES[status].split(": ", 1)[1]
+            return Drop(f"Dynatrace answered {status}: {hint}", misconfigured=True, hint=hint)
         if status == 413:
             return Resend("Dynatrace answered 413: request too large")
         if status == 429 or status >= 500:

@@ -269,8 +269,8 @@ class PrometheusSink:
                 return Resend(f"Prometheus receiver answered 400: {message}", split=True)
             return Drop(f"Prometheus receiver answered 400: {message}")
         if status in (401, 403, 404):
-            return Drop(f"Prometheus receiver answered {status}: {STATUS_OUTCOMES[status].split(': ', 1)[1]}",
-                        misconfigured=True)
+            hint = STATUS_OUTCOMES[status].split(": ", 1)[1]
+            return Drop(f"Prometheus receiver answered {status}: {hint}", misconfigured=True, hint=hint)
         if status == 429 or status >= 500:
             return Retry(f"Prometheus receiver answered {status}", retry_after_seconds(reply.headers))
         return Drop(f"Prometheus receiver answered {status}: {_text(reply.body)}")

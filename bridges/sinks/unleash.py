@@ -65,7 +65,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import urlsplit
 
-from bridges.model import CUMULATIVE, Aggregate, Counter, Gauge, Histogram, Metric, Summary
+from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Summary
 from bridges.sinks.base import (
     Delivered, Drop, Encoded, Limits, Outcome, Rejection, Reply, Request, Resend, Retry,
     retry_after_seconds, transport_outcome,
@@ -73,7 +73,7 @@ from bridges.sinks.base import (
 from bridges.timestamps import format_rfc3339
 
 if TYPE_CHECKING:
-    from bridges.settings import Secret
+    from bridges.masking import Secret
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,8 @@ def _problem(series: _Series, value: object = None) -> str | None:
             return f"{series.name}: histogram numbers must be finite"
         if count < 0 or (counts and min(counts) < 0):
             return f"{series.name}: histogram counts cannot be negative"
+        if count > MAX_COUNT:
+            return f"{series.name}: the histogram count of the request is beyond a 64-bit integer"
         return None
     if not math.isfinite(value):
         return f"{series.name}: the value is not a finite number"
@@ -520,7 +522,8 @@ class UnleashSink:
             return Resend("Unleash has no custom metrics endpoint (8.1 or later): sent as impact metrics instead",
                           split=False)
         if status in (401, 403, 404):
-            return Drop(f"Unleash answered {status}: {self._misconfiguration(status, request)}{said}", misconfigured=True)
+            hint = self._misconfiguration(status, request)
+            return Drop(f"Unleash answered {status}: {hint}{said}", misconfigured=True, hint=hint)
         if status == 413:
             return Resend(f"Unleash answered 413: the request is too large ({len(request.body)} bytes)", split=True)
         if status == 415:
@@ -531,8 +534,8 @@ class UnleashSink:
             return Retry(f"Unleash answered {status}{said}",
                          retry_after_seconds(reply.headers, "Retry-After", "RateLimit-Reset"))
         if 300 <= status < 400:
-            return Drop(f"Unleash answered {status}: redirected; set UNLEASH_URL to the server's own URL",
-                        misconfigured=True)
+            hint = "redirected: set UNLEASH_URL to the server's own URL"
+            return Drop(f"Unleash answered {status}: {hint}", misconfigured=True, hint=hint)
         return Drop(f"Unleash answered {status}{said or ': no details'}")
 
     def _misconfiguration(self, status: int, request: Request) -> str:

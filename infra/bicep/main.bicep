@@ -120,6 +120,11 @@ param secretSettings object = {}
 @description('Further plain app settings, name -> string, applied last (BRIDGE_LOCATION, DYNATRACE_METRIC_PREFIX, ...).')
 param extraSettings object = {}
 
+// ------------------------------------------------------------------ who may connect
+
+@description('Access restrictions: the only senders allowed to reach the app, as CIDR ranges (140.82.112.0/20) or service tags (AzureEventGrid, ActionGroup). They apply to every route, health included, so list every sender (GitHub publishes its webhook ranges as "hooks" at https://api.github.com/meta). Empty: no restriction; function keys and signatures still apply.')
+param allowedSenders array = []
+
 // ------------------------------------------------------------------ names
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -330,6 +335,7 @@ module app 'modules/function-app.bicep' = {
   params: {
     name: functionAppName
     planName: 'plan-${resourceToken}'
+    allowedSenders: allowedSenders
     location: location
     tags: tags
     serviceName: 'api'

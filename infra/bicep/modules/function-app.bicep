@@ -37,6 +37,9 @@ param maximumInstanceCount int = 100
 @description('Every app setting (name -> string); the template owns them all.')
 param appSettings object
 
+@description('Senders allowed to connect (CIDR ranges or service tags); empty: everyone.')
+param allowedSenders array = []
+
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
@@ -73,6 +76,15 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       alwaysOn: false
       minTlsVersion: '1.2'
+      // A range holds a '/'; anything else is a service tag such as AzureEventGrid.
+      ipSecurityRestrictions: [for (sender, index) in allowedSenders: {
+        name: 'sender-${index}'
+        priority: 100 + index
+        action: 'Allow'
+        ipAddress: sender
+        tag: contains(sender, '/') ? 'Default' : 'ServiceTag'
+      }]
+      ipSecurityRestrictionsDefaultAction: empty(allowedSenders) ? 'Allow' : 'Deny'
     }
     functionAppConfig: {
       deployment: {

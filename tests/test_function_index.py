@@ -25,6 +25,14 @@ def _keyed_post(route: str) -> list[dict]:
     ]
 
 
+def _anonymous_get(route: str) -> list[dict]:
+    return [
+        {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"], "authLevel": "ANONYMOUS",
+         "route": route},
+        {"direction": "OUT", "type": "http", "name": "$return"},
+    ]
+
+
 def test_every_function_and_its_bindings(indexed):
     assert {name: doc["bindings"] for name, doc in indexed.items()} == {
         "ingest_metrics": _keyed_post("metrics"),
@@ -34,11 +42,8 @@ def test_every_function_and_its_bindings(indexed):
         "ingest_unleash_client": _keyed_post("client/metrics"),
         "ingest_azure_monitor": _keyed_post("azure/{*resourceId}"),
         "webhook": _keyed_post("webhooks/{source}"),
-        "health": [
-            {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET"],
-             "authLevel": "ANONYMOUS", "route": "health"},
-            {"direction": "OUT", "type": "http", "name": "$return"},
-        ],
+        "health": _anonymous_get("health"),
+        "openapi_document": _anonymous_get("openapi.json"),
         "retry_deliveries": [
             {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": "%BRIDGE_RETRY_QUEUE%",
              "connection": "AzureWebJobsStorage"},

@@ -1,11 +1,15 @@
-"""HTTP-triggered functions: canonical ingest, each vendor format in, generic webhooks, health.
+"""HTTP-triggered functions: canonical ingest, each vendor format in, generic webhooks, health,
+and the OpenAPI document that describes them all.
 
-Every route but health needs a function key (the app's default auth level). The vendor routes
-take the path their clients already post to, so a client changes only its base URL.
+Every route but health and the OpenAPI document needs a function key (the app's default auth
+level). The vendor routes take the path their clients already post to, so a client changes only
+its base URL.
 """
 from __future__ import annotations
 
 import json
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -16,6 +20,7 @@ if TYPE_CHECKING:
     from bridges.core import Reply
 
 blueprint = func.Blueprint()
+OPENAPI_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"
 
 
 def to_response(reply: Reply) -> func.HttpResponse:
@@ -98,3 +103,15 @@ def webhook(req: func.HttpRequest) -> func.HttpResponse:
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Version, configured sinks and configuration problems, for probes and people."""
     return to_response(runtime.bridge().health())
+
+
+@cache
+def _openapi_document() -> bytes:
+    """schemas/openapi.json, read on the first request and kept for the process."""
+    return OPENAPI_PATH.read_bytes()
+
+
+@blueprint.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI 3.1 description of every HTTP function (schemas/openapi.json), for API tools."""
+    return func.HttpResponse(_openapi_document(), mimetype="application/json", charset="utf-8")

@@ -16,8 +16,6 @@ import time
 from typing import Callable
 from urllib.parse import urlsplit
 
-from bridges.masking import remember
-
 REFRESH_MARGIN_SECONDS = 300
 _CLOUD_SUFFIXES = (".azure.us", ".azure.cn")  # sovereign clouds; everything else is public Azure
 
@@ -88,7 +86,6 @@ class TokenSource:
         with self._lock:
             if self._token is None or self._token.expires_on - REFRESH_MARGIN_SECONDS <= self.clock():
                 self._token = self._fetch()
-                remember(self._token.token)  # masked wherever a backend echoes it
             return f"Bearer {self._token.token}"
 
     def authorize(self, request):

@@ -4,9 +4,9 @@ Backends echo what they were sent (an Authorization header in a 401 body, a sign
 redirect), so every text from outside is masked before anyone sees it: in replies, outcomes,
 logs, health and command output. Two mechanisms together:
 
-- Known values: every ``Secret`` read from the settings, every token the process obtains at
-  run time (Entra tokens) and every credential it sends (the value of each credential header
-  of each request, ``remember_headers``) is replaced by ``***`` wherever it appears.
+- Known values: every ``Secret`` read from the settings and every credential the process sends
+  (each credential header of each request, Entra tokens included: ``remember_headers``, called
+  by the transport before sending) is replaced by ``***`` wherever it appears.
 - Credential-shaped text is masked even when its value was never seen here: ``Bearer ...``,
   ``Basic ...``, ``Api-Token ...``, ``SharedAccessSignature ...``, JWTs, and ``sig=``, ``code=``,
   ``token=``, ``key=``-like parameters (query strings, connection strings).
@@ -24,6 +24,7 @@ MAX_RUNTIME_SECRETS = 1024  # tokens obtained at run time; the oldest are forgot
 
 _configured: set[str] = set()  # from the settings: kept for the life of the process
 _runtime: dict[str, None] = {}  # insertion-ordered: the oldest go first
+_known: tuple[str, ...] = ()  # both, longest first (a secret that contains another is masked whole)
 _lock = threading.Lock()
 _CREDENTIAL_TEXT = re.compile(
     r"(?i)\b(bearer|basic|api-token|sharedaccesssignature)(\s+)[^\s\"',;<>]+"
@@ -42,8 +43,10 @@ class Secret:
 
     def __init__(self, value: str):
         self._value = value
-        if len(value) >= MIN_SECRET_CHARS:
-            _configured.add(value)
+        if len(value) >= MIN_SECRET_CHARS and value not in _configured:
+            with _lock:
+                _configured.add(value)
+                _sort_known()
 
     def reveal(self) -> str:
         return self._value
@@ -68,6 +71,13 @@ def remember(value: str) -> None:
         _runtime[value] = None
         while len(_runtime) > MAX_RUNTIME_SECRETS:
             del _runtime[next(iter(_runtime))]
+        _sort_known()
+
+
+def _sort_known() -> None:
+    """Called with the lock held, when a secret is added: ``scrub`` only reads the result."""
+    global _known
+    _known = tuple(sorted({*_configured, *_runtime}, key=len, reverse=True))
 
 
 def remember_headers(headers: dict[str, str]) -> None:
@@ -81,10 +91,7 @@ def remember_headers(headers: dict[str, str]) -> None:
 def scrub(text: str, shapes: bool = True) -> str:
     """Outside text with every known secret masked and, with ``shapes``, every credential-shaped
     value too (without: a reply body stays readable for the sink that classifies it)."""
-    with _lock:
-        known = [*_configured, *_runtime]
-    known.sort(key=len, reverse=True)  # a secret that contains another is masked whole
-    for value in known:
+    for value in _known:
         if value in text:
             text = text.replace(value, MASK)
     return _CREDENTIAL_TEXT.sub(_masked_match, text) if shapes else text

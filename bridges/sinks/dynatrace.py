@@ -48,6 +48,7 @@ from itertools import groupby
 from typing import Sequence
 from urllib.parse import urlsplit
 
+from bridges.formats.dynatrace import MAX_DIMENSIONS, MAX_LINE_CHARS  # the protocol's limits, one place
 from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
 from bridges.sinks.base import (
     Delivered,
@@ -67,8 +68,6 @@ from bridges.sinks.base import (
 log = logging.getLogger(__name__)
 NS_PER_MS = 1_000_000
 MAX_LINES = 1000
-MAX_LINE_CHARS = 50_000
-MAX_DIMENSIONS = 50
 MAX_VALUE_CHARS = 250  # dimension values and the description
 MAX_KEY_CHARS = 255
 LONGEST_SUFFIX = "_bucket"  # of the keys a histogram or summary becomes

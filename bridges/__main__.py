@@ -203,12 +203,20 @@ def _mappings(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _send(args: argparse.Namespace) -> int:
+def _inline_bridge():
+    """A Bridge that delivers while the command waits, whatever BRIDGE_DELIVERY says: a person
+    at a terminal wants each sink's outcome, not a queue message."""
+    from dataclasses import replace
+
     from bridges.core import Bridge
     from bridges.settings import load_settings
 
+    return Bridge(replace(load_settings(), delivery="inline"))
+
+
+def _send(args: argparse.Namespace) -> int:
     body, content_type = _read_payload(args)
-    reply = Bridge(load_settings()).ingest(body, content_type, args.content_encoding)
+    reply = _inline_bridge().ingest(body, content_type, args.content_encoding)
     answer = reply.body
     if "error" in answer:
         print(f"error ({reply.status}): {answer['error']}", file=sys.stderr)
@@ -229,11 +237,9 @@ def _send(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from bridges.checks import table
-    from bridges.core import Bridge
     from bridges.formats.canonical import encode_ndjson
-    from bridges.settings import load_settings
 
-    bridge = Bridge(load_settings())
+    bridge = _inline_bridge()
     if not bridge.checks:
         print("error: no checks are declared: set BRIDGE_CHECKS_FILE or BRIDGE_CHECKS", file=sys.stderr)
         return 2
@@ -246,11 +252,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace) -> int:
-    from bridges.core import Bridge
     from bridges.formats.canonical import encode_ndjson
-    from bridges.settings import load_settings
 
-    bridge = Bridge(load_settings())
+    bridge = _inline_bridge()
     if not bridge.polled_sources:
         print("error: no sources are declared: set BRIDGE_SOURCES_FILE or BRIDGE_SOURCES", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, decomp
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
 from bridges.probe import Fetched, fetch
+from bridges.retry import MetricTooLarge
 from bridges.retrying import QueueHandoff
 from bridges.settings import Settings, SettingsError
 from bridges.sinks import build_sinks
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from bridges.webhooks import Webhooks
 
 RETRY_AFTER_SECONDS = 30
+STALE_QUEUE_SECONDS = 300  # health calls the delivery queue stuck when a message waited longer
 MAX_REPORTED_PROBLEMS = 100
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,16 @@ def _chosen(declared: list, names: Sequence[str], what: str) -> list:
     return [known[name] for name in names]
 
 
-def _unkept(exc: DeliveryError) -> str:
-    return f"accepted metrics could be neither delivered nor kept ({exc}); send again"
+def _unkept(exc: DeliveryError) -> Reply:
+    """503: the sender must send again (delivery is at-least-once)."""
+    return Reply(503, {"error": f"accepted metrics could be neither delivered nor kept ({exc}); send again"},
+                 {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _too_large(exc: MetricTooLarge, where: Callable[[int], str]) -> Reply:
+    """413: one metric cannot fit a delivery-queue message even alone; nothing was kept."""
+    return Reply(413, {"error": f"{where(exc.index)} is too large to keep for delivery (its tags and texts take "
+                                "more than a 64 KiB queue message even compressed); nothing was accepted"})
 
 
 class Bridge:
@@ -85,8 +95,12 @@ class Bridge:
         delivery: Delivery | None = None,
         normalizer: Normalizer | None = None,
         fetcher: Callable[..., Fetched] = fetch,
+        delivery_queue=None,
     ):
+        """``delivery_queue``: where accepted metrics wait when BRIDGE_DELIVERY is queued
+        (default: BRIDGE_DELIVERY_QUEUE on AzureWebJobsStorage, or the embedded SQLite queue)."""
         self.settings = settings
+        self._delivery_queue = delivery_queue
         self.clock = clock
         self.fetcher = fetcher  # the HTTP client of checks and polled sources
         self.delivery = delivery or Delivery(
@@ -139,7 +153,9 @@ class Bridge:
         try:
             answer["delivery"] = self._deliver(result.metrics, result.indexes.__getitem__, "ingest")
         except DeliveryError as exc:
-            return Reply(503, {"error": _unkept(exc)}, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return _unkept(exc)
+        except MetricTooLarge as exc:
+            return _too_large(exc, lambda i: f"the metric at /{result.indexes[i]}")
         return Reply(202, answer)
 
     def receive(self, fmt: InputFormat, body: bytes, content_type: str | None, content_encoding: str | None = None,
@@ -158,13 +174,13 @@ class Bridge:
             return Reply(*fmt.refuse(exc))
         outcome = self.process(decoded, _name(fmt))
         if isinstance(outcome, Reply):
-            status, answer, headers = fmt.refuse(BodyError(503, outcome.body["error"]))
+            status, answer, headers = fmt.refuse(BodyError(outcome.status, outcome.body["error"]))
             return Reply(status, answer, {**headers, **outcome.headers})
         return Reply(*fmt.answer(outcome))
 
     def process(self, decoded: Decoded, route: str) -> Outcome | Reply:
         """Validate decoded items and deliver the accepted ones; a 503 Reply when they could
-        be neither delivered nor kept."""
+        be neither delivered nor kept, 413 when one cannot be kept on the delivery queue."""
         result = self.normalizer.normalize(decoded.items, self.clock(), lambda i: "",
                                            check_unicode=decoded.may_hold_surrogates)
         problems = list(decoded.refused) + [
@@ -182,16 +198,34 @@ class Bridge:
             try:
                 outcome.delivery = self._deliver(result.metrics, lambda i: decoded.origin(result.indexes[i]), route)
             except DeliveryError as exc:
-                return Reply(503, {"error": _unkept(exc)}, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                return _unkept(exc)
+            except MetricTooLarge as exc:
+                return _too_large(exc, lambda i: f"the metric from {decoded.origin(result.indexes[i])}")
         return outcome
 
+    @property
+    def delivery_queue(self):
+        if self._delivery_queue is None:  # opened on first use: a timer with nothing to send never touches it
+            from bridges.queues import open_queue
+            from bridges.settings import environment
+
+            self._delivery_queue = open_queue(self.settings.delivery_queue, environment(), self.settings.state_dir)
+        return self._delivery_queue
+
     def _deliver(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
-        """Deliver to every sink; the per-sink reports, each rejection named by its origin."""
+        """Keep the metrics on the delivery queue (``{"queued": N}``), or with BRIDGE_DELIVERY
+        inline deliver to every sink: the per-sink reports, each rejection named by its origin."""
+        if self.settings.delivery == "queued":
+            from bridges.queued import enqueue
+
+            messages = enqueue(self.delivery_queue, metrics, self.clock())
+            log.info("%s: %d metrics queued for delivery in %d messages", route, len(metrics), messages)
+            return {"queued": len(metrics)}
         reports = self.delivery.deliver(metrics, self.clock())
-        self._observe(reports, len(metrics), route)
+        self.observe(reports, len(metrics), route)
         return {name: report.to_json(origin_of) for name, report in reports.items()}
 
-    def _observe(self, reports: dict, accepted: int, route: str) -> None:
+    def observe(self, reports: dict, accepted: int, route: str) -> None:
         """Log (and, with BRIDGE_SELF_METRICS, send) what each sink made of this request."""
         records = [
             selfmetrics.observation(name, report.seconds, accepted=accepted, delivered=report.delivered,
@@ -277,9 +311,37 @@ class Bridge:
                 problems.append(f"{name}: {sink.get('directory')} is not writable")
             if sink.get("misconfigured"):
                 problems.append(f"{name}: {sink['misconfigured']['code']}: {sink['misconfigured']['hint']}")
+        delivery = self.delivery_status(problems)
         answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
-                  "problems": problems, "retry": self.retry_status(), "webhooks": self._webhook_status(problems)}
+                  "problems": problems, "delivery": delivery, "retry": self.retry_status(),
+                  "webhooks": self._webhook_status(problems)}
         return Reply(200, answer)
+
+    def delivery_status(self, problems: list) -> dict:
+        """The delivery mode and, when queued, the delivery queue's depth and oldest message's
+        age; a message waiting longer than STALE_QUEUE_SECONDS is a problem (is the delivery
+        function running?), as is anything in its poison queue."""
+        from bridges.queued import queue_status
+        from bridges.queues import open_queue, poison_name
+        from bridges.settings import environment
+
+        if self.settings.delivery != "queued":
+            return {"mode": self.settings.delivery}
+        name = self.settings.delivery_queue
+        try:
+            poison = open_queue(poison_name(name), environment(), self.settings.state_dir)
+            status = queue_status(self.delivery_queue, poison, self.clock())
+        except ValueError as exc:  # e.g. an unresolved Key Vault reference in AzureWebJobsStorage
+            status = {"queue": name, "error": str(exc)}
+        if "error" in status:
+            problems.append(f"delivery queue {name}: {status['error']}")
+        elif status.get("oldest_seconds", 0) > STALE_QUEUE_SECONDS:
+            problems.append(f"delivery queue {name}: its oldest message has waited {status['oldest_seconds']:.0f} s "
+                            "(is the delivery function running?)")
+        if status.get("poison", {}).get("depth"):
+            problems.append(f"delivery queue {name}: {status['poison']['depth']} messages in {poison_name(name)} "
+                            "(python -m bridges deadletter list --delivery-poison)")
+        return {"mode": "queued", **status}
 
     def _webhook_status(self, problems: list) -> dict:
         from bridges.mapping import MappingError

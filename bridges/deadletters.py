@@ -5,7 +5,9 @@ Two queues hold what the retry path gave up on:
 - the dead-letter queue (``BRIDGE_DEADLETTER_QUEUE``): ``DeadLetter`` records, each an envelope
   with the reason it can never be delivered as things stand (bad token, too many attempts...);
 - the retry queue's poison queue (``<BRIDGE_RETRY_QUEUE>-poison``): raw envelopes the Functions
-  host parked after the retry function crashed on them ``maxDequeueCount`` times.
+  host parked after the retry function crashed on them ``maxDequeueCount`` times;
+- the delivery queue's poison queue (``<BRIDGE_DELIVERY_QUEUE>-poison``, ``--delivery-poison``):
+  accepted metrics the delivery function failed on as often; replayed to the delivery queue.
 
 Reading without changing anything: ``peek`` changes nothing but shows at most 32 messages on
 Azure. When a queue holds more, ``read_all`` receives every message (hidden for a short time, so
@@ -39,7 +41,7 @@ from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 PEEK_LIMIT = 32  # Azure's most messages per peek (and per receive)
 LIST_HIDE_SECONDS = 30  # how long a listing hides what it pages through before releasing it
 REPLAY_HIDE_SECONDS = 600  # how long a replay holds its records: long enough to send and delete them
-POISON_REASON = "poison (the retry function crashed on it)"
+POISON_REASON = "poison: its function failed on it maxDequeueCount times"
 REASON_WIDTH = 60
 
 
@@ -51,22 +53,29 @@ class RetryQueues:
     retry: Queue
     deadletter: Queue
     poison: Queue
+    delivery: Queue | None = None
+    delivery_poison: Queue | None = None
 
 
 def open_retry_queues(settings: Any, environ: Mapping[str, str], local_dir: Path | None = None) -> RetryQueues:
-    """The retry queue, the dead-letter queue and the retry queue's poison queue, as configured.
+    """The retry queue, the dead-letter queue and the retry queue's poison queue, as configured,
+    and the delivery queue with its poison queue.
 
     Raises ValueError (a message without secrets) when AzureWebJobsStorage is unusable."""
+    folder = local_dir or settings.state_dir
     return RetryQueues(
-        retry=open_queue(settings.retry_queue, environ, local_dir or settings.state_dir),
-        deadletter=open_queue(settings.deadletter_queue, environ, local_dir or settings.state_dir),
-        poison=open_queue(poison_name(settings.retry_queue), environ, local_dir or settings.state_dir),
+        retry=open_queue(settings.retry_queue, environ, folder),
+        deadletter=open_queue(settings.deadletter_queue, environ, folder),
+        poison=open_queue(poison_name(settings.retry_queue), environ, folder),
+        delivery=open_queue(settings.delivery_queue, environ, folder),
+        delivery_poison=open_queue(poison_name(settings.delivery_queue), environ, folder),
     )
 
 
-def _pick(queues: Any, name: str) -> Queue:
-    """``queues`` may be a RetryQueues, any object with the three attributes, or a dict."""
-    return queues[name] if isinstance(queues, Mapping) else getattr(queues, name)
+def _pick(queues: Any, name: str) -> Queue | None:
+    """``queues`` may be a RetryQueues, any object with those attributes, or a dict (None for a
+    queue it does not have)."""
+    return queues.get(name) if isinstance(queues, Mapping) else getattr(queues, name, None)
 
 
 def _queue_errors() -> tuple[type[BaseException], ...]:
@@ -175,8 +184,8 @@ def retry_status(retry_queue: Queue, deadletter_queue: Queue, poison_queue: Queu
 
     Per-sink counts come from one peek (at most 32 on Azure): ``sampled`` says they cover only
     part of the queue. A queue that cannot be reached is ``{"queue", "error"}``."""
-    status = {"retry": _depth_status(retry_queue), "poison": _depth_status(poison_queue),
-              "deadletter": _depth_status(deadletter_queue)}
+    status = {"retry": depth_status(retry_queue), "poison": depth_status(poison_queue),
+              "deadletter": depth_status(deadletter_queue)}
     dead = status["deadletter"]
     if "depth" in dead:
         try:
@@ -188,7 +197,7 @@ def retry_status(retry_queue: Queue, deadletter_queue: Queue, poison_queue: Queu
     return status
 
 
-def _depth_status(queue: Queue) -> dict:
+def depth_status(queue: Queue) -> dict:
     try:
         return {"queue": queue.name, "depth": _depth(queue)}
     except Exception as exc:  # noqa: BLE001 - health must answer whatever the queue does
@@ -252,6 +261,8 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--older-than", type=parse_duration, metavar="D", help="only those dead-lettered at least D ago (30s, 15m, 2h, 1d)")
     parser.add_argument("--newer-than", type=parse_duration, metavar="D", help="only those dead-lettered less than D ago")
     parser.add_argument("--poison", action="store_true", help="the retry queue's poison queue instead of the dead-letter queue")
+    parser.add_argument("--delivery-poison", action="store_true",
+                        help="the delivery queue's poison queue instead (replayed to the delivery queue)")
 
 
 def deadletter_main(args: argparse.Namespace) -> int:
@@ -278,8 +289,10 @@ def run_deadletter(args: argparse.Namespace, queues: Any, now_ns: int, out: Text
     if sink is not None and sink not in SINKS:
         print(f"usage error: unknown sink {sink!r}: one of {', '.join(SINKS)}", file=err)
         return 2
-    poison = bool(getattr(args, "poison", False))
-    source = _pick(queues, "poison" if poison else "deadletter")
+    delivery_poison = bool(getattr(args, "delivery_poison", False))
+    poison = delivery_poison or bool(getattr(args, "poison", False))
+    source = _pick(queues, "delivery_poison" if delivery_poison else "poison" if poison else "deadletter")
+    target = _pick(queues, "delivery" if delivery_poison else "retry")
 
     def wanted(record: Record) -> bool:
         age = record.age_seconds(now_ns)
@@ -297,7 +310,7 @@ def run_deadletter(args: argparse.Namespace, queues: Any, now_ns: int, out: Text
                 print("usage error: refusing to replay everything without a filter: give --sink, --older-than, "
                       "--newer-than, or --all", file=err)
                 return 2
-            return _replay(source, _pick(queues, "retry"), poison, wanted, now_ns, err)
+            return _replay(source, target, poison, wanted, now_ns, err)
     except _queue_errors() as exc:
         print(f"error: queue unusable: {short_reason(exc)}", file=err)
         return 1
@@ -331,10 +344,10 @@ def _shorten(text: str, width: int = REASON_WIDTH) -> str:
 
 
 def _show(wanted_id: str, queues: Any, now_ns: int, out: TextIO, err: TextIO) -> int:
-    """Looks in the dead-letter queue, then the poison queue, by message id or envelope id."""
-    for poison in (False, True):
-        queue = _pick(queues, "poison" if poison else "deadletter")
-        for message in read_all(queue):
+    """Looks in the dead-letter queue, then the poison queues, by message id or envelope id."""
+    for name, poison in (("deadletter", False), ("poison", True), ("delivery_poison", True)):
+        queue = _pick(queues, name)
+        for message in read_all(queue) if queue is not None else []:
             record = read_record(message, poison)
             if wanted_id in (message.id, record.envelope.id if record.envelope else None):
                 return _print_record(record, queue, now_ns, out, err)

@@ -39,6 +39,7 @@ from bridges.sinks.base import (
 log = logging.getLogger(__name__)
 MAX_REPORTED_REJECTIONS = 100
 MAX_RESENDS = 3  # re-encodings of the same metrics without splitting (a sink changing its mode)
+QUIET_SECONDS = 30.0  # a sink that left a request unanswered is not tried by new deliveries this long
 
 
 class DeliveryError(Exception):
@@ -143,6 +144,7 @@ class Delivery:
         self.clock = clock
         self.session_factory = session_factory
         self.misconfigured: dict[str, dict] = {}  # sink -> {"code", "hint"}: our words only, for health
+        self._quiet_until: dict[str, float] = {}  # sink -> clock() before which new deliveries skip it
         self._limiters = {
             s.name: RateLimiter(s.limits.max_requests_per_minute, clock)
             for s in self.sinks
@@ -157,13 +159,21 @@ class Delivery:
         ``handoff`` replaces the stage's own for this call (the retry worker decides itself what
         becomes of pending metrics; the bridge's own metrics are never queued); ``only`` names
         the one sink to deliver to. Rate limits and health state stay shared either way.
+
+        A sink that leaves a request unanswered (timeout, reset, refused connection) gets no
+        more requests in this delivery, and none from new deliveries for QUIET_SECONDS: their
+        metrics go straight to the retry queue, so one hanging backend costs one timeout, not
+        one per request, and never holds up the others' next batches. A delivery to ``only``
+        one sink (the retry function's, one envelope bounded by the deadline) tries every
+        request: it is how a quiet sink is found answering again.
         """
         handoff = handoff or self.handoff
         sinks = [s for s in self.sinks if only is None or s.name == only]
+        probe = only is not None
         if len(sinks) == 1:
-            outcomes = [self._guarded(sinks[0], metrics, now_ns, handoff)]
+            outcomes = [self._guarded(sinks[0], metrics, now_ns, handoff, probe)]
         else:
-            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns, handoff), sinks))
+            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns, handoff, probe), sinks))
         reports = {}
         for sink, (report, failure) in zip(sinks, outcomes, strict=True):
             if failure is not None:
@@ -171,21 +181,24 @@ class Delivery:
             reports[sink.name] = report
         return reports
 
-    def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int, handoff) -> tuple[SinkReport, DeliveryError | None]:
+    def _guarded(self, sink, metrics: Sequence[Metric], now_ns: int, handoff,
+                 probe: bool) -> tuple[SinkReport, DeliveryError | None]:
         started = time.perf_counter()
         try:
             if hasattr(sink, "deliver"):
                 report = SinkReport(delivered=sink.deliver(metrics, now_ns))
             else:
-                report = self._deliver_to(sink, metrics, now_ns, handoff)
+                report = self._deliver_to(sink, metrics, now_ns, handoff, probe)
             report.seconds = time.perf_counter() - started
             return report, None
         except OSError as exc:
             log.error("sink %s could not take the metrics: %s", sink.name, exc.strerror or type(exc).__name__)
             return SinkReport(), DeliveryError(sink.name, exc.strerror or type(exc).__name__)
 
-    def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int, handoff) -> SinkReport:
+    def _deliver_to(self, sink: Sink, metrics: Sequence[Metric], now_ns: int, handoff, probe: bool) -> SinkReport:
         report = SinkReport()
+        quiet = None if probe or self.clock() >= self._quiet_until.get(sink.name, 0.0) else (
+            f"{sink.name} left a request unanswered in the last {QUIET_SECONDS:g} s: not tried now")
         pending: dict[str, tuple[list[int], float | None]] = {}
         delivered: set[int] = set()  # sets: a metric's lines may travel in more than one request
 
@@ -200,6 +213,9 @@ class Delivery:
             deadline = self.clock() + self.deadline_seconds
             while queue:
                 request, resends = queue.popleft()
+                if quiet:
+                    wait(request.items, quiet, None)
+                    continue
                 if self.clock() >= deadline:
                     wait(request.items, f"delivery deadline of {self.deadline_seconds:g} s reached", None)
                     continue
@@ -215,8 +231,13 @@ class Delivery:
                     continue
                 reply = transport.send(session, sent, self.timeout_seconds)
                 outcome = _scrubbed(sink.classify(request, reply))
+                if reply.error is not None:  # no answer: spare the next deliveries (and this one) the wait
+                    self._quiet_until[sink.name] = self.clock() + QUIET_SECONDS
+                    if not probe:
+                        quiet = f"{sink.name} left a request unanswered ({type(reply.error).__name__}): not tried again now"
                 if isinstance(outcome, (Delivered, Partial)):
                     self.misconfigured.pop(sink.name, None)  # it works (again)
+                    self._quiet_until.pop(sink.name, None)
                 if isinstance(outcome, Delivered):
                     delivered.update(request.items)
                 elif isinstance(outcome, Partial):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -198,18 +199,34 @@ class SqliteQueue:
         return count
 
 
+_WRITERS: dict[Path, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.Lock:
+    """One lock per database file for this process's writers: they wait on it and wake at once,
+    instead of in SQLite's busy handler, which sleeps in steps of up to 100 ms (a long tail on
+    every HTTP answer while the delivery function writes). Other processes still meet the busy
+    timeout."""
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(path.resolve(), threading.Lock())
+
+
 class SqliteConnection:
     """One short transaction on a fresh connection: nothing shared between threads."""
 
     def __init__(self, path: Path, busy_timeout: float, write: bool = True):
+        self.writer = _writer_lock(path) if write else None
         self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         self.begin = "BEGIN IMMEDIATE" if write else "BEGIN"  # IMMEDIATE: take the write lock first
 
     def __enter__(self) -> sqlite3.Connection:
+        if self.writer is not None:
+            self.writer.acquire()
         try:
             self.db.execute(self.begin)
         except BaseException:  # e.g. still locked after the busy timeout: __exit__ will not run
-            self.db.close()
+            self._close()
             raise
         return self.db
 
@@ -217,7 +234,14 @@ class SqliteConnection:
         try:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
             self.db.close()
+        finally:
+            if self.writer is not None:
+                self.writer.release()
 
 
 # --------------------------------------------------------------------------- Azure Storage

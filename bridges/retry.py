@@ -45,6 +45,7 @@ MAX_TEXT = QUEUE_MESSAGE_BYTES // 4 * 3  # 49,152: its base64 is exactly 64 KiB
 MAX_ERROR_CHARS = 2048  # the schema's maxLength for last_error; reasons are cut to it
 ENCODING = "canonical-ndjson+gzip+base64"
 SINKS = ("outbox", "dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus")
+EVERY_SINK = "*"  # a delivery-queue envelope (attempt 0): for every enabled sink
 _ID_PLACEHOLDER = str(uuid.UUID(int=0))
 _GZIP_LEVEL = 6  # level 9 saves ~3 % here for twice the time
 _normalizer = Normalizer()
@@ -136,9 +137,12 @@ def envelopes_for(
     bisection, within 1/64 of the longest). Nothing is ever cut: a metric that cannot fit
     alone raises ``MetricTooLarge``.
     """
-    if sink not in SINKS:
+    if sink == EVERY_SINK:
+        if attempt != 0:
+            raise ValueError("an envelope for every sink is the delivery queue's: attempt 0")
+    elif sink not in SINKS:
         raise ValueError(f"unknown sink {sink!r}: one of {', '.join(SINKS)}")
-    if attempt < 1:
+    elif attempt < 1:
         raise ValueError("attempt starts at 1")
     lines = encode_ndjson(metrics).split(b"\n")[:-1]  # JSON never holds a raw newline
     fixed = dict(
@@ -312,8 +316,10 @@ class DeadLetter:
         return cls(Envelope.from_json(doc.get("envelope"), f"{where} field 'envelope'"), doc["reason"], at_ns)
 
     def replayed(self, now_ns: int, new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> Envelope:
-        """The envelope to enqueue again: a fresh start (attempt 1, age 0), same metrics."""
-        return replace(self.envelope, id=str(new_id()), attempt=1, first_failure_ns=now_ns, not_before_ns=now_ns)
+        """The envelope to enqueue again: a fresh start (attempt 1, age 0; a delivery-queue
+        envelope stays attempt 0), same metrics."""
+        attempt = 0 if self.envelope.sink == EVERY_SINK else 1
+        return replace(self.envelope, id=str(new_id()), attempt=attempt, first_failure_ns=now_ns, not_before_ns=now_ns)
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,22 @@ keeping the import that every cold start pays small.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from bridges.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from bridges.core import Bridge
+    from bridges.queued import DeliveryWorker
     from bridges.retrying import RetryWorker
 
 log = logging.getLogger(__name__)
 _settings: Settings | None = None
 _bridge: Bridge | None = None
 _worker: RetryWorker | None = None
+_delivery_worker: DeliveryWorker | None = None
+_building = threading.RLock()  # concurrent first requests share one Bridge (and its rate limiters)
 
 
 def start() -> Settings:
@@ -67,29 +71,43 @@ def check_mappings(settings: Settings) -> None:
 
 def bridge() -> Bridge:
     global _bridge
-    if _bridge is None:
-        from bridges.core import Bridge
+    with _building:
+        if _bridge is None:
+            from bridges.core import Bridge
 
-        _bridge = Bridge(_settings or start())
-    return _bridge
+            _bridge = Bridge(_settings or start())
+        return _bridge
 
 
 def retry_worker() -> RetryWorker:
     """The retry function's worker, sharing the Bridge's sinks (and their state)."""
     global _worker
-    if _worker is None:
-        from bridges.retrying import RetryWorker, open_queues
+    with _building:
+        if _worker is None:
+            from bridges.retrying import RetryWorker, open_queues
 
-        current = bridge()
-        sinks = {sink.name: sink for sink in current.delivery.sinks}
-        _worker = RetryWorker(current.settings, sinks, *open_queues(current.settings), delivery=current.delivery)
-    return _worker
+            current = bridge()
+            sinks = {sink.name: sink for sink in current.delivery.sinks}
+            _worker = RetryWorker(current.settings, sinks, *open_queues(current.settings), delivery=current.delivery)
+        return _worker
+
+
+def delivery_worker() -> DeliveryWorker:
+    """The delivery function's worker, on the Bridge's delivery stage and delivery queue."""
+    global _delivery_worker
+    with _building:
+        if _delivery_worker is None:
+            from bridges.queued import worker_for
+
+            _delivery_worker = worker_for(bridge())
+        return _delivery_worker
 
 
 def use(replacement: Bridge | None) -> None:
     """Install a Bridge built by a test (None: rebuild from the settings on next use)."""
-    global _bridge, _settings, _worker
+    global _bridge, _settings, _worker, _delivery_worker
     _bridge = replacement
     _worker = None
+    _delivery_worker = None
     if replacement is None:
         _settings = None

@@ -66,3 +66,14 @@ def send(delivery, records: Sequence[dict], now_ns: int, only: str | None = None
         delivery.deliver(metrics, now_ns, handoff=_Discard(), only=only)
     except DeliveryError as exc:
         log.warning("bridge metrics not delivered: %s", exc)
+
+
+def log_queue(status: dict) -> None:
+    """One structured record of the delivery queue's state (depth, oldest message's age in
+    seconds, poison depth), which the workbook charts; written after each delivery."""
+    record = {"queue": status.get("queue", "?"), "depth": status.get("depth"),
+              "oldest_seconds": status.get("oldest_seconds", 0.0),
+              "poison_depth": status.get("poison", {}).get("depth")}
+    log.info("bridge delivery queue %s: depth=%s, oldest_seconds=%s, poison_depth=%s", record["queue"],
+             record["depth"], record["oldest_seconds"], record["poison_depth"],
+             extra={"custom_dimensions": {"source": "delivery queue", **record}})

@@ -66,6 +66,13 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    value = float(text.strip())
+    if not 0 <= value < float("inf"):
+        raise ValueError
+    return value
+
+
 def _folder(text: str) -> Path:
     if not text.strip():
         raise ValueError
@@ -97,6 +104,16 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 
 def _table_name(text: str) -> str:
     if not _TABLE_NAME.fullmatch(text.strip()):
+        raise ValueError
+    return text.strip()
+
+
+# Azure Storage queue names, with room for the host's "-poison" suffix (63 characters in all).
+_QUEUE_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,54}[a-z0-9]")
+
+
+def _queue_name(text: str) -> str:
+    if not _QUEUE_NAME.fullmatch(text.strip()):
         raise ValueError
     return text.strip()
 
@@ -209,6 +226,7 @@ def _sink_list(text: str) -> tuple[str, ...] | None:
 _EXPECTED = {
     _positive_int: "a positive whole number",
     _positive_number: "a positive number",
+    _seconds_or_zero: "a number of seconds, 0 or more",
     _folder: "a folder path",
     _url: "an http(s) URL",
     _secret: "a token",
@@ -225,9 +243,12 @@ _EXPECTED = {
     _optional_file: "the path of an existing file",
     _schedule: "an NCRONTAB schedule (six fields, seconds first, e.g. '0 */5 * * * *') or a TimeSpan (00:05:00)",
     _table_name: "an Azure table name (a letter, then 2-62 letters or digits)",
+    _queue_name: "an Azure queue name (3-56 lower-case letters, digits and single hyphens, not starting or "
+                 "ending with a hyphen)",
 }
 _BETTERSTACK_FORMATS = _choice("msgpack", "json", "ndjson")
 _UNLEASH_APIS = _choice("auto", "custom", "impact")
+_DELIVERY_MODES = _choice("queued", "inline")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("BRIDGE_MAX_BODY_BYTES", "20971520", _positive_int,
@@ -245,6 +266,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Connect and read timeout, each, for every request to a backend."),
     Setting("BRIDGE_RETRY_QUEUE", "bridge-retry", _text,
             "Storage queue of retry envelopes (on AzureWebJobsStorage; an embedded SQLite queue locally)."),
+    Setting("BRIDGE_DELIVERY", "queued", _DELIVERY_MODES,
+            "queued: an HTTP function keeps accepted metrics on the delivery queue and answers at once; the "
+            "delivery function sends them on in batches. inline: the answer waits for every sink and carries the "
+            "per-sink report."),
+    Setting("BRIDGE_DELIVERY_QUEUE", "bridge-deliver", _queue_name,
+            "Storage queue of accepted metrics waiting for the delivery function (on AzureWebJobsStorage; an "
+            "embedded SQLite queue locally)."),
+    Setting("BRIDGE_DELIVERY_BATCH", "32", _positive_int,
+            "Most delivery-queue messages one invocation of the delivery function merges into one delivery "
+            "(its own and those it takes from the queue)."),
+    Setting("BRIDGE_DELIVERY_LINGER_SECONDS", "1", _seconds_or_zero,
+            "How long the delivery function waits for more messages to merge before it delivers a batch that is "
+            "not full: fewer, larger requests to every backend for at most this much more delay. 0: never wait."),
     Setting("BRIDGE_DEADLETTER_QUEUE", "bridge-deadletter", _text,
             "Storage queue of what can never be delivered, each with its reason; `python -m bridges deadletter`."),
     Setting("BRIDGE_RETRY_BASE_SECONDS", "5", _positive_number, "Backoff base: attempt n waits up to base * 2^(n-1)."),
@@ -333,6 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 _EXPECTED[_BETTERSTACK_FORMATS] = _BETTERSTACK_FORMATS.expected
 _EXPECTED[_UNLEASH_APIS] = _UNLEASH_APIS.expected
+_EXPECTED[_DELIVERY_MODES] = _DELIVERY_MODES.expected
 _REQUIRED = {
     "dynatrace": ("DYNATRACE_URL", "DYNATRACE_API_TOKEN"),
     "betterstack": ("BETTERSTACK_URL", "BETTERSTACK_SOURCE_TOKEN"),
@@ -353,6 +388,10 @@ class Settings:
     delivery_deadline_seconds: float = 60.0
     self_metrics: bool = False
     retry_queue: str = "bridge-retry"
+    delivery: str = "queued"
+    delivery_queue: str = "bridge-deliver"
+    delivery_batch: int = 32
+    delivery_linger_seconds: float = 1.0
     deadletter_queue: str = "bridge-deadletter"
     retry_base_seconds: float = 5.0
     retry_cap_seconds: float = 600.0

@@ -268,17 +268,33 @@ class Ledger:
     pending: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
 
+    queued: int = 0
+
     def record(self, points: list[dict], status: int, answer: dict) -> None:
+        """An HTTP answer: inline, it says per sink what became of each point; queued, how many
+        points wait on the delivery queue (the delivery function's batches say the rest)."""
         self.statuses[status] += 1
         assert status == 202, answer
         assert answer["accepted"] == len(points) and answer["rejected"] == 0, answer
         seqs = [int(p["tags"]["seq"]) for p in points]
         self.accepted.update(seqs)
-        for sink, report in answer["delivery"].items():
+        if "queued" in answer["delivery"]:
+            assert answer["delivery"] == {"queued": len(points)}, answer
+            self.queued += len(points)
+            return
+        self.record_reports(seqs, answer["delivery"])
+
+    def record_batch(self, batch) -> None:
+        """What the delivery function made of one batch (``bridges.queued.Batch``)."""
+        seqs = [int(dict(m.tags)["seq"]) for m in batch.merged]
+        self.record_reports(seqs, {name: report.to_json() for name, report in batch.reports.items()})
+
+    def record_reports(self, seqs: list[int], reports: dict) -> None:
+        for sink, report in reports.items():
             listed = report.get("rejections", [])
             # every refusal identified: the mapping from index back to seq is complete
             assert report["rejected"] == len(listed), (sink, report)
-            assert report["delivered"] + report["rejected"] + report["pending"] == len(points), (sink, report)
+            assert report["delivered"] + report["rejected"] + report["pending"] == len(seqs), (sink, report)
             self.pending[sink] += report["pending"]
             for item in listed:
                 seq = seqs[item["index"]]
@@ -315,16 +331,17 @@ class DrainStats:
     attempts: Counter = field(default_factory=Counter)  # envelope attempt number -> invocations
 
 
-def drain(retry_queue, worker, wait, *, limit_seconds: float = 240, max_dequeue_count: int = 5) -> DrainStats:
-    """Receive, ``process``, delete on success, release on exception (poison after
-    ``max_dequeue_count``), until the queue holds nothing, hidden or not. ``wait()`` is called
-    when nothing is visible: it advances an injected clock or sleeps a little."""
+def drain(retry_queue, worker, wait, *, limit_seconds: float = 240, max_dequeue_count: int = 5,
+          batch_size: int = 32) -> DrainStats:
+    """Receive ``batch_size`` messages, ``process`` each, delete on success, release on exception
+    (poison after ``max_dequeue_count``), until the queue holds nothing, hidden or not.
+    ``wait()`` is called when nothing is visible: it advances an injected clock or sleeps a little."""
     from bridges.retry import Envelope
 
     stats = DrainStats()
     deadline = time.monotonic() + limit_seconds
     while time.monotonic() < deadline:
-        messages = retry_queue.receive(32, 60)
+        messages = retry_queue.receive(batch_size, 60)
         if not messages:
             if retry_queue.depth() == 0:
                 return stats

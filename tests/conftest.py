@@ -51,6 +51,20 @@ def bridge(settings_env):
     return use_bridge(settings_env)
 
 
+def drain(bridge: Bridge) -> list:
+    """Run the delivery function over everything on the Bridge's delivery queue, as the host
+    does (one message per invocation, deleted when it succeeded); the batches it delivered."""
+    from bridges.queued import worker_for
+
+    worker = worker_for(bridge)
+    worker.linger_seconds = 0  # everything is on the queue already
+    batches = []
+    while messages := bridge.delivery_queue.receive(1, 60):
+        batches.append(worker.process(messages[0].text))
+        bridge.delivery_queue.delete(messages[0])
+    return batches
+
+
 def outbox_lines(bridge: Bridge) -> list[dict]:
     files = sorted(bridge.settings.outbox_dir.glob("*.ndjson"))
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]

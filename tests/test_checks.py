@@ -25,7 +25,7 @@ from bridges.__main__ import main
 from bridges.checks import CheckResult, load_checks, metrics_of, run_checks, table
 from bridges.probe import fetch
 from bridges.settings import SettingsError, load_settings
-from conftest import outbox_lines, use_bridge
+from conftest import drain, outbox_lines, use_bridge
 from fakes.server import refused_port
 
 TOKEN = "tok-7f3a9c-do-not-leak"
@@ -706,6 +706,8 @@ def test_the_bridge_delivers_check_metrics_to_the_outbox(serve, settings_env):
         {"name": "home", "url": server.url()}, {"name": "gone", "url": refused_url(), "timeout": 5})})
     results, _ = bridge.run_checks()
     assert [r.up for r in results] == [True, False]
+    assert outbox_lines(bridge) == []  # queued: the delivery function writes the outbox
+    drain(bridge)
     ups = {line["tags"]["check"]: line for line in outbox_lines(bridge) if line["name"] == "check_up"}
     assert {name: line["gauge"]["value"] for name, line in ups.items()} == {"home": 1, "gone": 0}
     assert ups["gone"]["tags"]["reason"] == "connect"

@@ -27,20 +27,29 @@ for module in pkgutil.walk_packages(bridges.__path__, "bridges."):
 
 from bridges.core import Bridge
 from bridges.settings import load_settings
-bridge = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": sys.argv[1]}))
+from bridges.queued import worker_for
+bridge = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": sys.argv[1], "BRIDGE_STATE_DIR": sys.argv[2]}))
 reply = bridge.ingest(b'[{"name":"a","gauge":{"value":1}},{"name":"b"}]', "application/json")
+worker = worker_for(bridge)  # the delivery function's work, as the host would run it
+delivered = 0
+while messages := bridge.delivery_queue.receive(1, 60):
+    delivered += worker.process(messages[0].text).reports["outbox"].delivered
+    bridge.delivery_queue.delete(messages[0])
 assert "azure.functions" not in sys.modules
-print(json.dumps({"status": reply.status, "accepted": reply.body["accepted"], "rejected": reply.body["rejected"]}))
+print(json.dumps({"status": reply.status, "accepted": reply.body["accepted"], "rejected": reply.body["rejected"],
+                  "delivery": reply.body["delivery"], "delivered": delivered}))
 """
 
 
 def test_core_runs_with_azure_functions_blocked(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "outbox")], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "outbox"), str(tmp_path / "state")], cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"status": 202, "accepted": 1, "rejected": 1}
-    assert (tmp_path / "outbox").is_dir()
+    assert json.loads(done.stdout) == {"status": 202, "accepted": 1, "rejected": 1, "delivery": {"queued": 1},
+                                       "delivered": 1}
+    assert len(list((tmp_path / "outbox").glob("*.ndjson"))) == 1
 
 
 def test_only_triggers_and_local_import_azure_functions():

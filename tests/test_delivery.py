@@ -1,5 +1,8 @@
 """The delivery stage as a user sees it through POST /api/metrics: per-sink reports, isolation
-between sinks, splitting, pending hand-off, rate limiting, and secrets kept out of everything."""
+between sinks, splitting, pending hand-off, rate limiting, and secrets kept out of everything.
+
+The Bridges here deliver inline (BRIDGE_DELIVERY=inline): the answer then carries each sink's
+report, which is what these tests read."""
 from __future__ import annotations
 
 import json
@@ -34,7 +37,7 @@ def ingest(bridge: Bridge, items: list) -> tuple[int, dict]:
 
 def dynatrace_bridge(tmp_path, url: str, **extra: str) -> Bridge:
     settings = load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox"), "DYNATRACE_URL": url,
-                              "DYNATRACE_API_TOKEN": TOKEN, **extra})
+                              "DYNATRACE_API_TOKEN": TOKEN, "BRIDGE_DELIVERY": "inline", **extra})
     bridge = Bridge(settings)  # the real clock: the fake checks Dynatrace's time window
     runtime.use(bridge)
     return bridge
@@ -100,7 +103,8 @@ def test_when_the_retry_queue_cannot_be_written_the_answer_is_503(tmp_path):
 
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(500))
-        settings = load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path), "DYNATRACE_URL": fake.url, "DYNATRACE_API_TOKEN": TOKEN})
+        settings = load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path), "DYNATRACE_URL": fake.url, "DYNATRACE_API_TOKEN": TOKEN,
+                                  "BRIDGE_DELIVERY": "inline"})
         bridge = Bridge(settings, delivery=Delivery(build_sinks(settings), QueueHandoff(settings, Unwritable())))
         reply = bridge.ingest(json.dumps([gauge("bridge.a")]).encode(), "application/json")
     assert reply.status == 503
@@ -141,6 +145,36 @@ def test_a_failing_sink_does_not_hold_up_or_duplicate_another(tmp_path):
     assert a_saw_b_first == [True]  # b was served while a was still busy: they ran side by side
     assert (reports["dynatrace-a"].pending, reports["dynatrace-b"].delivered) == (1, 1)
     assert len(fast.received) == 1  # a's failure did not make b send twice
+
+
+def test_a_sink_that_leaves_a_request_unanswered_is_not_waited_for_again(tmp_path):
+    """One hanging backend costs one timeout: the rest of that delivery, and new deliveries for
+    QUIET_SECONDS, hand its metrics straight to the retry queue while the other sink delivers;
+    the retry function's delivery (to that one sink) still tries, and an answer ends the quiet."""
+    from bridges.delivery import QUIET_SECONDS
+    from fakes.server import RESET
+
+    with FakeDynatrace(token=TOKEN) as hanging, FakeDynatrace(token=TOKEN) as healthy:
+        sink_a, sink_b = DynatraceSink(hanging.url, Secret(TOKEN)), DynatraceSink(healthy.url, Secret(TOKEN))
+        sink_a.name, sink_b.name = "dynatrace-a", "dynatrace-b"
+        now = [1000.0]
+        handoff = Recorded()
+        delivery = Delivery([sink_a, sink_b], handoff, clock=lambda: now[0])
+        metrics = [Metric(f"bridge.m{i}", Gauge(i), time.time_ns()) for i in range(2500)]  # 3 requests each
+        hanging.script(RESET)
+        first = delivery.deliver(metrics, time.time_ns())
+        assert len(hanging.received) == 1 and first["dynatrace-a"].pending == 2500
+        assert first["dynatrace-b"].delivered == 2500 and len(healthy.received) == 3
+        assert any("left a request unanswered" in r for r in first["dynatrace-a"].pending_reasons)
+        now[0] += QUIET_SECONDS - 1
+        second = delivery.deliver(metrics[:10], time.time_ns())
+        assert len(hanging.received) == 1 and second["dynatrace-a"].pending == 10  # not tried
+        assert second["dynatrace-b"].delivered == 10
+        retried = delivery.deliver(metrics[:10], time.time_ns(), only="dynatrace-a")  # the retry function
+        assert retried["dynatrace-a"].delivered == 10 and len(hanging.received) == 2
+        third = delivery.deliver(metrics[:10], time.time_ns())
+    assert third["dynatrace-a"].delivered == 10  # it answers again: new deliveries try it at once
+    assert {k["sink"] for k in handoff.kept} == {"dynatrace-a"} and len(handoff.kept) == 2510
 
 
 def test_the_rate_limit_keeps_what_is_over_it_as_pending(tmp_path):

@@ -44,6 +44,10 @@ def test_every_function_and_its_bindings(indexed):
         "webhook": _keyed_post("webhooks/{source}"),
         "health": _anonymous_get("health"),
         "openapi_document": _anonymous_get("openapi.json"),
+        "deliver_accepted": [
+            {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": "%BRIDGE_DELIVERY_QUEUE%",
+             "connection": "AzureWebJobsStorage"},
+        ],
         "retry_deliveries": [
             {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": "%BRIDGE_RETRY_QUEUE%",
              "connection": "AzureWebJobsStorage"},

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 from datetime import datetime, timezone
 
 import azure.functions as func
 import msgpack
 import pytest
 
+from bridges import runtime
+from bridges.core import Bridge
+from bridges.settings import load_settings
 from bridges.triggers.http import health, ingest_metrics
-from conftest import outbox_lines, use_bridge
+from conftest import NOW_NS, drain, outbox_lines, use_bridge
 
 GAUGE = {"name": "node_cpu_temperature_celsius", "gauge": {"value": 63.5}, "tags": {"host": "server_1"}}
 COUNTER = {"name": "http_requests_total", "counter": {"value": 42}}
@@ -31,7 +35,10 @@ def as_json(document) -> bytes:
 def test_single_object_is_accepted_and_written_to_the_outbox(bridge):
     status, answer = post(as_json(GAUGE))
     assert status == 202
-    assert answer == {"accepted": 1, "rejected": 0, "errors": [], "delivery": {"outbox": {"delivered": 1, "rejected": 0, "pending": 0}}}
+    assert answer == {"accepted": 1, "rejected": 0, "errors": [], "delivery": {"queued": 1}}
+    assert outbox_lines(bridge) == []  # the delivery function writes it
+    [batch] = drain(bridge)
+    assert (batch.metrics, batch.reports["outbox"].delivered) == (1, 1)
     assert outbox_lines(bridge) == [{**GAUGE, "dt": "2026-11-22T10:00:00Z"}]
 
 
@@ -47,7 +54,8 @@ def test_single_object_is_accepted_and_written_to_the_outbox(bridge):
 )
 def test_every_container_and_content_type(bridge, body, content_type):
     status, answer = post(body, content_type)
-    assert (status, answer["accepted"]) == (202, 2)
+    assert (status, answer["accepted"], answer["delivery"]) == (202, 2, {"queued": 2})
+    drain(bridge)
     written = outbox_lines(bridge)
     assert [m["name"] for m in written] == ["node_cpu_temperature_celsius", "http_requests_total"]
     assert written[1]["counter"] == {"value": 42, "temporality": "cumulative"}
@@ -61,6 +69,8 @@ def test_valid_items_are_kept_when_others_fail(bridge):
     assert answer["errors"] == [
         {"index": 1, "pointer": "/metrics/1/gauge/value", "message": "'high' is not of type 'number'"}
     ]
+    assert answer["delivery"] == {"queued": 2}
+    drain(bridge)
     assert len(outbox_lines(bridge)) == 2
 
 
@@ -70,6 +80,7 @@ def test_none_accepted_is_400_with_pointers(bridge):
     assert (answer["accepted"], answer["rejected"]) == (0, 2)
     assert [e["pointer"] for e in answer["errors"]] == ["/0/counter/value", "/1"]
     assert "exactly one of gauge" in answer["errors"][1]["message"]
+    assert drain(bridge) == []  # nothing was queued
     assert outbox_lines(bridge) == []
 
 
@@ -189,6 +200,7 @@ def test_msgpack_timestamp_extension_keeps_nanoseconds(bridge):
     stamp = msgpack.Timestamp(1672490759, 123456789)
     status, _ = post(msgpack.packb({"name": "x", "gauge": {"value": 1}, "dt": stamp}), "application/msgpack")
     assert status == 202
+    drain(bridge)
     assert outbox_lines(bridge)[0]["dt"] == "2022-12-31T12:45:59.123456789Z"
 
 
@@ -206,9 +218,10 @@ def test_lone_surrogates_are_rejected(bridge):
 
 
 def test_outbox_failure_is_503_with_retry_after(tmp_path, settings_env):
+    """Inline delivery: the outbox is written before the answer."""
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("x")
-    use_bridge({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox")})
+    use_bridge({"BRIDGE_OUTBOX_DIR": str(blocker / "outbox"), "BRIDGE_DELIVERY": "inline"})
     status, answer = post(as_json(GAUGE))
     assert status == 503
     assert "send again" in answer["error"]
@@ -216,10 +229,29 @@ def test_outbox_failure_is_503_with_retry_after(tmp_path, settings_env):
     assert response.headers["Retry-After"] == "30"
 
 
-def test_outbox_files_are_named_by_utc_day_of_receipt(settings_env):
+def test_a_delivery_queue_that_cannot_be_written_is_503_with_retry_after(settings_env):
+    """Queued delivery: the answer waits only for the delivery queue; when that cannot be
+    written, the sender must send again."""
+    class Unwritable:
+        name = "bridge-deliver"
+
+        def send(self, text, visibility_timeout=0):
+            raise sqlite3.OperationalError("database is locked")
+
+    runtime.use(Bridge(load_settings(settings_env), clock=lambda: NOW_NS, delivery_queue=Unwritable()))
+    response = ingest_metrics(func.HttpRequest("POST", "/api/metrics", body=as_json(GAUGE),
+                                               headers={"Content-Type": "application/json"}))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    error = json.loads(response.get_body())["error"]
+    assert "bridge-deliver could not be written (OperationalError)" in error and "send again" in error
+
+
+def test_outbox_files_are_named_by_the_utc_day_the_outbox_took_them(settings_env):
     late = int(datetime(2026, 11, 22, 23, 59, 59, tzinfo=timezone.utc).timestamp()) * 10**9
     instance = use_bridge(settings_env, now_ns=late)
     post(as_json(GAUGE))
+    drain(instance)
     assert [p.name for p in instance.settings.outbox_dir.iterdir()] == ["metrics-2026-11-22.ndjson"]
 
 

@@ -404,7 +404,7 @@ def test_schedules_are_parameters_with_the_documented_defaults(main, indexed):
     # Every %SETTING% a binding names is set, non-empty: the host needs it to index the function.
     settings = main.var("bridgeSettings")
     named = set(re.findall(r"%([A-Za-z0-9_]+)%", json.dumps(indexed)))
-    assert named == {"BRIDGE_RETRY_QUEUE", "CHECKS_SCHEDULE", "SOURCES_SCHEDULE"}
+    assert named == {"BRIDGE_DELIVERY_QUEUE", "BRIDGE_RETRY_QUEUE", "CHECKS_SCHEDULE", "SOURCES_SCHEDULE"}
     for name in named:
         assert isinstance(settings[name], str) and settings[name], name
 
@@ -451,15 +451,31 @@ def test_queues_and_table_are_the_ones_code_and_bindings_use(main, app_settings,
     queues = main.value(main.property(storage_params, "params", "queueNames"))
     tables = main.value(main.property(storage_params, "params", "tableNames"))
     retry, deadletter = DEFAULTS["BRIDGE_RETRY_QUEUE"], DEFAULTS["BRIDGE_DEADLETTER_QUEUE"]
-    assert queues == [retry, deadletter, poison_name(retry)]
+    delivery = DEFAULTS["BRIDGE_DELIVERY_QUEUE"]
+    assert delivery == main.var("deliveryQueueName") == "bridge-deliver"
+    assert queues == [delivery, poison_name(delivery), retry, deadletter, poison_name(retry)]
+    assert poison_name(delivery) == "bridge-deliver-poison"  # where the host parks a failing message
     assert tables == [DEFAULTS["BRIDGE_IDEMPOTENCY_TABLE"]]
+    assert app_settings["BRIDGE_DELIVERY"] == "queued"
+    assert app_settings["BRIDGE_DELIVERY_QUEUE"] == delivery  # the queue created is the queue used
+    assert _text(main.property(main.vars["bridgeSettings"], "BRIDGE_DELIVERY_QUEUE")) == "deliveryQueueName"
     assert app_settings["BRIDGE_RETRY_QUEUE"] == retry
     assert app_settings["BRIDGE_DEADLETTER_QUEUE"] == deadletter
     assert app_settings["BRIDGE_IDEMPOTENCY_TABLE"] == tables[0]
-    trigger = indexed["retry_deliveries"]["bindings"][0]
-    assert trigger["type"] == "queueTrigger"
-    assert trigger["queueName"] == "%BRIDGE_RETRY_QUEUE%"
-    assert trigger["connection"] == STORAGE_CONNECTION == "AzureWebJobsStorage"
+    for function, setting in (("deliver_accepted", "BRIDGE_DELIVERY_QUEUE"), ("retry_deliveries", "BRIDGE_RETRY_QUEUE")):
+        trigger = indexed[function]["bindings"][0]
+        assert trigger["type"] == "queueTrigger"
+        assert trigger["queueName"] == f"%{setting}%"
+        assert trigger["connection"] == STORAGE_CONNECTION == "AzureWebJobsStorage"
+        assert app_settings[setting] in queues
+    # The queue role is granted on the whole account (not per queue), so it covers every queue above.
+    rbac = Template(MODULES / "rbac.bicep")
+    assert rbac.var("storageQueueDataContributor") in rbac.var("storageRoles")
+    loop = next(body for symbol, _, body in rbac.resources if symbol == "storageRoleAssignments")
+    assert _text(rbac.property(loop, "scope")) == "storage"
+    account = next(body for symbol, kind, body in rbac.resources if symbol == "storage")
+    assert _text(rbac.property(account, "name")) == "storageAccountName"
+    assert _text(main.property(main.modules["rbac"][1], "params", "storageAccountName")) == "storage.outputs.name"
 
 
 def test_host_storage_connection_is_identity_based(main, app_settings, indexed):
@@ -684,9 +700,83 @@ def test_workbook_charts_only_metrics_the_bridge_emits(app_settings):
         assert f"'{placeholder}'" in workbook_module, placeholder
 
 
+def _kql_parse_regex(query: str) -> re.Pattern:
+    """The ``parse message with ...`` line of a query as a regex of its named columns (simple mode:
+    ``*`` skips, a quoted string is literal, a name captures up to the next literal)."""
+    pattern = re.search(r"^\| parse message with (.*)$", query, re.MULTILINE).group(1)
+    tokens = re.findall(r'\*|"[^"]*"|\w+', pattern)
+    regex = ""
+    for index, token in enumerate(tokens):
+        last = index == len(tokens) - 1
+        if token == "*":
+            regex += ".*?"
+        elif token.startswith('"'):
+            regex += re.escape(token[1:-1])
+        else:
+            regex += f"(?P<{token}>.*)" if last else f"(?P<{token}>.*?)"
+    return re.compile(regex + "$")
+
+
+def test_workbook_charts_the_delivery_queue(main, app_settings, caplog):
+    """The "Delivery queue" section charts, per time bin, the most the delivery function's
+    records (bridges.selfmetrics.log_queue: ``source == "delivery queue"``) said: the depth, the
+    oldest message's age and the poison depth, from Application Insights traces; the numbers
+    come from customDimensions or, when the host kept only the message, from the message."""
+    workbook = json.loads(WORKBOOK.read_text())
+    names = [item["name"] for item in workbook["items"]]
+    section = names[names.index("delivery-queue-title"):names.index("checks-title")]
+    title = workbook["items"][names.index("delivery-queue-title")]
+    assert title["type"] == 1 and title["content"]["json"].startswith("## Delivery queue\n")
+    text = title["content"]["json"]
+    assert "python -m bridges deadletter list --delivery-poison" in text
+    assert poison_name(app_settings["BRIDGE_DELIVERY_QUEUE"]) in text
+    assert "falls behind or is not running" in text
+    queries = {item["name"]: item["content"] for item in workbook["items"] if item["type"] == 3}
+    assert set(queries) == set(section) - {"delivery-queue-title"}
+    # What the delivery function logs, as the records' message and custom dimensions.
+    with caplog.at_level("INFO", logger="bridges.selfmetrics"):
+        selfmetrics.log_queue({"queue": app_settings["BRIDGE_DELIVERY_QUEUE"], "depth": 7, "oldest_seconds": 12.5,
+                               "poison": {"queue": "bridge-deliver-poison", "depth": 2}})
+    (record,) = [r for r in caplog.records if r.name == "bridges.selfmetrics"]
+    dimensions = record.custom_dimensions
+    assert dimensions["source"] == "delivery queue"
+    charted = {}
+    for name, content in queries.items():
+        assert content["version"] == "KqlItem/1.0"
+        assert content["queryType"] == 0
+        assert content["resourceType"] == "microsoft.insights/components"
+        assert content["crossComponentResources"] == ["__APPLICATION_INSIGHTS_ID__"]
+        assert content["visualization"] == "timechart"
+        assert content["timeContextFromParameter"] == "TimeRange"
+        query = content["query"]
+        assert query.startswith("traces\n")
+        assert 'customDimensions.source == "delivery queue"' in query
+        found = _kql_parse_regex(query).fullmatch(record.getMessage())
+        assert found, (name, record.getMessage())
+        logged = found.groupdict()
+        summarized = re.search(r"^\| summarize (\w+) = max\((\w+)\) by bin\(timestamp, \{TimeRange:grain\}\), queue\b",
+                               query, re.MULTILINE)
+        assert summarized and summarized.group(1) == summarized.group(2), (name, query)
+        column = summarized.group(1)
+        assert column in dimensions
+        # The column is read from customDimensions as a number, else from the message.
+        source = re.search(rf"^\| extend {column} = coalesce\(todouble\(customDimensions\.{column}\), "
+                           rf"todouble\((\w+)\)\)$", query, re.MULTILINE)
+        assert source, (name, column)
+        assert float(logged[source.group(1)]) == float(dimensions[column])
+        queue = re.search(r"^\| extend queue = coalesce\(tostring\(customDimensions\.queue\), (\w+)\)$", query,
+                          re.MULTILINE)
+        assert queue and logged[queue.group(1)] == dimensions["queue"], name
+        charted[column] = name
+    assert set(charted) == {"depth", "oldest_seconds", "poison_depth"}
+
+
 def test_workbook_is_deployed_for_the_metrics_resource(main):
     params = main.property(main.modules["workbook"][1], "params")
     assert _text(main.property(params, "metricsResourceId")) == "metricsResourceId"
+    assert _text(main.property(params, "applicationInsightsId")) == "monitoring.outputs.applicationInsightsId"
+    monitoring = Template(MODULES / "monitoring.bicep")
+    assert _text(monitoring.outputs["applicationInsightsId"]) == "appInsights.id"
     workbook = Template(MODULES / "workbook.bicep")
     body = _find_resource(workbook, "Microsoft.Insights/workbooks@")
     assert _find_resource(workbook, "Microsoft.Insights/workbooks@2023-06-01") is body

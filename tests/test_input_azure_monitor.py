@@ -15,7 +15,7 @@ from bridges.formats import azure_monitor
 from bridges.model import DELTA, Aggregate, AzureTarget, Counter, Gauge, Histogram, Bucket, Metric
 from bridges.normalize import Normalizer
 from bridges.sinks.azure_monitor import AzureMonitorSink
-from conftest import NOW_NS, outbox_lines
+from conftest import NOW_NS, drain, outbox_lines
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "azure_monitor"
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"
@@ -269,6 +269,7 @@ def test_through_the_bridge_the_valid_series_are_kept(bridge):
     reply = bridge.receive(azure_monitor, body, "application/json", None, PARAMS)
     assert reply.status == 400 and reply.body["error"]["code"] == "BadRequest"
     assert "/data/baseData/series/1/count" in reply.body["error"]["message"]
+    drain(bridge)
     [kept] = outbox_lines(bridge)
     assert kept["tags"] == {"Process": "ok"} and kept["azure"] == {"resource_id": RESOURCE}
 
@@ -285,6 +286,7 @@ def test_through_the_bridge_a_resource_group_is_refused(bridge):
     params = {"resourceId": "subscriptions/s/resourceGroups/rg/metrics"}
     reply = bridge.receive(azure_monitor, json.dumps(document()).encode(), "application/json", None, params)
     assert reply.status == 400 and reply.body["error"]["code"] == "BadRequest"
+    assert drain(bridge) == []
     assert outbox_lines(bridge) == []
 
 
@@ -362,4 +364,5 @@ def test_through_the_http_trigger_the_route_gives_the_resource(bridge):
                                body=(EXAMPLES / "custommetric.json").read_bytes(), route_params=dict(PARAMS))
     response = ingest_azure_monitor(request)
     assert (response.status_code, response.get_body()) == (200, b"")
+    drain(bridge)
     assert [m["tags"]["Process"] for m in outbox_lines(bridge)] == ["ContosoApp.exe", "SalesApp.exe"]

@@ -15,7 +15,7 @@ from bridges.model import DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, M
 from bridges.normalize import Normalizer
 from bridges.masking import Secret
 from bridges.sinks.dynatrace import DynatraceSink
-from conftest import NOW_NS, outbox_lines
+from conftest import NOW_NS, drain, outbox_lines
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "dynatrace"
 NS_PER_MS = 1_000_000
@@ -296,6 +296,7 @@ def test_through_the_bridge_valid_lines_are_kept_and_the_invalid_one_is_listed(b
     assert reply.status == 400
     assert reply.body["linesOk"] == 3 and reply.body["linesInvalid"] == 1
     assert reply.body["error"]["invalidLines"][0]["line"] == 4
+    drain(bridge)
     kept = outbox_lines(bridge)
     assert [(m["name"], m.get("unit")) for m in kept] == [("bridge.a", "ms"), ("bridge.c", None)]
 

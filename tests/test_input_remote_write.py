@@ -19,7 +19,7 @@ from bridges.formats import BodyError, Outcome, Refused, remote_write
 from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.normalize import Normalizer
 from bridges.sinks.prometheus import PrometheusSink
-from conftest import NOW_NS, outbox_lines
+from conftest import NOW_NS, drain, outbox_lines
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "remote_write"
 URL = "http://127.0.0.1:9/api/v1/write"
@@ -299,6 +299,7 @@ def test_through_the_bridge(bridge):
     good = body_of({"timeseries": [series(("__name__", "up"), ("job", "x"), samples=[(1, ms)])]})
     reply = bridge.receive(remote_write, good, TYPE, "snappy")
     assert (reply.status, reply.body) == (204, None)
+    drain(bridge)
     assert outbox_lines(bridge) == [{"name": "up", "gauge": {"value": 1.0}, "tags": {"job": "x"},
                                      "dt": "2026-11-22T10:00:00Z"}]
     mixed = body_of({"timeseries": [series(("__name__", "a"), samples=[(1, ms)]),

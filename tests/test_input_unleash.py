@@ -17,7 +17,7 @@ from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, 
 from bridges.normalize import Normalizer
 from bridges.masking import Secret
 from bridges.sinks.unleash import UnleashSink
-from conftest import NOW_NS, outbox_lines
+from conftest import NOW_NS, drain, outbox_lines
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "unleash"
 JSON = "application/json"
@@ -276,6 +276,7 @@ def test_answers():
 def test_through_the_bridge(bridge):
     reply = bridge.receive(unleash.CUSTOM, b'{"metrics": [{"name": "orders_total", "value": 3, "labels": {"a": "b"}}]}', JSON)
     assert (reply.status, reply.body) == (202, None)
+    drain(bridge)
     assert outbox_lines(bridge) == [{"name": "orders_total", "counter": {"value": 3, "temporality": "cumulative"},
                                      "tags": {"a": "b"}, "dt": "2026-11-22T10:00:00Z"}]
     reply = bridge.receive(unleash.CUSTOM, b'{"metrics": [{"name": "ok", "value": 1}, {"name": "x", "value": true}]}', JSON)

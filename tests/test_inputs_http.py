@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 
 import azure.functions as func
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridges import runtime
+from bridges.core import Bridge
 from bridges.formats import remote_write
+from bridges.settings import load_settings
 from bridges.triggers import http
-from conftest import NOW_NS, outbox_lines, use_bridge
+from conftest import NOW_NS, drain, outbox_lines, use_bridge
 
 RESOURCE = "subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/shop"
 ROUTES = {  # route -> (function, route parameters)
@@ -44,6 +48,7 @@ def test_dynatrace_lines_are_answered_as_dynatrace_answers(bridge):
     assert response.status_code == 400
     assert (answer["linesOk"], answer["linesInvalid"]) == (2, 1)
     assert [line["line"] for line in answer["error"]["invalidLines"]] == [2]
+    drain(bridge)
     [written] = outbox_lines(bridge)
     assert written["counter"] == {"value": 3, "temporality": "delta"} and written["unit"] == "Count"
     response = post("v2/metrics/ingest", b"shop.orders 1", **{"Content-Type": "text/plain"})
@@ -57,6 +62,7 @@ def test_remote_write_is_answered_204_and_keeps_the_labels(bridge):
         "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
         "X-Prometheus-Remote-Write-Version": "0.1.0"})
     assert (response.status_code, response.get_body()) == (204, b"")
+    drain(bridge)
     assert outbox_lines(bridge) == [{"name": "queue_depth", "gauge": {"value": 7.0}, "tags": {"queue": "orders"},
                                      "dt": "2026-11-22T10:00:00Z"}]
 
@@ -68,6 +74,7 @@ def test_azure_documents_keep_their_resource_and_namespace(bridge):
     response = post(f"azure/{RESOURCE}/metrics", gzip.compress(json.dumps(document).encode()),
                     **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert (response.status_code, response.get_body()) == (200, b"")
+    drain(bridge)
     [written] = outbox_lines(bridge)
     assert written["azure"] == {"resource_id": "/" + RESOURCE}
     assert (written["namespace"], written["aggregate"]) == ("Shop", {"min": 1, "max": 9, "sum": 20, "count": 4})
@@ -77,18 +84,36 @@ def test_unleash_custom_metrics_are_answered_202_empty(bridge):
     body = json.dumps({"metrics": [{"name": "checkout_clicks", "value": 4, "labels": {"env": "prod"}}]}).encode()
     response = post("client/metrics/custom", body, **{"Content-Type": "application/json"})
     assert (response.status_code, response.get_body()) == (202, b"")
+    drain(bridge)
     [written] = outbox_lines(bridge)
     assert written["name"] == "checkout_clicks" and written["tags"] == {"env": "prod"}
 
 
 def test_a_delivery_that_cannot_be_kept_is_a_503_in_the_vendors_shape(settings_env, tmp_path):
+    """Inline delivery: the outbox is written before the answer."""
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the outbox folder should be")
-    use_bridge({**settings_env, "BRIDGE_OUTBOX_DIR": str(blocked / "outbox")})
+    use_bridge({**settings_env, "BRIDGE_OUTBOX_DIR": str(blocked / "outbox"), "BRIDGE_DELIVERY": "inline"})
     response = post("v2/metrics/ingest", b"shop.orders 1", **{"Content-Type": "text/plain"})
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"
     assert "send again" in answer_of(response)["error"]["message"]
+
+
+def test_a_delivery_queue_that_cannot_be_written_is_a_503_in_the_vendors_shape(settings_env):
+    """Queued delivery: the answer waits only for the delivery queue."""
+    class Unwritable:
+        name = "bridge-deliver"
+
+        def send(self, text, visibility_timeout=0):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    runtime.use(Bridge(load_settings(settings_env), clock=lambda: NOW_NS, delivery_queue=Unwritable()))
+    response = post("v2/metrics/ingest", b"shop.orders 1", **{"Content-Type": "text/plain"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    message = answer_of(response)["error"]["message"]
+    assert "bridge-deliver could not be written (OperationalError)" in message and "send again" in message
 
 
 CONTENT_TYPES = st.sampled_from([None, "text/plain", "application/json", "application/x-ndjson",
@@ -181,6 +206,7 @@ def test_every_member_of_a_multi_member_gzip_body_is_read(bridge, route):
     body = gzip.compress(first) + gzip.compress(second)  # what `cat a.gz b.gz` makes
     response = post(route, body, **{"Content-Type": content_type, "Content-Encoding": "gzip"})
     assert 200 <= response.status_code < 300, response.get_body()
+    drain(bridge)
     assert {line["name"].removeprefix("shop.") for line in outbox_lines(bridge)} == {"m1", "m2"}
 
 
@@ -193,6 +219,7 @@ def test_a_webhook_in_a_multi_member_gzip_body_is_read_whole(bridge):
     response = post("webhooks/alertmanager", gzip.compress(document[:half]) + gzip.compress(document[half:]),
                     **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert response.status_code == 202, response.get_body()
+    drain(bridge)
     assert {line["name"] for line in outbox_lines(bridge)} == {"alertmanager.alerts", "alertmanager.alert.firing"}
 
 
@@ -202,7 +229,7 @@ def test_data_after_the_last_gzip_member_is_a_400(bridge, route):
     response = post(route, body, **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert response.status_code == 400, (route, response.get_body())
     assert "not gzip" in json.dumps(answer_of(response))
-    assert outbox_lines(bridge) == []
+    assert drain(bridge) == [] and outbox_lines(bridge) == []
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
@@ -211,4 +238,4 @@ def test_a_content_type_that_is_not_a_media_type_is_a_415(bridge, route, content
     response = post(route, b'{"name": "m", "gauge": {"value": 1}}', **{"Content-Type": content_type})
     assert response.status_code == 415, (route, response.get_body())
     assert "not a media type" in json.dumps(answer_of(response)) or route.startswith(("client", "v1", "v2"))
-    assert outbox_lines(bridge) == []
+    assert drain(bridge) == [] and outbox_lines(bridge) == []

@@ -13,7 +13,7 @@ from bridges.core import Bridge
 from bridges.polling import Source, due
 from bridges.schedule import Schedule
 from bridges.settings import SettingsError, load_settings
-from conftest import NOW_NS, outbox_lines, use_bridge
+from conftest import NOW_NS, drain, outbox_lines, use_bridge
 from fakes.server import Answer, FakeReceiver, refused_port
 
 SECRET = "s3cr3t-status-token-6f1d"
@@ -178,6 +178,7 @@ def test_a_secret_header_reaches_the_server_and_nowhere_else(server, settings_en
     )
     with caplog.at_level(logging.DEBUG):
         polls, normalized = bridge.poll_sources()
+        drain(bridge)
 
     assert {p.source.name: (p.up, p.reason) for p in polls} == {
         "private": (True, None), "echo": (False, "json"), "denied": (False, "status")}
@@ -222,6 +223,7 @@ def test_each_failure_has_its_reason_and_the_other_sources_are_still_delivered(s
         source("refusing", server.url + "/summary.json", REFUSING_RULES),
     )
     polls, _ = bridge.poll_sources()
+    drain(bridge)
 
     lines = outbox_lines(bridge)
     assert poll_states(lines) == {
@@ -245,6 +247,7 @@ def test_rules_that_refuse_some_events_keep_the_source_up(server, settings_env, 
     bridge = polling_bridge(settings_env, source("status", server.url + "/summary.json", rules))
     with caplog.at_level(logging.WARNING):
         polls, _ = bridge.poll_sources()
+        drain(bridge)
 
     assert polls[0].up
     assert poll_states(outbox_lines(bridge)) == {"status": (1, None)}
@@ -258,6 +261,7 @@ def test_a_response_no_rule_matches_is_a_mapping_failure(server, settings_env):
         {"name": "statuspage.incidents", "type": "gauge", "value": "length(body.incidents)"}]}]}
     bridge = polling_bridge(settings_env, source("status", server.url + "/summary.json", rules))
     polls, _ = bridge.poll_sources()
+    drain(bridge)
 
     assert (polls[0].reason, polls[0].message) == ("mapping", "no rule matched the response")
     assert poll_states(outbox_lines(bridge)) == {"status": (0, "mapping")}
@@ -275,6 +279,7 @@ def test_a_fault_in_one_poll_does_not_cost_the_others_theirs(server, settings_en
                             source("faulty", server.url + "/broken"))
     bridge.fetcher = faulty
     polls, _ = bridge.poll_sources()
+    drain(bridge)
 
     assert poll_states(outbox_lines(bridge)) == {"healthy": (1, None), "faulty": (0, "connect")}
     assert polls[1].message == "unexpected failure: RuntimeError"
@@ -335,6 +340,7 @@ def test_a_run_polls_only_the_due_sources_and_delivers_to_the_outbox(server, set
         SOURCES_SCHEDULE="0 * * * * *",
     )
     polls, _ = bridge.poll_sources(now=at(5, 0, 300_000))
+    assert [batch.metrics for batch in drain(bridge)] == [4]
 
     assert [p.source.name for p in polls] == ["five"]
     assert [r.path for r in server.received] == ["/summary.json"]
@@ -344,7 +350,7 @@ def test_a_run_polls_only_the_due_sources_and_delivers_to_the_outbox(server, set
         "poll_duration_seconds", "poll_up", "statuspage.component.up", "statuspage.component.up"]
 
     polls, normalized = bridge.poll_sources(now=at(6, 0, 100_000))
-    assert polls == [] and normalized.metrics == []
+    assert polls == [] and normalized.metrics == [] and drain(bridge) == []
     assert len(server.received) == 1 and len(outbox_lines(bridge)) == len(lines)
 
 

@@ -84,7 +84,21 @@ def test_the_schema_is_valid_draft_2020_12_and_compiles_in_jsonschema_rs():
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema_rs.Draft202012Validator(schema)
-    assert schema["properties"]["sink"]["enum"] == ["outbox", "dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus"]
+    assert schema["properties"]["sink"]["enum"] == [
+        "*", "outbox", "dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus"]
+
+
+@pytest.mark.parametrize("sink, attempt, valid", [
+    ("*", 0, True),  # the delivery queue's envelope: every sink, not yet delivered
+    ("dynatrace", 1, True),
+    ("*", 1, False),
+    ("dynatrace", 0, False),
+    ("outbox", 0, False),
+])
+def test_sink_every_goes_with_attempt_0_and_a_named_sink_with_attempt_1_or_more(sink, attempt, valid):
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    document = {**json.loads(envelope_of(every_kind()).to_text()), "sink": sink, "attempt": attempt}
+    assert validator.is_valid(document) is valid
 
 
 def test_envelope_text_metrics_round_trip_every_kind_to_the_nanosecond():

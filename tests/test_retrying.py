@@ -17,7 +17,7 @@ from bridges.retrying import RetryWorker
 from bridges.masking import Secret
 from bridges.settings import load_settings
 from bridges.sinks.dynatrace import DynatraceSink
-from conftest import use_bridge
+from conftest import drain, use_bridge
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Scripted
 
@@ -137,10 +137,11 @@ def test_every_delivery_is_logged_as_a_structured_record(tmp_path, caplog):
         bridge = use_bridge({"BRIDGE_STATE_DIR": str(tmp_path), "DYNATRACE_URL": fake.url,
                              "DYNATRACE_API_TOKEN": TOKEN}, now_ns=time.time_ns())
         bridge.ingest(json.dumps([{"name": "bridge.a", "gauge": {"value": 1}}]).encode(), "application/json")
-    [record] = [r for r in caplog.records if r.name == "bridges.selfmetrics"]
+        drain(bridge)
+    [record] = [r for r in caplog.records if r.name == "bridges.selfmetrics" and "sink" in r.custom_dimensions]
     dimensions = record.custom_dimensions
     assert {k: dimensions[k] for k in ("source", "sink", "accepted", "delivered", "retried")} == {
-        "source": "ingest", "sink": "dynatrace", "accepted": 1, "delivered": 0, "retried": 1}
+        "source": "delivery of 1 queued messages", "sink": "dynatrace", "accepted": 1, "delivered": 0, "retried": 1}
     assert dimensions["delivery_seconds"] >= 0
 
 
@@ -149,6 +150,8 @@ def test_self_metrics_go_to_the_sinks_when_enabled(tmp_path):
         bridge = use_bridge({"BRIDGE_STATE_DIR": str(tmp_path), "DYNATRACE_URL": fake.url, "DYNATRACE_API_TOKEN": TOKEN,
                              "BRIDGE_SELF_METRICS": "true"}, now_ns=time.time_ns())
         bridge.ingest(json.dumps([{"name": "bridge.a", "gauge": {"value": 1}}]).encode(), "application/json")
+        assert fake.accepted_lines == []  # queued: the delivery function sends both
+        drain(bridge)
     keys = [line.split(" ")[0] for line in fake.accepted_lines]
     assert keys[0] == "bridge.a"
     assert "bridge_accepted_total,sink=dynatrace" in keys and "bridge_delivered_total,sink=dynatrace" in keys

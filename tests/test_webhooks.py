@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
 import azure.functions as func
 import pytest
 
+from bridges import runtime
+from bridges.core import Bridge
 from bridges.delivery import DeliveryError
 from bridges.idempotency import SqliteStore
 from bridges.mapping import load_file
+from bridges.queues import open_queue
+from bridges.settings import load_settings
 from bridges.triggers.http import health, webhook
 from bridges.webhooks import Webhooks
-from conftest import NOW_NS, outbox_lines
+from conftest import NOW_NS, drain, outbox_lines, use_bridge
 
 SECRET = "hook-secret-0123456789"
 RULES = """
@@ -70,7 +75,9 @@ def test_a_signed_webhook_becomes_metrics_in_every_sink(bridge, rules):
     status, answer = order()
     assert status == 202
     assert (answer["accepted"], answer["rejected"], answer["errors"]) == (2, 0, [])
-    assert answer["delivery"]["outbox"]["delivered"] == 2
+    assert answer["delivery"] == {"queued": 2}
+    [batch] = drain(bridge)
+    assert batch.reports["outbox"].delivered == 2
     written = {m["name"]: m for m in outbox_lines(bridge)}
     assert written["shop.orders"]["counter"] == {"value": 1, "temporality": "delta"}
     assert written["shop.order.amount"]["gauge"] == {"value": 12.5}
@@ -91,7 +98,7 @@ def test_a_bad_signature_is_a_bare_401_and_nothing_is_sent(bridge, rules, tamper
     else:
         headers["X-Hub-Signature-256"] = signed(body, "not-the-secret")
     assert call("shop", body, **headers) == (401, {"error": "unauthorized"})
-    assert outbox_lines(bridge) == []
+    assert drain(bridge) == [] and outbox_lines(bridge) == []
     assert SECRET not in caplog.text
 
 
@@ -115,6 +122,7 @@ def test_a_repeated_delivery_is_answered_duplicate_and_not_sent_twice(bridge, ru
     assert order("d-1")[0] == 202
     assert order("d-1") == (200, {"duplicate": True})
     assert order("d-2")[0] == 202
+    drain(bridge)
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 2
 
 
@@ -134,6 +142,7 @@ def test_concurrent_duplicates_deliver_once(bridge, rules):
     results = deliver_at_once("same-id")
     assert results.count(202) == 1
     assert set(results) <= {202, 200, 409}
+    drain(bridge)
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1
 
 
@@ -154,7 +163,8 @@ class FailingOnce:
         return getattr(self.real, name)
 
 
-def test_a_delivery_that_could_not_be_kept_is_503_and_the_senders_retry_is_processed(bridge, rules):
+def test_a_delivery_that_could_not_be_kept_is_503_and_the_senders_retry_is_processed(settings_env, rules):
+    bridge = use_bridge({**settings_env, "BRIDGE_DELIVERY": "inline"})  # the sinks are written before the answer
     install(bridge, rules)
     bridge.delivery = FailingOnce(bridge.delivery)
     status, answer = order("d-1")
@@ -163,12 +173,51 @@ def test_a_delivery_that_could_not_be_kept_is_503_and_the_senders_retry_is_proce
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1
 
 
+class UnwritableOnce:
+    """A delivery queue whose first write fails (the storage account unreachable, the disk full...)."""
+
+    def __init__(self, real):
+        self.real = real
+        self.sends = 0
+
+    def send(self, text, *args, **kwargs):
+        self.sends += 1
+        if self.sends == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.send(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_delivery_queue_that_could_not_be_written_is_503_and_the_senders_retry_is_processed(settings_env, rules):
+    settings = load_settings(settings_env)
+    real = open_queue(settings.delivery_queue, {}, settings.state_dir)  # the embedded SQLite queue
+    bridge = Bridge(settings, clock=lambda: NOW_NS, delivery_queue=UnwritableOnce(real))
+    runtime.use(bridge)
+    install(bridge, rules)
+    body = json.dumps(ORDER).encode()
+    headers = {"X-Event": "order", "X-Delivery": "d-1", "X-Hub-Signature-256": signed(body),
+               "Content-Type": "application/json"}
+    response = webhook(func.HttpRequest("POST", "http://localhost/api/webhooks/shop", headers=headers, body=body,
+                                        route_params={"source": "shop"}))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    error = json.loads(response.get_body())["error"]
+    assert "could not be written (OperationalError)" in error and "send again" in error
+    assert drain(bridge) == []  # nothing was kept
+    # The claim on d-1 was released: the sender's retry is processed, not answered as a duplicate.
+    assert order("d-1") == (202, {"accepted": 2, "rejected": 0, "errors": [], "delivery": {"queued": 2}})
+    drain(bridge)
+    assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1
+
+
 def test_an_event_no_rule_maps_is_answered_200_with_the_reason(bridge, rules):
     install(bridge, rules)
     status, answer = order("d-1", **{"X-Event": "refund"})
     assert status == 200
     assert answer["accepted"] == 0 and answer["skipped"] == {"no rule matched": 1}
-    assert outbox_lines(bridge) == []
+    assert drain(bridge) == [] and outbox_lines(bridge) == []
 
 
 def test_metrics_a_rule_cannot_make_are_refused_by_name(bridge, rules):
@@ -211,4 +260,5 @@ def test_concurrent_duplicates_deliver_once_with_the_azure_table_store(bridge, r
     results = deliver_at_once("azure-same-id")
     assert results.count(202) == 1 and set(results) <= {202, 200, 409}
     assert order("azure-same-id") == (200, {"duplicate": True})
+    drain(bridge)
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1

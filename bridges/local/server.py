@@ -77,6 +77,13 @@ def app_settings() -> dict[str, str]:
     return values
 
 
+def disabled(function_name: str) -> bool:
+    """``AzureWebJobs.<function>.Disabled`` set to true (or 1), as the host reads it: the function
+    is not run (for a trigger paused during an incident, or a test)."""
+    value = os.environ.get(f"AzureWebJobs.{function_name}.Disabled", "").strip().lower()
+    return value in ("true", "1")
+
+
 def _invoke(function: IndexedFunction, argument: object) -> object:
     arg_name = function.trigger["name"]
     result = function.user_function(**{arg_name: argument})
@@ -208,6 +215,9 @@ class _DeadlineReader(io.RawIOBase):
 def _handler_class(host: HttpHost, read_timeout: float = READ_TIMEOUT):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without TCP_NODELAY the body waits for the
+        # client's delayed ACK (~40 ms an answer). The host's Kestrel sets it too.
+        disable_nagle_algorithm = True
         server_version = "bridges-local"
         timeout = read_timeout  # also bounds each write: a client that never reads cannot hold us
 
@@ -657,7 +667,8 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
         os.environ.setdefault(name, value)  # as Core Tools does: the environment wins
     read_timeout = read_timeout or _positive("BRIDGE_SERVE_READ_TIMEOUT", READ_TIMEOUT, float)
     max_connections = max_connections or _positive("BRIDGE_SERVE_MAX_CONNECTIONS", MAX_CONNECTIONS, int)
-    functions = index(load_app(app_module, project_dir))
+    indexed = index(load_app(app_module, project_dir))
+    functions = [f for f in indexed if not disabled(f.name)]
     key = local_function_key(project_dir) if require_keys else None
     http_host = HttpHost(functions, route_prefix(project_dir), key)
     settings = app_settings()
@@ -665,6 +676,9 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
     queues = QueueHost(functions, settings, project_dir, QueueOptions.from_host_json(host_json(project_dir)))
     server = make_server((host, port), http_host, read_timeout, max_connections)
     base = f"http://{host}:{server.server_address[1]}"
+    for function in indexed:
+        if function not in functions:
+            print(f"  {function.name}: disabled (AzureWebJobs.{function.name}.Disabled)", flush=True)
     _print_banner(functions, http_host, timers, queues, base, require_keys, project_dir)
 
     def stop_on_sigterm(signum, frame):

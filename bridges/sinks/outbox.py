@@ -1,8 +1,10 @@
 """The embedded default sink: canonical NDJSON appended to a local folder.
 
 It lets a user see exactly what the bridge accepted before any backend is configured. Files
-are named by the UTC day of receipt (``metrics-2026-11-22.ndjson``); one request's metrics are
-written with a single append, so concurrent requests never interleave lines.
+are named by the UTC day the outbox took them (``metrics-2026-11-22.ndjson``: with queued delivery,
+the delivery function's day, which can be the day after receipt for a metric accepted just
+before midnight); one delivery's metrics are written with a single append, so concurrent
+deliveries never interleave lines.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 // The cloud side of the webhook-to-metrics bridge, with no manual step after it:
 // - a Flex Consumption (FC1, Linux) Python function app running as a user-assigned identity;
-// - its storage (no shared keys): the deployment container, the retry, dead-letter and poison
-//   queues and the idempotency table, reached through identity-based AzureWebJobsStorage__*;
+// - its storage (no shared keys): the deployment container, the delivery queue (accepted
+//   metrics waiting for the delivery function) and its poison queue, the retry, dead-letter and
+//   retry poison queues, and the idempotency table, reached through identity-based
+//   AzureWebJobsStorage__*;
 // - Application Insights on Log Analytics, local auth off, telemetry authenticated with Entra;
 // - a Key Vault (RBAC) holding the sink tokens, read through Key Vault references;
 // - role assignments with deterministic names (modules/rbac.bicep and the modules below);
@@ -9,7 +11,7 @@
 //   Prometheus), wired into the remote-write sink;
 // - every app setting the code reads (bridges/settings.py SETTINGS), with the documented
 //   defaults except where noted;
-// - a workbook of the bridge's own metrics and the synthetic checks.
+// - a workbook of the bridge's own metrics, the delivery queue and the synthetic checks.
 //
 // Deploy with `azd up` (azure.yaml), or:
 //   az deployment sub create --location <region> --template-file infra/bicep/main.bicep \
@@ -136,8 +138,15 @@ var functionAppName = 'func-${resourceToken}'
 var functionAppResourceId = '${subscription().id}/resourceGroups/${rgName}/providers/Microsoft.Web/sites/${functionAppName}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 
-// The retry path (bridges/retrying.py, bridges/triggers/queue.py) and the idempotency table
-// (bridges/idempotency.py): the same names as the settings' defaults.
+// The delivery path (BRIDGE_DELIVERY queued: the HTTP functions put accepted metrics on the
+// delivery queue, the queue-triggered deliver_accepted sends them on), the retry path
+// (bridges/retrying.py, bridges/triggers/queue.py) and the idempotency table
+// (bridges/idempotency.py): the same names as the settings' defaults. The host moves a message
+// that failed maxDequeueCount times (host.json) to '<queue>-poison'. The identity's Storage Queue
+// Data Contributor role (modules/rbac.bicep) is on the whole storage account, so it covers every
+// queue here, the delivery queue and its poison queue included.
+var deliveryQueueName = 'bridge-deliver'
+var deliveryPoisonQueueName = '${deliveryQueueName}-poison'
 var retryQueueName = 'bridge-retry'
 var deadletterQueueName = 'bridge-deadletter'
 var poisonQueueName = '${retryQueueName}-poison'
@@ -181,6 +190,8 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     queueNames: [
+      deliveryQueueName
+      deliveryPoisonQueueName
       retryQueueName
       deadletterQueueName
       poisonQueueName
@@ -280,6 +291,10 @@ var bridgeSettings = {
   BRIDGE_SINKS: bridgeSinks
   BRIDGE_HTTP_TIMEOUT_SECONDS: '10'
   BRIDGE_RETRY_QUEUE: retryQueueName
+  BRIDGE_DELIVERY: 'queued'
+  BRIDGE_DELIVERY_QUEUE: deliveryQueueName
+  BRIDGE_DELIVERY_BATCH: '32'
+  BRIDGE_DELIVERY_LINGER_SECONDS: '1'
   BRIDGE_DEADLETTER_QUEUE: deadletterQueueName
   BRIDGE_RETRY_BASE_SECONDS: '5'
   BRIDGE_RETRY_CAP_SECONDS: '600'
@@ -357,6 +372,7 @@ module workbook 'modules/workbook.bicep' = {
     location: location
     tags: tags
     metricsResourceId: metricsResourceId
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
     sourceId: app.outputs.id
   }
 }

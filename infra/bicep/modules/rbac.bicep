@@ -4,7 +4,7 @@
 @description('Principal (object) id of the user-assigned identity.')
 param principalId string
 
-@description('Host storage account: blob (host and deployment package), queue (retry path) and table (idempotency) data roles.')
+@description('Host storage account: blob (host and deployment package), queue (delivery and retry paths) and table (idempotency) data roles.')
 param storageAccountName string
 
 @description('Key Vault holding the tokens: Key Vault Secrets User for the Key Vault references.')
@@ -36,6 +36,8 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
 }
 
+// Scoped to the account, not to single queues: Storage Queue Data Contributor covers every queue
+// of main.bicep (delivery, retry, dead-letter and their poison queues) and any added later.
 resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for roleId in storageRoles: {
   name: guid(storage.id, principalId, roleId)
   scope: storage

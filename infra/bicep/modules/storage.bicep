@@ -1,5 +1,7 @@
 // Host storage of the function app, reached with the managed identity only (no shared keys):
-// the Flex Consumption deployment container, the retry path's queues and the idempotency table.
+// the Flex Consumption deployment container, the delivery queue and its poison queue, the retry
+// path's queues (retry, dead-letter, retry poison) and the idempotency table. The identity's
+// queue role (rbac.bicep) is on the account, so it covers every queue created here.
 @description('Storage account name (3-24 lower-case letters and digits).')
 param name string
 
@@ -12,7 +14,7 @@ param tags object = {}
 @description('Blob container Flex Consumption deploys the app package to.')
 param deploymentContainerName string
 
-@description('Queues to create: the retry queue, the dead-letter queue and the poison queue the host moves failing messages to.')
+@description('Queues to create: the delivery queue, the retry queue, the dead-letter queue, and the poison queues the host moves failing messages to.')
 param queueNames array
 
 @description('Tables to create: the webhook idempotency table.')

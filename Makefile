@@ -32,6 +32,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_retry.py
 	$(BIN)/python benchmarks/bench_checks.py
 	$(BIN)/python benchmarks/bench_hostile.py
+	$(BIN)/python benchmarks/bench_queued.py
 
 clean:
 	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the fake receivers and the Azurite peer
 
 from benchmarks.bench_ingest import payload  # noqa: E402
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import on_azurite, report  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.normalize import Normalizer  # noqa: E402
 from bridges.queues import SqliteQueue, StorageQueue  # noqa: E402
@@ -177,23 +177,6 @@ def drain_figures(backend: str, tmp: Path, environ: dict[str, str]) -> list[str]
     ]
 
 
-def azurite_figures(tmp: Path) -> list[str]:
-    try:
-        from peers import PeerUnavailable
-        from peers.azurite import run_azurite
-    except Exception as exc:  # e.g. pytest missing: say so and go on
-        return [f"Azurite: not measured, the peer helper could not be imported ({type(exc).__name__}: {exc})"]
-    running = run_azurite()
-    try:
-        peer = next(running)
-    except (PeerUnavailable, OSError) as exc:
-        return [f"Azurite: not measured, it could not start: {exc}"]
-    try:
-        return drain_figures("Azurite", tmp, {"AzureWebJobsStorage": peer.connection_string})
-    finally:
-        running.close()  # stops it
-
-
 # -- 2. the hand-off on the HTTP path ------------------------------------------------------
 
 
@@ -264,7 +247,7 @@ def main() -> None:
                  f"concurrently); "
                  f"Dynatrace sink on a fake that accepts everything"]
         lines += drain_figures("SQLite", tmp / "sqlite", {})
-        lines += azurite_figures(tmp / "azurite")
+        lines += on_azurite(lambda storage: drain_figures("Azurite", tmp / "azurite", {"AzureWebJobsStorage": storage}))
         lines.append("hand-off latency on the HTTP path (Bridge.ingest, SQLite retry queue):")
         lines += handoff_figures(tmp / "handoff")
     report("retry", lines)

@@ -3,7 +3,8 @@
 HTTP functions answer at ``http://HOST:PORT/<routePrefix>/<route>`` with their declared
 methods and route parameters; timer functions fire on their schedules; queue functions are fed
 from their queues (SQLite in ``.bridge/`` or Azure Storage when ``AzureWebJobsStorage`` is
-set) with the host's peek-lock, retry and poison rules. Like Core Tools, keys are not demanded
+set) with the host's peek-lock, retry and poison rules, in a second process of their own (as the
+Flex Consumption plan scales non-HTTP functions on their own instances). Like Core Tools, keys are not demanded
 unless ``--require-keys`` is given. Each invocation is logged; Ctrl-C (or SIGTERM) stops the
 server, the timers and the queue pollers cleanly.
 
@@ -36,6 +37,8 @@ import os
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -633,10 +636,12 @@ class QueueHost:
         for listener in self.listeners:
             listener.thread.start()
 
+    STOP_SECONDS = 10
+
     def stop(self) -> None:
         """Let in-flight messages finish for a while; the rest reappear after their lease."""
         self._stop.set()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + self.STOP_SECONDS
         for listener in self.listeners:
             if listener.thread.is_alive():
                 listener.thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -660,6 +665,10 @@ def local_function_key(project_dir: Path) -> str:
     return key
 
 
+QUEUE_PROCESS = "BRIDGE_SERVE_QUEUES_FOR"  # in the queue functions' process: the runner's pid
+QUEUE_PROCESS_NICENESS = 10
+
+
 def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir: Path | None = None,
           read_timeout: float | None = None, max_connections: int | None = None) -> int:
     project_dir = (project_dir or Path.cwd()).resolve()
@@ -669,11 +678,13 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
     max_connections = max_connections or _positive("BRIDGE_SERVE_MAX_CONNECTIONS", MAX_CONNECTIONS, int)
     indexed = index(load_app(app_module, project_dir))
     functions = [f for f in indexed if not disabled(f.name)]
+    settings = app_settings()
+    queues = QueueHost(functions, settings, project_dir, QueueOptions.from_host_json(host_json(project_dir)))
+    if os.environ.get(QUEUE_PROCESS):
+        return _serve_queues(queues, int(os.environ[QUEUE_PROCESS]))
     key = local_function_key(project_dir) if require_keys else None
     http_host = HttpHost(functions, route_prefix(project_dir), key)
-    settings = app_settings()
     timers = TimerHost(functions, settings)
-    queues = QueueHost(functions, settings, project_dir, QueueOptions.from_host_json(host_json(project_dir)))
     server = make_server((host, port), http_host, read_timeout, max_connections)
     base = f"http://{host}:{server.server_address[1]}"
     for function in indexed:
@@ -685,18 +696,87 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    queue_process = _start_queue_process(app_module, project_dir) if queues.listeners else None
     timers.start()
-    queues.start()
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         timers.stop()
-        queues.stop()
+        if queue_process is not None:
+            _stop_queue_process(queue_process)
         server.server_close()
         print("Stopped.", flush=True)
     return 0
+
+
+def _start_queue_process(app_module: str, project_dir: Path) -> subprocess.Popen:
+    """Run the queue-triggered functions in a process of their own, as the Flex Consumption plan
+    runs every non-HTTP function on its own instances (per-function scaling): a delivery
+    function encoding a batch then never holds up an HTTP answer, here as there. The process
+    dies with the runner (SIGKILL included) and writes to the same output."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridges", "serve", "--app", app_module, "--log-level", level],
+        cwd=project_dir, env={**os.environ, QUEUE_PROCESS: str(os.getpid()), "PYTHONPATH": path},
+        start_new_session=True,  # Ctrl-C reaches the runner, which stops this process itself
+    )
+
+
+def _stop_queue_process(process: subprocess.Popen) -> None:
+    """Let in-flight messages finish as QueueHost.stop does; then make sure it is gone."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=QueueHost.STOP_SECONDS + 5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _serve_queues(queues: QueueHost, runner_pid: int) -> int:
+    """The queue functions' process: feed them until SIGINT or SIGTERM, or until the runner is
+    gone (then at once, as a killed instance does: messages in flight reappear after their lease)."""
+    _die_with(runner_pid)
+    try:  # background work: on one machine the HTTP answers come first (Flex gives it other instances)
+        os.nice(QUEUE_PROCESS_NICENESS)
+    except (OSError, AttributeError):
+        pass
+
+    def stop_on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    queues.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        queues.stop()
+    return 0
+
+
+def _die_with(runner_pid: int) -> None:
+    """Exit the moment the runner exits: PR_SET_PDEATHSIG where Linux has it, else a watcher."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == runner_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    if os.getppid() != runner_pid:  # the runner died before the signal was asked for
+        os._exit(1)
+    threading.Thread(target=watch, name="runner-watch", daemon=True).start()
 
 
 def _print_banner(functions, http_host: HttpHost, timers: TimerHost, queues: QueueHost, base: str, require_keys: bool, project_dir: Path) -> None:

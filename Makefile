@@ -18,6 +18,7 @@ $(VENV)/.dev-installed: $(VENV)/.local-installed requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.local-installed
+	test -f local.settings.json || cp local.settings.example.json local.settings.json
 	$(BIN)/python -m bridges serve
 
 test: $(VENV)/.dev-installed

@@ -4,7 +4,7 @@ import azure.functions as func
 from bridges import runtime
 from bridges.triggers import http, queue, timers
 
-runtime.start()  # validates the settings: a bad one stops start-up with its name
+runtime.start()  # validates the settings; a bad one is reported by every function, never stops indexing
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http.blueprint)

@@ -97,6 +97,7 @@ from benchmarks.bench_ingest import payload  # noqa: E402
 from benchmarks.bench_retry import fast, percentile  # noqa: E402
 from benchmarks.common import on_azurite, report  # noqa: E402
 from bridges.queues import LOCAL_FILE, SqliteQueue  # noqa: E402
+from bridges.settings import binding_defaults  # noqa: E402
 from chaos import BS_TOKEN, DT_TOKEN, SINKS, UNLEASH_TOKEN, sink_settings  # noqa: E402
 from fakes.azure_monitor import FakeAzureMonitor  # noqa: E402
 from fakes.betterstack import FakeBetterStack  # noqa: E402
@@ -275,7 +276,7 @@ class Runner:
         self.state = self.project / "state"
         self.log_path = self.project / "runner.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobs"))}
-        environment.update(PYTHONPATH=str(ROOT), BRIDGE_STATE_DIR=str(self.state),
+        environment.update(binding_defaults(), PYTHONPATH=str(ROOT), BRIDGE_STATE_DIR=str(self.state),
                            BRIDGE_OUTBOX_DIR=str(self.project / "outbox"), BRIDGE_SINKS=",".join(SINKS))
         environment.update(env)
         with open(self.log_path, "wb") as log:

@@ -80,6 +80,14 @@ def _unkept(exc: DeliveryError) -> Reply:
                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+def misconfigured(exc: SettingsError) -> Reply:
+    """503 for every HTTP function while an app setting is bad, naming it (never its value if it
+    is a secret: SettingsError messages never hold one). Shaped as health so probes read it."""
+    return Reply(503, {"status": "misconfigured", "version": __version__, "problems": [str(exc)],
+                       "error": f"the app's settings are not valid: {exc}; fix the app setting"},
+                 {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _too_large(exc: MetricTooLarge, where: Callable[[int], str]) -> Reply:
     """413: one metric cannot fit a delivery-queue message even alone; nothing was kept."""
     return Reply(413, {"error": f"{where(exc.index)} is too large to keep for delivery (its tags and texts take "
@@ -304,8 +312,10 @@ class Bridge:
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""
+        from bridges.settings import environment, unset_bindings
+
         sinks = self.delivery.status()
-        problems = list(self.settings.sink_problems)
+        problems = list(self.settings.sink_problems) + unset_bindings(environment())
         for name, sink in sinks.items():
             if sink.get("writable") is False:
                 problems.append(f"{name}: {sink.get('directory')} is not writable")

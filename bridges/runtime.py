@@ -1,7 +1,7 @@
 """The process-wide Bridge that triggers use.
 
-``start()`` validates the settings when the host imports the app, so a bad setting stops
-start-up with its name; the Bridge itself (schemas, codecs, sinks) is built on first use,
+``start()`` validates the settings when the host imports the app; a bad setting never stops
+the functions from indexing (each answers 503 naming it); the Bridge itself (schemas, codecs, sinks) is built on first use,
 keeping the import that every cold start pays small.
 """
 from __future__ import annotations
@@ -19,23 +19,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _settings: Settings | None = None
+_problem: SettingsError | None = None
 _bridge: Bridge | None = None
 _worker: RetryWorker | None = None
 _delivery_worker: DeliveryWorker | None = None
 _building = threading.RLock()  # concurrent first requests share one Bridge (and its rate limiters)
 
 
-def start() -> Settings:
-    """Validate the settings; raises SettingsError naming a bad setting, and logs every sink
-    left out for want of a setting (health reports them too)."""
-    global _settings
-    _settings = load_settings()
-    for problem in _settings.sink_problems:
+def start() -> Settings | None:
+    """Validate the settings when the host imports the app. A bad one never stops indexing:
+    it is logged and kept (``problem()``), every function still indexes, and each answers 503
+    naming it (health too) until the setting is fixed. Logs every sink left out for want of a
+    setting (health reports them too)."""
+    global _settings, _problem
+    try:
+        settings = load_settings()
+        if settings.mappings_dir is not None:
+            check_mappings(settings)
+        check_declarations(settings)
+    except SettingsError as exc:
+        _settings, _problem = None, exc
+        log.error("the app's settings are not valid, every function answers 503 until fixed: %s", exc)
+        return None
+    _settings, _problem = settings, None
+    for problem in settings.sink_problems:
         log.warning("sink not enabled: %s", problem)
-    if _settings.mappings_dir is not None:
-        check_mappings(_settings)
-    check_declarations(_settings)
-    return _settings
+    return settings
+
+
+def problem() -> SettingsError | None:
+    """The bad setting found at start-up, if any."""
+    return _problem
 
 
 def check_declarations(settings: Settings) -> None:
@@ -70,12 +84,18 @@ def check_mappings(settings: Settings) -> None:
 
 
 def bridge() -> Bridge:
+    """Raises SettingsError naming the bad setting while the settings are not valid."""
     global _bridge
     with _building:
         if _bridge is None:
             from bridges.core import Bridge
 
-            _bridge = Bridge(_settings or start())
+            if _problem is not None:  # found at start-up: the host restarts the app when settings change
+                raise _problem
+            settings = _settings or start()
+            if settings is None:
+                raise _problem
+            _bridge = Bridge(settings)
         return _bridge
 
 
@@ -105,9 +125,9 @@ def delivery_worker() -> DeliveryWorker:
 
 def use(replacement: Bridge | None) -> None:
     """Install a Bridge built by a test (None: rebuild from the settings on next use)."""
-    global _bridge, _settings, _worker, _delivery_worker
+    global _bridge, _settings, _worker, _delivery_worker, _problem
     _bridge = replacement
     _worker = None
     _delivery_worker = None
     if replacement is None:
-        _settings = None
+        _settings, _problem = None, None

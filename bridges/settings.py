@@ -365,6 +365,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Service principal secret (a Key Vault reference in Azure); with AZURE_TENANT_ID and AZURE_CLIENT_ID the "
             "Azure sinks use it instead of the managed identity."),
 )
+# The app settings the functions' bindings name as %SETTING%, with the function each feeds. The
+# host does not run a function whose binding names an unset setting (no fallback to the default
+# below), so each must be set (the Bicep does); health names every one that is not.
+BINDING_SETTINGS = {"BRIDGE_DELIVERY_QUEUE": "deliver_accepted", "BRIDGE_RETRY_QUEUE": "retry_deliveries",
+                    "CHECKS_SCHEDULE": "synthetic_checks", "SOURCES_SCHEDULE": "polled_sources"}
+
+
+def binding_defaults() -> dict[str, str]:
+    """The binding settings at their defaults: what local.settings.json and the Bicep set."""
+    return {setting.name: setting.default for setting in SETTINGS if setting.name in BINDING_SETTINGS}
+
+
+def unset_bindings(environ: Mapping[str, str]) -> list[str]:
+    """A problem per binding setting that is not set, naming the function the host will not run."""
+    return [f"{name} is not set: the host does not run {function} (its binding names %{name}%); "
+            f"set it, e.g. to {binding_defaults()[name]!r}"
+            for name, function in BINDING_SETTINGS.items() if not str(environ.get(name, "")).strip()]
+
+
 _EXPECTED[_BETTERSTACK_FORMATS] = _BETTERSTACK_FORMATS.expected
 _EXPECTED[_UNLEASH_APIS] = _UNLEASH_APIS.expected
 _EXPECTED[_DELIVERY_MODES] = _DELIVERY_MODES.expected

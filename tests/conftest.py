@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
 
 from bridges import runtime  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
-from bridges.settings import load_settings  # noqa: E402
+from bridges.settings import binding_defaults, load_settings  # noqa: E402
 
 pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.azurite"]  # real peers as fixtures
 
@@ -24,10 +24,13 @@ NOW_NS = 1_795_341_600 * 1_000_000_000
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):
-    """Each test runs in an empty folder with no BRIDGE_* settings from the machine."""
+    """Each test runs in an empty folder with no BRIDGE_* settings from the machine, and the
+    settings the bindings name set to their defaults."""
     for name in list(os.environ):
         if name.startswith("BRIDGE_"):
             monkeypatch.delenv(name)
+    for name, value in binding_defaults().items():  # as the Bicep and local.settings.json set them
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     yield
     runtime.use(None)

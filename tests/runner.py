@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from bridges.settings import binding_defaults
 from conftest import ROOT
 
 
@@ -22,7 +23,7 @@ def running_bridge(*args: str, env: dict[str, str] | None = None, timeout: float
     ``cwd`` is the project folder (host.json, .bridge/); the repository stays importable. Run
     from the checkout itself, the runner keeps its state in a temporary folder instead."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobsStorage"))}
-    environment["PYTHONPATH"] = str(ROOT)
+    environment.update(binding_defaults(), PYTHONPATH=str(ROOT))  # the host runs no function without them
     if Path(cwd) == ROOT:  # queues and keys stay out of the checkout
         state = tempfile.mkdtemp(prefix="bridge-state-")
         environment.update({"BRIDGE_STATE_DIR": state, "BRIDGE_OUTBOX_DIR": os.path.join(state, "outbox")})

@@ -618,25 +618,29 @@ def test_a_yaml_date_to_compare_is_refused_at_load(tmp_path):
     assert load_checks(load_settings({"BRIDGE_CHECKS_FILE": path}), {})[1].assertions
 
 
-def test_start_up_stops_on_a_bad_checks_file(tmp_path, monkeypatch):
+def test_a_bad_checks_file_is_kept_as_the_problem_until_fixed(tmp_path, monkeypatch):
+    """Start-up never raises (the functions must still index); the problem names the file and
+    field, every use of the Bridge raises it, and a fixed file clears it."""
     path = write(tmp_path / "checks.yaml", "checks:\n  - name: a\n    url: gopher://a/\n")
     monkeypatch.setenv("BRIDGE_CHECKS_FILE", path)
     try:
-        with pytest.raises(SettingsError, match=f"^BRIDGE_CHECKS_FILE: {re.escape(path)}: at /checks/0/url"):
-            runtime.start()
+        assert runtime.start() is None
+        assert re.match(f"^BRIDGE_CHECKS_FILE: {re.escape(path)}: at /checks/0/url", str(runtime.problem()))
+        with pytest.raises(SettingsError, match="^BRIDGE_CHECKS_FILE: "):
+            runtime.bridge()
         monkeypatch.setenv("BRIDGE_CHECKS_FILE", write(tmp_path / "checks.yaml", YAML_CHECKS))
-        assert runtime.start().checks_file is not None
+        assert runtime.start().checks_file is not None and runtime.problem() is None
     finally:
         runtime.use(None)
 
 
-def test_start_up_stops_on_an_unset_secret(monkeypatch):
+def test_an_unset_secret_is_kept_as_the_problem(monkeypatch):
     monkeypatch.setenv("BRIDGE_CHECKS", declared(
         {"name": "a", "url": "http://a/", "headers": {"Authorization": {"setting": "STATUS_TOKEN"}}}))
     monkeypatch.delenv("STATUS_TOKEN", raising=False)
     try:
-        with pytest.raises(SettingsError, match="^STATUS_TOKEN: "):
-            runtime.start()
+        assert runtime.start() is None
+        assert str(runtime.problem()).startswith("STATUS_TOKEN: ")
     finally:
         runtime.use(None)
 

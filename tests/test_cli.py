@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import msgpack
+import requests
 
 from conftest import ROOT
 
@@ -183,13 +184,18 @@ def test_mappings_check_accepts_the_built_in_rules_and_names_file_rule_and_field
     assert "shop.yaml: rule 'orders' at /rules/0/metrics/0/type:" in done.stderr.decode()
 
 
-def test_a_bad_rule_file_in_the_mappings_folder_stops_start_up_naming_it(tmp_path):
+def test_a_bad_rule_file_in_the_mappings_folder_is_named_by_every_function(tmp_path):
+    """A bad setting never stops indexing: the runner starts and each function answers 503
+    naming the setting, the file, the rule and the field."""
+    from runner import running_bridge
+
     folder = tmp_path / "rules"
     folder.mkdir()
     (folder / "shop.yaml").write_text("source: shop\nrules:\n  - name: orders\n    filter: 'a ==== b'\n"
                                       "    metrics: [{name: shop.orders, type: counter}]\n")
-    done = subprocess.run([sys.executable, "-m", "bridges", "serve", "--port", "0"], cwd=tmp_path, capture_output=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "BRIDGE_MAPPINGS_DIR": str(folder)})
-    assert done.returncode == 2
-    message = done.stderr.decode()
+    env = {"BRIDGE_MAPPINGS_DIR": str(folder), "BRIDGE_STATE_DIR": str(tmp_path / "state")}
+    with running_bridge(env=env) as (base, lines):
+        answer = requests.post(f"{base}/api/webhooks/shop", json={"a": 1}, timeout=10)
+    assert answer.status_code == 503
+    message = answer.json()["error"]
     assert "BRIDGE_MAPPINGS_DIR" in message and "shop.yaml: rule 'orders' at /rules/0/filter" in message

@@ -41,7 +41,7 @@ from bridges.queued import worker_for
 from bridges.queues import LOCAL_FILE, SqliteQueue, open_queue, poison_name
 from bridges.retry import Envelope, metrics_of
 from bridges.retrying import QueueHandoff, RetryWorker
-from bridges.settings import load_settings
+from bridges.settings import binding_defaults, load_settings
 from bridges.sinks import build_sinks
 from bridges.triggers.http import ingest_metrics
 from chaos import (
@@ -266,7 +266,7 @@ class Runner:
 
 def crash_env(project: Path, fakes: dict, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "AzureWebJobsStorage"))}
-    env.update(sink_settings(fakes), PYTHONPATH=str(ROOT), **{
+    env.update(sink_settings(fakes), **binding_defaults(), PYTHONPATH=str(ROOT), **{
         "BRIDGE_SINKS": "outbox," + ",".join(SINKS),
         "BRIDGE_OUTBOX_DIR": str(project / "outbox"),
         "BRIDGE_HTTP_TIMEOUT_SECONDS": str(HTTP_TIMEOUT),

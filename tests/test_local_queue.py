@@ -3,16 +3,12 @@ host.json, SQLite queues in its .bridge/), fed through one of its own HTTP funct
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
 from bridges.queues import LOCAL_FILE, SqliteQueue
-from conftest import ROOT
 from runner import running_bridge, wait_for_line, wait_until
 
 HOST_JSON = {
@@ -88,11 +84,9 @@ def test_ctrl_c_lets_the_message_in_flight_finish(project):
     assert SqliteQueue(database, "slow-jobs").depth() == 0
 
 
-def test_an_unknown_queue_setting_stops_start_up_with_its_name(project):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "SAMPLE_"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.queue_app"],
-        cwd=project, env={**environment, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 2
-    assert "SAMPLE_QUEUE" in done.stderr and "queue name of work" in done.stderr
+def test_a_queue_function_whose_setting_is_unset_is_not_hosted_and_said_so(project):
+    """As on the host: no fallback, the function is not run; the others are."""
+    with running(project, {"SAMPLE_QUEUE": ""}) as (_, lines):
+        line = wait_for_line(lines, "work: not hosted")
+        assert "SAMPLE_QUEUE" in line and "not set" in line
+        assert not any(l.startswith("  work: queue") for l in lines)

@@ -9,7 +9,6 @@ import msgpack
 import pytest
 import requests
 
-from conftest import ROOT
 from runner import raw_request, running_bridge, wait_for_line
 
 GAUGE = {"name": "queue_depth", "gauge": {"value": 7}, "tags": {"queue": "orders"}}
@@ -128,16 +127,12 @@ def test_route_parameters_methods_errors_and_timers(tmp_path):
         wait_for_line(lines, "RuntimeError: this function always fails")
 
 
-def test_a_missing_schedule_setting_stops_start_up_with_its_name():
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-m", "bridges", "serve", "--port", "0", "--app", "tests.apps.sample_app"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 2
-    assert "SAMPLE_SCHEDULE" in done.stderr
+def test_a_timer_whose_schedule_setting_is_unset_is_not_hosted_and_said_so():
+    """As on the host: the function is not run (no default), and the runner says why."""
+    with running_bridge("--app", "tests.apps.sample_app", env={"SAMPLE_SCHEDULE": ""}) as (base, lines):
+        line = wait_for_line(lines, "tick: not hosted")
+        assert "SAMPLE_SCHEDULE" in line and "not set" in line
+        assert requests.get(f"{base}/api/items/special", timeout=10).status_code == 200  # the rest runs
 
 
 def test_a_bad_content_length_is_400(bridge_url):

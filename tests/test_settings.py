@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from bridges.settings import SETTINGS, SettingsError, load_settings
 from conftest import ROOT
@@ -71,22 +72,32 @@ def test_a_broken_local_settings_file_is_named(tmp_path):
         load_settings({}, local)
 
 
-def test_function_app_start_up_fails_naming_the_setting(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "BRIDGE_MAX_ITEMS": "many"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import function_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode != 0
-    assert "BRIDGE_MAX_ITEMS: expected a positive whole number, got 'many'" in done.stderr
+def test_a_bad_setting_never_stops_the_functions_from_indexing(tmp_path):
+    """The host sees every function (health included) and each answers 503 naming the setting."""
+    script = ("import json, function_app, azure.functions as func\n"
+              "from bridges.triggers.http import health, ingest_metrics\n"
+              "names = [f.get_function_name() for f in function_app.app.get_functions()]\n"
+              "h = health(func.HttpRequest('GET', 'http://x/api/health', body=b''))\n"
+              "m = ingest_metrics(func.HttpRequest('POST', 'http://x/api/metrics', body=b'{}'))\n"
+              "print(json.dumps([names, h.status_code, json.loads(h.get_body()), m.status_code, json.loads(m.get_body())]))")
+    env = {"PATH": "/usr/bin:/bin", "BRIDGE_MAX_ITEMS": "many", "BRIDGE_STATE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    names, health_status, health, ingest_status, ingest = json.loads(done.stdout)
+    assert {"health", "ingest_metrics", "deliver_accepted", "retry_deliveries", "synthetic_checks"} <= set(names)
+    problem = "BRIDGE_MAX_ITEMS: expected a positive whole number, got 'many'"
+    assert (health_status, health["status"], health["problems"]) == (503, "misconfigured", [problem])
+    assert ingest_status == 503 and problem in ingest["error"]
+    assert problem in done.stderr  # and in the host's log
 
 
-def test_the_local_runner_refuses_to_start_on_a_bad_setting():
-    env = {"PATH": "/usr/bin:/bin", "BRIDGE_MAX_BODY_BYTES": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bridges", "serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip() == "configuration error: BRIDGE_MAX_BODY_BYTES: expected a positive whole number, got '0'"
+def test_the_local_runner_starts_on_a_bad_setting_and_every_function_names_it(tmp_path):
+    from runner import running_bridge
+
+    with running_bridge(env={"BRIDGE_MAX_BODY_BYTES": "0", "BRIDGE_STATE_DIR": str(tmp_path)}) as (base, lines):
+        health = requests.get(f"{base}/api/health", timeout=10)
+    assert health.status_code == 503
+    assert health.json()["problems"] == ["BRIDGE_MAX_BODY_BYTES: expected a positive whole number, got '0'"]
 
 
 def test_start_up_names_a_partly_configured_sink_in_the_log():
@@ -184,3 +195,26 @@ def test_default_dimensions_with_a_control_character_are_refused_at_start_up():
     assert load_settings(env).sink_problems == (
         "dynatrace: DYNATRACE_DEFAULT_DIMENSIONS: expected key=value pairs separated by commas, without control "
         "characters, got 'env=prod\\nevil.injected 1'",)
+
+
+def test_the_example_local_settings_set_every_binding_setting():
+    """`make run` copies it to local.settings.json: without these the host (and the local
+    runner) would not run the functions whose bindings name them."""
+    from bridges.settings import BINDING_SETTINGS, binding_defaults
+
+    values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    assert {k: v for k, v in values.items() if k in BINDING_SETTINGS} == binding_defaults()
+    assert set(BINDING_SETTINGS) <= set(values)
+
+
+def test_health_names_every_binding_setting_that_is_not_set(monkeypatch, tmp_path):
+    from bridges.core import Bridge
+
+    monkeypatch.delenv("CHECKS_SCHEDULE")
+    monkeypatch.delenv("BRIDGE_DELIVERY_QUEUE")
+    health = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path)})).health().body
+    assert health["status"] == "degraded"
+    named = [p for p in health["problems"] if "is not set: the host does not run" in p]
+    assert len(named) == 2
+    assert any(p.startswith("CHECKS_SCHEDULE") and "synthetic_checks" in p for p in named)
+    assert any(p.startswith("BRIDGE_DELIVERY_QUEUE") and "deliver_accepted" in p for p in named)

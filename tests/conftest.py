@@ -16,7 +16,7 @@ from bridges import runtime  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
 from bridges.settings import binding_defaults, load_settings  # noqa: E402
 
-pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.azurite"]  # real peers as fixtures
+pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.azurite", "peers.functions_worker"]  # real peers as fixtures
 
 # 2026-11-22T10:00:00Z: the receipt time every test sees.
 NOW_NS = 1_795_341_600 * 1_000_000_000

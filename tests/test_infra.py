@@ -59,10 +59,52 @@ ROLES_BY_MODULE = {
     "prometheus.bicep": {"Monitoring Metrics Publisher"},  # on the data collection rule
     "metrics-publisher.bicep": {"Monitoring Metrics Publisher"},  # each resource in metricsResourceIds
 }
-# Settings Flex Consumption rejects or ignores (CONTRACTS.md section 7).
+# App settings Flex Consumption rejects or ignores: CONTRACTS.md section 7 ("Do not set on Flex"),
+# and the rest of the app settings in the "Flex Consumption plan deprecations" table of Microsoft's
+# Functions app settings reference (functions-app-settings.md, 2025-07).
 FLEX_DO_NOT_SET = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
                    "WEBSITE_CONTENTSHARE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-                   "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "WEBSITE_TIME_ZONE", "TZ")
+                   "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "WEBSITE_TIME_ZONE", "TZ",
+                   # the deprecations table, beyond CONTRACTS.md's list
+                   "FUNCTIONS_WORKER_RUNTIME_VERSION", "FUNCTIONS_MAX_HTTP_CONCURRENCY", "FUNCTIONS_WORKER_PROCESS_COUNT",
+                   "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED", "WEBSITE_CONTENTOVERVNET", "WEBSITE_DNS_SERVER",
+                   "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT", "WEBSITE_NODE_DEFAULT_VERSION",
+                   "WEBSITE_SKIP_CONTENTSHARE_VALIDATION", "WEBSITE_VNET_ROUTE_ALL")
+# Site properties (Microsoft.Web/sites properties or properties.siteConfig) a Flex Consumption app
+# must not carry, with why. "deprecations": the same table, whose site-property rows all apply
+# here; "51021": ARM refuses them on an FC1 site with error 51021 ("The following list of site
+# configuration properties ... for Flex Consumption sites is invalid"), as the Azure Verified
+# Modules web-site module's FC1 test records (region-dependent: older regions may ignore them).
+FLEX_SITE_PROPERTIES_REJECTED = {
+    "alwaysOn": "deprecations: not valid; Flex scales to zero, functionAppConfig.scaleAndConcurrency.alwaysReady "
+                "keeps instances warm",
+    "ftpsState": "deprecations: FTPS not supported; 51021",
+    "use32BitWorkerProcess": "deprecations: 32-bit not supported; 51021",
+    "linuxFxVersion": "deprecations: replaced by functionAppConfig.runtime; 51021",
+    "windowsFxVersion": "deprecations: not valid (Flex is Linux); 51021",
+    "netFrameworkVersion": "deprecations: replaced by functionAppConfig.runtime.version; 51021",
+    "javaVersion": "deprecations: replaced by functionAppConfig.runtime.version; 51021",
+    "powerShellVersion": "deprecations: replaced by functionAppConfig.runtime.version; 51021",
+    "pythonVersion": "51021: the runtime is functionAppConfig.runtime",
+    "nodeVersion": "51021: the runtime is functionAppConfig.runtime",
+    "phpVersion": "51021: the runtime is functionAppConfig.runtime",
+    "javaContainer": "51021: the runtime is functionAppConfig.runtime",
+    "javaContainerVersion": "51021: the runtime is functionAppConfig.runtime",
+    "functionAppScaleLimit": "deprecations: renamed scaleAndConcurrency.maximumInstanceCount; 51021",
+    "preWarmedInstanceCount": "deprecations: renamed scaleAndConcurrency.alwaysReady; 51021",
+    "functionsRuntimeScaleMonitoringEnabled": "51021: Flex scales per function itself",
+    "containerSize": "deprecations: renamed scaleAndConcurrency.instanceMemoryMB",
+    "reserved": "deprecations (isReserved): not valid on the site; the plan carries reserved: true",
+    "isReserved": "deprecations: not valid",
+    "isXenon": "deprecations: not valid",
+    "vnetRouteAllEnabled": "deprecations: not used for networking in Flex Consumption",
+    "vnetContentShareEnabled": "deprecations: not used for networking in Flex Consumption",
+    "vnetImagePullEnabled": "deprecations: not used for networking in Flex Consumption",
+    "vnetBackupRestoreEnabled": "deprecations: not used for networking in Flex Consumption",
+}
+# What the site's siteConfig does set, each one Flex takes (Flex's own Bicep samples set
+# minTlsVersion; inbound access restrictions are supported on Flex).
+FLEX_SITE_CONFIG_USED = {"minTlsVersion", "ipSecurityRestrictions", "ipSecurityRestrictionsDefaultAction"}
 # Where the template departs, on purpose, from a setting's documented default.
 RUNTIME_VALUES = {"AZURE_MONITOR_RESOURCE_ID", "AZURE_MONITOR_REGION", "AZURE_CLIENT_ID"}  # this deployment's
 WRITABLE_FOLDERS = {"BRIDGE_OUTBOX_DIR", "BRIDGE_STATE_DIR"}  # the package folder is read-only in Azure
@@ -435,12 +477,90 @@ def test_token_settings_are_key_vault_references_set_only_when_given(main, app_s
     assert _text(app.property(site, "identity", "type")) == "'UserAssigned'"
 
 
+def test_key_vault_name_never_meets_its_soft_deleted_predecessor(main, module_templates):
+    """Deleting the resource group (``azd down``) soft-deletes the vault, and Azure keeps its
+    name reserved until it is purged (7 days here). The name therefore hashes, with the
+    environment's token, the principal id of the user-assigned identity: the same while the
+    resource group lives (a redeployment keeps its vault, no orphan), a new one once the group was
+    deleted and the identity made anew, so the next deployment gets a vault name never used
+    before, with or without ``azd down --purge``. The vault stays purgeable (no purge protection)
+    and is created normally (``createMode: 'recover'`` fails where no deleted vault exists)."""
+    params = main.property(main.modules["keyVault"][1], "params")
+    name = main.property(params, "name")
+    assert main.rendered(name) == "kv-${uniqueString(resourceToken, identity.outputs.principalId)}"
+    assert isinstance(main.value(name), Unknown)  # not computable from the parameters alone
+    assert "'kv-${resourceToken}'" not in MAIN.read_text()
+    # uniqueString gives 13 lowercase letters and digits: a valid vault name (3-24, a letter first,
+    # letters, digits and single hyphens, a letter or digit last).
+    example = "kv-" + "0123456789abc"
+    assert re.fullmatch(r"[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]", example) and len(example) <= 24
+    # The principal id is the identity resource's own, made by Azure when the identity is created.
+    identity = module_templates["identity.bicep"]
+    symbol = next(s for s, kind, _ in identity.resources if kind.startswith("Microsoft.ManagedIdentity/userAssignedIdentities@"))
+    assert _text(identity.outputs["principalId"]) == f"{symbol}.properties.principalId"
+    assert _text(main.property(main.modules["identity"][1], "params", "name")) == "'id-${resourceToken}'"
+    # Everything else takes the vault's name from the module, never recomputes it.
+    assert _text(main.property(main.modules["rbac"][1], "params", "keyVaultName")) == "keyVault.outputs.name"
+    assert _text(main.outputs["AZURE_KEY_VAULT_NAME"]) == "keyVault.outputs.name"
+    vault_template = module_templates["keyvault.bicep"]
+    vault = vault_template.value(vault_template.property(_find_resource(vault_template, "Microsoft.KeyVault/vaults@"),
+                                                         "properties"))
+    assert vault["enableSoftDelete"] is True and vault["softDeleteRetentionInDays"] == 7
+    assert "enablePurgeProtection" not in vault  # once true it can never be turned off again
+    assert "createMode" not in vault
+    assert _text(vault_template.property(_find_resource(vault_template, "Microsoft.KeyVault/vaults@"), "name")) == "name"
+
+
 def test_flex_consumption_settings_are_not_set(mentioned_settings):
     assert not mentioned_settings & set(FLEX_DO_NOT_SET)
     files = bicep_files() + [INFRA / "main.parameters.json", ROOT / "azure.yaml"]
     for path in files:
         for name in FLEX_DO_NOT_SET:
             assert not re.search(rf"\b{name}\b", path.read_text()), f"{path.name} mentions {name}"
+
+
+def _flex_sites(template: Template):
+    """(symbol, body) of every site whose serverFarmId is an FC1 plan of the same template."""
+    plans = {symbol for symbol, kind, body in template.resources if kind.startswith("Microsoft.Web/serverfarms@")
+             and (template.value(template.property(body, "sku")) or {}).get("name") == "FC1"}
+    for symbol, kind, body in template.resources:
+        farm = template.property(body, "properties", "serverFarmId")
+        if kind.startswith("Microsoft.Web/sites@") and farm is not None and _text(farm) in {f"{p}.id" for p in plans}:
+            yield symbol, body
+
+
+def test_flex_site_carries_no_property_flex_rejects(module_templates):
+    """Flex Consumption takes its runtime, scale and deployment from functionAppConfig; the App
+    Service switches in siteConfig (Always On above all) are deprecated there or refused with
+    ARM error 51021. FLEX_SITE_PROPERTIES_REJECTED says why each one is checked."""
+    rejected = {name.lower(): name for name in FLEX_SITE_PROPERTIES_REJECTED}
+    sites = [(name, symbol, body) for name, template in module_templates.items()
+             for symbol, body in _flex_sites(template)]
+    assert [(name, symbol) for name, symbol, _ in sites] == [("function-app.bicep", "app")]
+    app = module_templates["function-app.bicep"]
+    _, _, site = sites[0]
+    properties = app.property(site, "properties")
+    site_config = app.property(properties, "siteConfig")
+    found = []
+    for where, node in (("properties", properties), ("properties.siteConfig", site_config)):
+        for prop in _named(node):
+            if prop.type == "object_property" and _key(prop).lower() in rejected:
+                found.append(f"{where}.{_key(prop)}: {FLEX_SITE_PROPERTIES_REJECTED[rejected[_key(prop).lower()]]}")
+    # A sites/config 'web' resource is siteConfig too.
+    for _, kind, body in app.resources:
+        if kind.startswith("Microsoft.Web/sites/config@") and app.value(app.property(body, "name")) == "web":
+            found += [f"config/web.{k}" for k in app.object_keys(app.property(body, "properties"))
+                      if k.lower() in rejected]
+    assert found == [], "\n".join(found)
+    # What siteConfig does set is only what Flex takes, and the rest is in functionAppConfig.
+    assert {_key(p) for p in _named(site_config) if p.type == "object_property"} == FLEX_SITE_CONFIG_USED
+    config = app.property(properties, "functionAppConfig")
+    assert {_key(p) for p in _named(config) if p.type == "object_property"} == {
+        "deployment", "scaleAndConcurrency", "runtime"}
+    assert set(app.object_keys(app.property(config, "scaleAndConcurrency"))) == {"instanceMemoryMB",
+                                                                                 "maximumInstanceCount"}
+    code = "\n".join(line.split("//", 1)[0] for line in _text(site).splitlines())
+    assert not re.search(r"\balwaysOn\b", code, re.IGNORECASE)  # not even behind a condition
 
 
 # --------------------------------------------------------------------------- storage and bindings

@@ -189,8 +189,9 @@ def _from_response(response: object, function: str) -> Answer:
         return _json(500, {"error": f"the function returned {type(response).__name__}, not an HttpResponse"}, function)
     headers = dict(response.headers)
     if response.mimetype and not any(k.lower() == "content-type" for k in headers):
-        charset = f"; charset={response.charset}" if response.charset else ""
-        headers["Content-Type"] = response.mimetype + charset
+        # As the worker's converter (azure.functions.http): a charset for text/* only.
+        text = response.mimetype.startswith("text/") and response.charset
+        headers["Content-Type"] = response.mimetype + (f"; charset={response.charset}" if text else "")
     return Answer(response.status_code, response.get_body() or b"", headers, function)
 
 

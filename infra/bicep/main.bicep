@@ -40,9 +40,13 @@ param resourceGroupName string = ''
 
 // ------------------------------------------------------------------ function app
 
+// Only the Flex Consumption Python versions for which every pin of requirements.txt has a wheel
+// on PyPI (manylinux x86_64 or pure Python): the remote build installs wheels, and a pin without
+// one would have to be compiled there (cramjam 2.14.0 and regress 2026.9.1 have none for 3.10,
+// and both would need Rust; azure-functions 1.26.0 does not install on 3.13). tests/test_wheels.py
+// checks each allowed version against PyPI.
 @description('Python version of the Flex Consumption runtime: the one requirements.txt says the app is deployed on.')
 @allowed([
-  '3.10'
   '3.11'
   '3.12'
 ])
@@ -213,11 +217,15 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+// The vault's name also hashes the identity's principal id, which is stable while the resource
+// group lives and new once it was deleted: redeploying an environment keeps its vault, and after
+// `azd down` (or deleting the resource group) the next deployment never collides with the
+// soft-deleted vault, whose name Azure keeps reserved until it is purged.
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
   params: {
-    name: 'kv-${resourceToken}'
+    name: 'kv-${uniqueString(resourceToken, identity.outputs.principalId)}'
     location: location
     tags: tags
     dynatraceApiToken: dynatraceApiToken

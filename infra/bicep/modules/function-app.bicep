@@ -73,8 +73,11 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     keyVaultReferenceIdentity: identityId
+    // Only what Flex Consumption takes in siteConfig: the runtime, scale and deployment live in
+    // functionAppConfig below, and Flex refuses (or ignores) the App Service switches such as
+    // Always On, FTPS, 32-bit workers and the *FxVersion runtime strings (tests/test_infra.py
+    // lists them).
     siteConfig: {
-      alwaysOn: false
       minTlsVersion: '1.2'
       // A range holds a '/'; anything else is a service tag such as AzureEventGrid.
       ipSecurityRestrictions: [for (sender, index) in allowedSenders: {

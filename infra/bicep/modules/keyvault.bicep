@@ -55,6 +55,10 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       name: 'standard'
     }
     enableRbacAuthorization: true
+    // Soft delete is always on; the shortest retention, and no purge protection (once on it can
+    // never be turned off), so `azd down --purge` can remove a deleted vault at once. createMode
+    // stays the default: 'recover' fails when there is no deleted vault to recover. A new
+    // environment never meets its old vault anyway: main.bicep names the vault after the identity.
     enableSoftDelete: true
     softDeleteRetentionInDays: 7
     // Key Vault references do not work on Flex Consumption when the vault is network-restricted.

@@ -103,7 +103,18 @@ FW_DIR="$PEERS/functions-worker"
 FW_VENV="$FW_DIR/venv"
 FW_DEPS=(azure-functions==1.22.0b4 "python-dateutil~=2.9.0" "protobuf~=4.25.3" "grpcio~=1.59.0"
          "grpcio-tools~=1.59.0" azurefunctions-extensions-base)
-FW_SOURCE="${FUNCTIONS_WORKER_DIR:-$ROOT/../shared/peers/azure-functions-python-worker}"
+shared_worker() {  # beside this checkout, else beside the checkout it was cloned from (a CI clone)
+    local origin
+    if [ -d "$ROOT/../shared/peers/azure-functions-python-worker" ]; then
+        echo "$ROOT/../shared/peers/azure-functions-python-worker"; return
+    fi
+    origin="$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)"
+    if [ -n "$origin" ] && [ -d "$origin/../shared/peers/azure-functions-python-worker" ]; then
+        echo "$origin/../shared/peers/azure-functions-python-worker"; return
+    fi
+    echo "$ROOT/../shared/peers/azure-functions-python-worker"
+}
+FW_SOURCE="${FUNCTIONS_WORKER_DIR:-$(shared_worker)}"
 
 worker_python() {  # a Python the worker runs on (3.11 or 3.12, as on Azure): the project's, else any
     local candidate
@@ -164,9 +175,7 @@ fi
 # tests/protos/. The worker is assembled in .peers/functions-worker/worker (the fixture's default).
 FW_PROTOS_PACKAGE=azure-functions-runtime-v1==1.2.0
 FW_WORKER="$FW_DIR/worker"
-if [ -f "$FW_SOURCE/azure_functions_worker/protos/FunctionRpc_pb2.py" ]; then
-    say "functions worker: ok ($FW_SOURCE)"
-elif [ ! -d "$FW_SOURCE/azure_functions_worker" ]; then
+if [ ! -d "$FW_SOURCE/azure_functions_worker" ]; then
     say "warning: no functions worker at $FW_SOURCE (set FUNCTIONS_WORKER_DIR); the worker tests cannot run"
 elif [ -f "$FW_WORKER/.installed" ] && [ "$(cat "$FW_WORKER/.installed")" = "$FW_PROTOS_PACKAGE" ]; then
     say "functions worker: ok ($FW_WORKER, gRPC modules from $FW_PROTOS_PACKAGE)"
@@ -174,6 +183,12 @@ else
     say "functions worker: assembling $FW_WORKER (gRPC modules from $FW_PROTOS_PACKAGE) ..."
     rm -rf "$FW_WORKER" "$FW_DIR/protos-download"
     cp -r "$FW_SOURCE" "$FW_WORKER"
+fi
+if [ -d "$FW_WORKER/azure_functions_worker" ] && [ ! -f "$FW_WORKER/.installed" ] \
+        && [ -f "$FW_WORKER/azure_functions_worker/protos/FunctionRpc_pb2.py" ]; then
+    printf '%s' "$FW_PROTOS_PACKAGE" >"$FW_WORKER/.installed"  # the shared copy had its modules
+    say "functions worker: assembled"
+elif [ -d "$FW_WORKER/azure_functions_worker" ] && [ ! -f "$FW_WORKER/.installed" ]; then
     log="$FW_DIR/pip-protos.log"
     if ! "$FW_VENV/bin/python" -m pip download --disable-pip-version-check --no-input --quiet --no-deps \
             --only-binary=:all: --python-version 3.13 -d "$FW_DIR/protos-download" "$FW_PROTOS_PACKAGE" >"$log" 2>&1; then

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from functools import cached_property
 import re
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, decomp
 from bridges.formats import canonical
 from bridges.normalize import Normalized, Normalizer
 from bridges.probe import Fetched, fetch
+from bridges.replies import RETRY_AFTER_SECONDS, Reply
 from bridges.retry import MetricTooLarge
 from bridges.retrying import QueueHandoff
 from bridges.settings import Settings, SettingsError
@@ -31,17 +31,9 @@ if TYPE_CHECKING:
     from bridges.polling import Poll, Source
     from bridges.webhooks import Webhooks
 
-RETRY_AFTER_SECONDS = 30
 STALE_QUEUE_SECONDS = 300  # health calls the delivery queue stuck when a message waited longer
 MAX_REPORTED_PROBLEMS = 100
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Reply:
-    status: int
-    body: dict
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class InputFormat(Protocol):

@@ -10,7 +10,6 @@ import re
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from bridges.settings import SettingsError
 
 _SETTING = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"(\d{1,2}):(\d{2}):(\d{2})")
@@ -22,7 +21,7 @@ _FIELDS = (("second", 0, 59, {}), ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("
 _ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
-class ScheduleError(SettingsError):
+class ScheduleError(ValueError):
     """A schedule the host would refuse; the message names the setting or the expression."""
 
 

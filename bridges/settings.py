@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from bridges.masking import Secret
+from bridges.schedule import Schedule
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
@@ -93,8 +94,6 @@ def _optional_file(text: str) -> Path | None:
 
 
 def _schedule(text: str) -> str:
-    from bridges.schedule import Schedule
-
     Schedule(text.strip())  # raises ScheduleError, a ValueError
     return text.strip()
 

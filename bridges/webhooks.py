@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 from urllib.parse import parse_qs
 
 from bridges.formats import BodyError, Outcome, media_type
 from bridges.formats.canonical import load_json, may_hold_surrogates
+from bridges.formats import Decoded
 from bridges.masking import Secret
-from bridges.settings import KEY_VAULT_PREFIX, environment
+from bridges.replies import RETRY_AFTER_SECONDS, Reply
+from bridges.settings import KEY_VAULT_PREFIX, Settings, environment
 
 if TYPE_CHECKING:
-    from bridges.core import Bridge, Reply
     from bridges.idempotency import IdempotencyStore
     from bridges.mapping import SourceRules
 
@@ -43,8 +44,20 @@ def load_sources(settings) -> dict[str, SourceRules]:
     return load(rule_dirs(settings))
 
 
+class Processing(Protocol):
+    """What webhooks need of the request stage (``bridges.core.Bridge``): its settings and clock,
+    the one body reader, and validation plus delivery of what the rules decoded."""
+
+    settings: Settings
+    clock: Callable[[], int]
+
+    def inflate(self, body: bytes, content_encoding: str | None) -> bytes: ...
+
+    def process(self, decoded: Decoded, route: str) -> Outcome | Reply: ...
+
+
 class Webhooks:
-    def __init__(self, bridge: Bridge, sources: Mapping[str, SourceRules] | None = None,
+    def __init__(self, bridge: Processing, sources: Mapping[str, SourceRules] | None = None,
                  store: IdempotencyStore | None = None, environ: Mapping[str, str] | None = None):
         self.bridge = bridge
         self._sources = sources
@@ -89,8 +102,6 @@ class Webhooks:
         return answer
 
     def handle(self, source: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        from bridges.core import Reply
-
         headers = {k.lower(): v for k, v in headers.items()}
         rules = self.sources.get(source.lower())
         if rules is None:
@@ -115,8 +126,6 @@ class Webhooks:
             log.info("webhook %s: delivery %r seen before; not sent again", rules.source, delivery_id[:80])
             return Reply(200, {"duplicate": True})
         if claim == IN_PROGRESS:
-            from bridges.core import RETRY_AFTER_SECONDS
-
             return Reply(409, {"duplicate": True, "in_progress": True,
                                "error": "this delivery is being processed; send again later"},
                          {"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -146,8 +155,6 @@ class Webhooks:
         return True
 
     def _deliver(self, rules: SourceRules, body: bytes, payload: object, headers: Mapping[str, str]) -> Reply:
-        from bridges.core import Reply
-
         decoded = rules.apply(payload, headers, self.bridge.clock())
         form = media_type(headers.get("content-type")) == FORM_TYPE  # its escapes are %-encoded
         decoded.may_hold_surrogates = form or may_hold_surrogates(body)

@@ -17,7 +17,8 @@ import azure.functions as func
 from bridges import runtime
 
 if TYPE_CHECKING:
-    from bridges.core import Bridge, Reply
+    from bridges.core import Bridge
+    from bridges.replies import Reply
 
 blueprint = func.Blueprint()
 OPENAPI_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"

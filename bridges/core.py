@@ -1,8 +1,10 @@
 """The bridge's request handling as plain functions on plain data.
 
-Triggers turn a host request into ``ingest(body, content_type, content_encoding)`` or
-``health()`` and the returned ``Reply`` into a host response; nothing here knows the host.
-The clock and the delivery stage are injected so tests control them.
+Triggers turn a host request or a timer tick into a call of ``Bridge``: ``ingest`` (canonical
+metrics), ``receive`` (a vendor format), ``webhook``, ``health``, ``run_checks`` and
+``poll_sources``; the returned ``Reply`` becomes a host response. Accepted metrics go to the
+delivery queue (or, inline, to every sink) through ``process``; nothing here knows the host.
+The clock, the delivery stage and the delivery queue are injected so tests control them.
 """
 from __future__ import annotations
 

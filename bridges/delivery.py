@@ -298,14 +298,6 @@ class Delivery:
             return []
         return [(r, resends + 1) for r in self._encode(sink, metrics, items, now_ns, report, resend=True)]
 
-    def _hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None:
-        try:
-            self.handoff.hand_off(sink, metrics, reason, after, now_ns)
-        except OSError as exc:
-            why = exc.strerror or str(exc) or type(exc).__name__
-            raise OSError(exc.errno, f"could not keep {len(metrics)} pending metrics: {why}") from exc
-        log.warning("sink %s: %d metrics pending (%s)", sink, len(metrics), reason)
-
     def _misconfigured(self, sink: str, code: str, hint: str, reason: str) -> None:
         """Health gets a reason code and our hint; the detail, which may quote the backend, is logged."""
         if self.misconfigured.get(sink) != {"code": code, "hint": hint}:

@@ -6,7 +6,7 @@ of at most ``MAX_TEXT`` bytes, so that the Functions host's base64 of it still f
 storage queue message. Metrics travel in canonical form, not as the sink's wire body, so the
 sink re-encodes them at every attempt and its time window applies afresh.
 
-The queue function (later) does the I/O around this module:
+The retry function (``bridges.retrying.RetryWorker``) does the I/O around this module:
 
     metrics = metrics_of(envelope)                      # decode what the queue gave
     report = ... deliver metrics to envelope.sink ...   # -> AttemptReport (by metric index)

@@ -259,8 +259,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Folder for local state: the embedded SQLite queues (when AzureWebJobsStorage is not set) and the "
             "local runner's function key."),
     Setting("BRIDGE_SINKS", "", _sink_list,
-            "Comma list of sinks to deliver to (outbox, dynatrace, betterstack, unleash). Empty: every sink whose "
-            "required settings are present, or the outbox when none is."),
+            "Comma list of sinks to deliver to (outbox, dynatrace, betterstack, unleash, azure_monitor, prometheus). "
+            "Empty: every sink whose required settings are present, or the outbox when none is."),
     Setting("BRIDGE_HTTP_TIMEOUT_SECONDS", "10", _positive_number,
             "Connect and read timeout, each, for every request to a backend."),
     Setting("BRIDGE_RETRY_QUEUE", "bridge-retry", _text,

@@ -1,6 +1,6 @@
 """Golden-file checks for sinks: ``tests/testdata/sinks/<sink>/<case>/`` holds ``input.ndjson``
 (canonical metrics), ``settings.json`` and ``expected.json`` (the readable requests, the local
-rejections and the conversions). Receipt time is conftest.NOW_NS. ``UPDATE_GOLDEN=1`` rewrites
+rejections and the conversions). Receipt time is support.NOW_NS. ``UPDATE_GOLDEN=1`` rewrites
 the expected files: read every change before committing it."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from bridges.normalize import Normalizer
 from bridges.render import readable
 from bridges.settings import load_settings
 from bridges.sinks import build_sinks
-from conftest import NOW_NS
+from support import NOW_NS
 
 GOLDEN = Path(__file__).parent / "testdata" / "sinks"
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bridges.settings import binding_defaults
-from conftest import ROOT
+from support import ROOT
 
 
 @contextmanager

@@ -4,7 +4,7 @@
 README.md there), ``<case>.headers.json`` the headers the provider sends with it, and
 ``<case>.expected.json`` the metrics it must become, written by hand from reading the payload:
 after normalization, each metric's canonical JSON without its description, in the order the
-rules produce them; the skipped counts; the delivery id. Receipt time is conftest.NOW_NS.
+rules produce them; the skipped counts; the delivery id. Receipt time is support.NOW_NS.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from bridges.mapping import BUILTIN_DIR, NO_RULE_MATCHED, load_file
 from bridges.normalize import Normalizer
-from conftest import NOW_NS
+from support import NOW_NS
 
 WEBHOOKS = Path(__file__).parent / "testdata" / "webhooks"
 SOURCES = ("alertmanager", "azure-monitor-alerts", "github", "gitlab", "grafana", "stripe")

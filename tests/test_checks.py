@@ -25,7 +25,7 @@ from bridges.__main__ import main
 from bridges.checks import CheckResult, load_checks, metrics_of, run_checks, table
 from bridges.probe import fetch
 from bridges.settings import SettingsError, load_settings
-from conftest import drain, outbox_lines, use_bridge
+from support import drain, outbox_lines, use_bridge
 from fakes.server import refused_port
 
 TOKEN = "tok-7f3a9c-do-not-leak"

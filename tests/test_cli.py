@@ -8,7 +8,7 @@ import sys
 import msgpack
 import requests
 
-from conftest import ROOT
+from support import ROOT
 
 
 def run(*args: str, stdin: bytes | None = None, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -47,7 +47,7 @@ from bridges.triggers.http import ingest_metrics
 from chaos import (
     RESOURCE, SINKS, Ledger, OffsetClock, Rates, account, batch, dead_by_sink, dead_letters, drain, make_fakes, sink_settings,
 )
-from conftest import ROOT
+from support import ROOT
 from runner import wait_until
 
 POINTS = 10_000

@@ -28,7 +28,7 @@ from bridges.model import Gauge, Metric
 from bridges.queues import SqliteQueue, StorageQueue, queue_client
 from bridges.retry import DeadLetter, Envelope, envelopes_for, metrics_of
 from bridges.settings import load_settings
-from conftest import NOW_NS
+from support import NOW_NS
 
 S = 1_000_000_000
 NOW = NOW_NS / S

@@ -62,7 +62,7 @@ def test_every_function_and_its_bindings(indexed):
 
 
 def test_function_app_is_thin():
-    from conftest import ROOT
+    from support import ROOT
 
     source = (ROOT / "function_app.py").read_text()
     code = [line for line in source.splitlines() if line.strip() and not line.lstrip().startswith(("#", '"""'))]
@@ -72,7 +72,7 @@ def test_function_app_is_thin():
 
 
 def test_host_json_shape():
-    from conftest import ROOT
+    from support import ROOT
 
     host = json.loads((ROOT / "host.json").read_text())
     assert host["version"] == "2.0"
@@ -83,7 +83,7 @@ def test_host_json_shape():
 
 
 def test_runtime_requirements_are_pinned_and_functions_below_2():
-    from conftest import ROOT
+    from support import ROOT
 
     lines = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert all("==" in line for line in lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 from peers.functions_worker import (
     MODES,
     PEER_DIR,

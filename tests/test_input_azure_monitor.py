@@ -15,7 +15,7 @@ from bridges.formats import azure_monitor
 from bridges.model import DELTA, Aggregate, AzureTarget, Counter, Gauge, Histogram, Bucket, Metric
 from bridges.normalize import Normalizer
 from bridges.sinks.azure_monitor import AzureMonitorSink
-from conftest import NOW_NS, drain, outbox_lines
+from support import NOW_NS, drain, outbox_lines
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "azure_monitor"
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"

@@ -15,7 +15,7 @@ from bridges.model import DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, M
 from bridges.normalize import Normalizer
 from bridges.masking import Secret
 from bridges.sinks.dynatrace import DynatraceSink
-from conftest import NOW_NS, drain, outbox_lines
+from support import NOW_NS, drain, outbox_lines
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "dynatrace"
 NS_PER_MS = 1_000_000

@@ -19,7 +19,7 @@ from bridges.formats import BodyError, Outcome, Refused, remote_write
 from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.normalize import Normalizer
 from bridges.sinks.prometheus import PrometheusSink
-from conftest import NOW_NS, drain, outbox_lines
+from support import NOW_NS, drain, outbox_lines
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "remote_write"
 URL = "http://127.0.0.1:9/api/v1/write"

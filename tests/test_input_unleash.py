@@ -17,7 +17,7 @@ from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, 
 from bridges.normalize import Normalizer
 from bridges.masking import Secret
 from bridges.sinks.unleash import UnleashSink
-from conftest import NOW_NS, drain, outbox_lines
+from support import NOW_NS, drain, outbox_lines
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "unleash"
 JSON = "application/json"

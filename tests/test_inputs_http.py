@@ -16,7 +16,7 @@ from bridges.core import Bridge
 from bridges.formats import remote_write
 from bridges.settings import load_settings
 from bridges.triggers import http
-from conftest import NOW_NS, drain, outbox_lines, use_bridge
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 RESOURCE = "subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/shop"
 ROUTES = {  # route -> (function, route parameters)

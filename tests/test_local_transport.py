@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from bridges.local.indexing import index, load_app
-from conftest import ROOT
+from support import ROOT
 from runner import running_bridge, wait_until
 
 READ_TIMEOUT = 0.3

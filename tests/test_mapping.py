@@ -21,7 +21,7 @@ from bridges.mapping import (
     load_sources,
 )
 from bridges.normalize import Normalizer
-from conftest import NOW_NS
+from support import NOW_NS
 
 DATA = Path(__file__).parent / "testdata" / "mappings"
 GOOD = DATA / "good"

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bridges.masking import Secret, remember, remember_headers, scrub
-from conftest import ROOT, drain, use_bridge
+from support import ROOT, drain, use_bridge
 from fakes.azure_monitor import FakeAzureMonitor
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Answer, Received, Scripted

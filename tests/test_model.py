@@ -7,7 +7,7 @@ import pytest
 
 from bridges.model import Bucket, Gauge, Histogram, Metric
 from bridges.normalize import Normalizer
-from conftest import NOW_NS
+from support import NOW_NS
 
 
 def test_per_bucket_counts_convert_to_cumulative():

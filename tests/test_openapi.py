@@ -18,7 +18,7 @@ from bridges import __version__
 from bridges.local.indexing import index
 from bridges.local.routes import RouteTemplate
 from bridges.local.server import route_prefix
-from conftest import ROOT
+from support import ROOT
 from runner import running_bridge
 
 OPENAPI = ROOT / "schemas" / "openapi.json"

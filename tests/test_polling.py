@@ -13,7 +13,7 @@ from bridges.core import Bridge
 from bridges.polling import Source, due
 from bridges.schedule import Schedule
 from bridges.settings import SettingsError, load_settings
-from conftest import NOW_NS, drain, outbox_lines, use_bridge
+from support import NOW_NS, drain, outbox_lines, use_bridge
 from fakes.server import Answer, FakeReceiver, refused_port
 
 SECRET = "s3cr3t-status-token-6f1d"

@@ -10,7 +10,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bridges.triggers.http import ingest_metrics
-from conftest import NOW_NS, use_bridge
+from support import NOW_NS, use_bridge
 
 CONTENT_TYPES = ["application/json", "application/x-ndjson", "application/msgpack", None, "text/plain",
                  ";;;\x7f", "application/json; charset", "json"]

@@ -18,7 +18,7 @@ from bridges.queues import LOCAL_FILE, SqliteQueue, poison_name
 from bridges.retry import MAX_TEXT, Envelope, metrics_of
 from bridges.retrying import RetryWorker
 from bridges.settings import load_settings
-from conftest import ROOT, drain, outbox_lines
+from support import ROOT, drain, outbox_lines
 from fakes.azure_monitor import FakeAzureMonitor
 from fakes.betterstack import FakeBetterStack
 from fakes.dynatrace import FakeDynatrace

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import requests
 
-from conftest import ROOT
+from support import ROOT
 from fakes.betterstack import FakeBetterStack
 from runner import running_bridge, wait_until
 

@@ -17,7 +17,7 @@ from bridges.retrying import RetryWorker
 from bridges.masking import Secret
 from bridges.settings import load_settings
 from bridges.sinks.dynatrace import DynatraceSink
-from conftest import drain, use_bridge
+from support import drain, use_bridge
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Scripted
 

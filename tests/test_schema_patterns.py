@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from bridges.jsonschemas import explaining_validator
 from bridges.normalize import Normalizer
-from conftest import NOW_NS, ROOT
+from support import NOW_NS, ROOT
 
 SCHEMAS = sorted((ROOT / "schemas").glob("*.schema.json"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -10,7 +10,7 @@ import pytest
 
 from bridges.jsonschemas import explaining_validator
 from bridges.normalize import METRIC_SCHEMA, Normalizer
-from conftest import NOW_NS
+from support import NOW_NS
 
 SUITE = Path(__file__).parent / "testdata" / "schema"
 SCHEMA = json.loads(METRIC_SCHEMA.read_text())

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from bridges.settings import SETTINGS, SettingsError, load_settings
-from conftest import ROOT
+from support import ROOT
 
 
 def readme_settings() -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bridges.signatures import SCHEMES, verify
-from conftest import NOW_NS
+from support import NOW_NS
 
 NOW = NOW_NS // 1_000_000_000  # 2026-11-22T10:00:00Z in unix seconds
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None)

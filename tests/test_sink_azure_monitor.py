@@ -19,7 +19,7 @@ from bridges.model import Aggregate, AzureTarget, Gauge, Metric
 from bridges.settings import load_settings
 from bridges.sinks.azure_monitor import MAX_BODY_BYTES, STATUS_OUTCOMES, AzureMonitorSink, metric_name
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from conftest import NOW_NS
+from support import NOW_NS
 from fakes.azure_monitor import AUDIENCE, TIME_MESSAGE, FakeAzureMonitor, document_error
 from fakes.identity import audience_of
 from fakes.server import RESET, Scripted

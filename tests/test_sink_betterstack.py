@@ -20,7 +20,7 @@ from bridges.settings import load_settings
 from bridges.sinks.base import Delivered, Drop, Reply, Request, Resend, Retry
 from bridges.sinks.betterstack import STATUS_OUTCOMES, BetterStackSink, metrics_url
 from bridges.transport import send
-from conftest import NOW_NS
+from support import NOW_NS
 from golden import cases, check_case
 from fakes.betterstack import FakeBetterStack, decode_body
 from fakes.server import RESET, Scripted

@@ -14,7 +14,7 @@ from bridges.masking import Secret
 from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
 from bridges.sinks.dynatrace import STATUS_OUTCOMES, DynatraceSink, dimension_key, dimension_value, metric_key, number
 from golden import cases, check_case
-from conftest import NOW_NS
+from support import NOW_NS
 from fakes.dynatrace import FakeDynatrace, line_error
 from fakes.server import RESET, Scripted
 

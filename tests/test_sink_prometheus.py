@@ -19,7 +19,7 @@ from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, 
 from bridges.settings import load_settings
 from bridges.sinks.base import Delivered, Drop, Reply, Resend, Retry
 from bridges.sinks.prometheus import MAX_BODY_BYTES, STATUS_OUTCOMES, PrometheusSink, label_name, metric_name
-from conftest import NOW_NS
+from support import NOW_NS
 from fakes.prometheus import FakePrometheusWrite, parse_write_request, series_error
 from fakes.server import RESET, Scripted
 

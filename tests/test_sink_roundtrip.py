@@ -34,7 +34,7 @@ from bridges.sinks import unleash as unleash_sink
 from bridges.sinks.azure_monitor import AzureMonitorSink
 from bridges.sinks.azure_monitor import metric_name as azure_name
 from bridges.sinks.betterstack import BetterStackSink
-from conftest import NOW_NS
+from support import NOW_NS
 
 SETTINGS = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT
+from support import ROOT
 from fakes.server import Answer, FakeReceiver
 from runner import running_bridge, wait_for_line, wait_until
 

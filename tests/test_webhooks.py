@@ -21,7 +21,7 @@ from bridges.queues import open_queue
 from bridges.settings import load_settings
 from bridges.triggers.http import health, webhook
 from bridges.webhooks import Webhooks
-from conftest import NOW_NS, drain, outbox_lines, use_bridge
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 SECRET = "hook-secret-0123456789"
 RULES = """

@@ -1,0 +1,45 @@
+"""What tests share besides fixtures: the repository root, the fixed receipt time, and helpers
+that build a Bridge, run the delivery function and read the outbox. Tests import these from
+here; conftest.py holds only fixtures."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bridges import runtime  # noqa: E402
+from bridges.core import Bridge  # noqa: E402
+from bridges.settings import load_settings  # noqa: E402
+
+# 2026-11-22T10:00:00Z: the receipt time every test sees.
+NOW_NS = 1_795_341_600 * 1_000_000_000
+
+
+def use_bridge(settings: dict[str, str], now_ns: int = NOW_NS) -> Bridge:
+    """Install, for the triggers, a Bridge built from these settings on a fixed clock."""
+    instance = Bridge(load_settings(settings), clock=lambda: now_ns)
+    runtime.use(instance)
+    return instance
+
+
+def drain(bridge: Bridge) -> list:
+    """Run the delivery function over everything on the Bridge's delivery queue, as the host
+    does (one message per invocation, deleted when it succeeded); the batches it delivered."""
+    from bridges.queued import worker_for
+
+    worker = worker_for(bridge)
+    worker.linger_seconds = 0  # everything is on the queue already
+    batches = []
+    while messages := bridge.delivery_queue.receive(1, 60):
+        batches.append(worker.process(messages[0].text))
+        bridge.delivery_queue.delete(messages[0])
+    return batches
+
+
+def outbox_lines(bridge: Bridge) -> list[dict]:
+    files = sorted(bridge.settings.outbox_dir.glob("*.ndjson"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]

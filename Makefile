@@ -22,6 +22,8 @@ run: $(VENV)/.local-installed
 	$(BIN)/python -m bridges serve
 
 test: $(VENV)/.dev-installed
+	$(BIN)/ruff check bridges
+	$(BIN)/mypy
 	bash scripts/install-peers.sh
 	$(BIN)/python -m pytest -q
 
@@ -36,4 +38,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_queued.py
 
 clean:
-	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis
+	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis .ruff_cache .mypy_cache

@@ -13,8 +13,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
 
 REFRESH_MARGIN_SECONDS = 300
 _CLOUD_SUFFIXES = (".azure.us", ".azure.cn")  # sovereign clouds; everything else is public Azure
@@ -78,7 +82,7 @@ class TokenSource:
         self.credential = credential
         self.scope = scope
         self.clock = clock
-        self._token = None
+        self._token: AccessToken | None = None
         self._lock = threading.Lock()
 
     def header(self) -> str:

@@ -17,21 +17,23 @@ tagged check, host, location (BRIDGE_LOCATION) and the check's own tags.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
 from bridges.mapping import compile_expression, jmespath_equals
-from bridges.model import Gauge, Metric
-from bridges.probe import FetchError, Fetched, TlsOptions, fetch
 from bridges.masking import scrub
+from bridges.model import Gauge, Metric
+from bridges.probe import Fetched, FetchError, TlsOptions, fetch
 from bridges.settings import Settings, SettingsError
 
 T = TypeVar("T")
@@ -48,8 +50,8 @@ _PHASE_METRICS = (("dns", "check_dns_seconds"), ("connect", "check_connect_secon
 @dataclass(frozen=True)
 class Assertion:
     kind: str  # contains, not_contains, regex, jmespath
-    expected: object
-    expression: object = None  # the compiled regex or JMESPath Expression
+    expected: Any  # text, or (expression text, wanted value) for jmespath
+    expression: Any = None  # the compiled regex or JMESPath Expression
 
     def failure(self, body: bytes) -> str | None:
         """Why the body fails this assertion, or None."""
@@ -178,9 +180,9 @@ def _assertion(spec: dict, where: str) -> Assertion:
 def run_checks(checks: Sequence[Check], fetcher: Callable[..., Fetched] = fetch) -> list[CheckResult]:
     """Every check at once; results in the checks' order."""
     return run_together(
-        [lambda check=check: run_check(check, fetcher) for check in checks],
+        [functools.partial(run_check, check, fetcher) for check in checks],
         [check.timeout for check in checks],
-        [lambda check=check: CheckResult(check, "timeout", f"no answer within {check.timeout:g} s", check.timeout)
+        [functools.partial(CheckResult, check, "timeout", f"no answer within {check.timeout:g} s", check.timeout)
          for check in checks],
     )
 

@@ -9,16 +9,16 @@ The clock, the delivery stage and the delivery queue are injected so tests contr
 from __future__ import annotations
 
 import logging
-import time
-from functools import cached_property
 import re
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
 
 from bridges import __version__, selfmetrics
 from bridges.delivery import Delivery, DeliveryError
-from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, decompress
-from bridges.formats import canonical
+from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, canonical, decompress
 from bridges.normalize import Normalized, Normalizer
 from bridges.probe import Fetched, fetch
 from bridges.replies import RETRY_AFTER_SECONDS, Reply
@@ -164,7 +164,7 @@ class Bridge:
                 params: Mapping[str, str] | None = None) -> Reply:
         """A vendor-format request (Dynatrace lines, remote-write...): the format decodes and
         answers in its vendor's shape; validation and delivery are the same as for /api/metrics."""
-        own = getattr(fmt, "OWN_ENCODINGS", frozenset())
+        own: frozenset[str] = getattr(fmt, "OWN_ENCODINGS", frozenset())
         try:
             raw = self.inflate(body, content_encoding, own)
             decoded = fmt.decode(raw, content_type, params or {}, self.settings.max_body_bytes)
@@ -176,6 +176,7 @@ class Bridge:
             return Reply(*fmt.refuse(exc))
         outcome = self.process(decoded, _name(fmt))
         if isinstance(outcome, Reply):
+            assert outcome.body is not None  # process() answers a refusal with its error
             status, answer, headers = fmt.refuse(BodyError(outcome.status, outcome.body["error"]))
             return Reply(status, answer, {**headers, **outcome.headers})
         return Reply(*fmt.answer(outcome))
@@ -281,7 +282,7 @@ class Bridge:
         from bridges.schedule import Schedule
 
         sources = _chosen(self.polled_sources, names, "source") if names else polling.due(
-            self.polled_sources, Schedule(self.settings.sources_schedule), now or datetime.now(timezone.utc))
+            self.polled_sources, Schedule(self.settings.sources_schedule), now or datetime.now(UTC))
         now_ns = self.clock()
         polls = polling.poll_all(sources, now_ns, self.fetcher)
         merged = polling.decoded_of(polls, self.settings.location, now_ns)

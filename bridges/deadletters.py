@@ -30,9 +30,10 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 from bridges.queues import Message, Queue, StaleReceipt, open_queue, poison_name
 from bridges.retry import SINKS, DeadLetter, Envelope, EnvelopeError, metrics_of
@@ -131,6 +132,7 @@ class Record:
         return max(0, now_ns - self.at_ns) / NS_PER_SECOND
 
     def replayed(self, now_ns: int) -> Envelope:
+        assert self.envelope is not None  # only a readable record is replayed
         return DeadLetter(self.envelope, self.reason, self.at_ns).replayed(now_ns)
 
 
@@ -302,6 +304,7 @@ def run_deadletter(args: argparse.Namespace, queues: Any, now_ns: int, out: Text
     command = args.deadletter_command
     try:
         if command == "list":
+            assert source is not None  # every queues object has the dead-letter and poison queues
             return _list(source, poison, wanted, now_ns, out, err)
         if command == "show":
             return _show(args.id, queues, now_ns, out, err)
@@ -310,6 +313,7 @@ def run_deadletter(args: argparse.Namespace, queues: Any, now_ns: int, out: Text
                 print("usage error: refusing to replay everything without a filter: give --sink, --older-than, "
                       "--newer-than, or --all", file=err)
                 return 2
+            assert source is not None and target is not None  # as above, and the retry/delivery queue
             return _replay(source, target, poison, wanted, now_ns, err)
     except _queue_errors() as exc:
         print(f"error: queue unusable: {short_reason(exc)}", file=err)
@@ -347,7 +351,9 @@ def _show(wanted_id: str, queues: Any, now_ns: int, out: TextIO, err: TextIO) ->
     """Looks in the dead-letter queue, then the poison queues, by message id or envelope id."""
     for name, poison in (("deadletter", False), ("poison", True), ("delivery_poison", True)):
         queue = _pick(queues, name)
-        for message in read_all(queue) if queue is not None else []:
+        if queue is None:
+            continue
+        for message in read_all(queue):
             record = read_record(message, poison)
             if wanted_id in (message.id, record.envelope.id if record.envelope else None):
                 return _print_record(record, queue, now_ns, out, err)

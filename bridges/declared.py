@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
+from bridges.masking import Secret
 from bridges.normalize import SCHEMA_DIR, json_pointer
 from bridges.probe import CREDENTIAL_HEADER, TlsOptions
-from bridges.masking import Secret
 from bridges.settings import KEY_VAULT_PREFIX, SettingsError
 
 # What http.client cannot send in a header value (it would raise, with the value, mid-run).
@@ -33,7 +34,7 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
 
         where = f"{file_setting}: {path}"
         try:
-            document = read_document(path)
+            document: Any = read_document(path)  # schema-validated below
         except MappingError as exc:
             raise SettingsError(f"{file_setting}: {exc}") from None
     elif inline.strip():
@@ -80,7 +81,7 @@ def _unique_names(declared: list[dict], key: str, where: str) -> None:
         seen[entry["name"]] = index
 
 
-def resolve_headers(headers: Mapping[str, object], environ: Mapping[str, str], where: str) -> dict[str, object]:
+def resolve_headers(headers: Mapping[str, Any], environ: Mapping[str, str], where: str) -> dict[str, object]:
     """Header name -> text, or a Secret read from the named setting (with its prefix).
     ``where`` is the entry's place, e.g. ``BRIDGE_CHECKS_FILE: checks.yaml: at /checks/0``."""
     resolved: dict[str, object] = {}
@@ -118,7 +119,7 @@ def request_body(body: object, headers: dict) -> bytes | None:
     return body.encode() if isinstance(body, str) else None
 
 
-def tls_options(tls: Mapping[str, object], where: str) -> TlsOptions:
+def tls_options(tls: Mapping[str, Any], where: str) -> TlsOptions:
     """A declaration's ``tls`` object; its CA file must exist."""
     ca_file = tls.get("ca_file")
     if ca_file is not None and not Path(ca_file).is_file():
@@ -126,6 +127,6 @@ def tls_options(tls: Mapping[str, object], where: str) -> TlsOptions:
     return TlsOptions(tls.get("verify", True), tls.get("verify_hostname", True), ca_file)
 
 
-def reveal_headers(headers: Mapping[str, object]) -> dict[str, str]:
+def reveal_headers(headers: Mapping[str, Any]) -> dict[str, str]:
     """The headers to send, secrets revealed (only at the moment of sending)."""
     return {name: value.reveal() if isinstance(value, Secret) else value for name, value in headers.items()}

@@ -16,14 +16,15 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from bridges import transport
 from bridges.auth import TokenError
-from bridges.model import Metric
 from bridges.masking import scrub
+from bridges.model import Metric
 from bridges.sinks.base import (
     Delivered,
     Drop,
@@ -78,11 +79,11 @@ class SinkReport:
     conversions: Counter = field(default_factory=Counter)
     seconds: float = 0.0  # how long this sink's delivery took
 
-    def to_json(self, original_index: Callable[[int], int] = lambda i: i) -> dict:
+    def to_json(self, original_index: Callable[[int], object] = lambda i: i) -> dict:
         rejected = len({r.index for r in self.rejected}) + self.rejected_without_detail
         report: dict = {"delivered": self.delivered, "rejected": rejected, "pending": self.pending}
         if self.rejected:
-            first_reasons = {}
+            first_reasons: dict[int, str] = {}
             for r in self.rejected:  # a metric refused on several lines is listed once
                 first_reasons.setdefault(r.index, r.reason)
             report["rejections"] = [
@@ -130,7 +131,7 @@ class Delivery:
     def __init__(
         self,
         sinks: Sequence[Sink | LocalSink],
-        handoff: RetryHandoff,
+        handoff: RetryHandoff | None,  # None: each deliver() call names its own (the retry worker)
         *,
         timeout_seconds: float = 10.0,
         deadline_seconds: float = 60.0,
@@ -146,9 +147,9 @@ class Delivery:
         self.misconfigured: dict[str, dict] = {}  # sink -> {"code", "hint"}: our words only, for health
         self._quiet_until: dict[str, float] = {}  # sink -> clock() before which new deliveries skip it
         self._limiters = {
-            s.name: RateLimiter(s.limits.max_requests_per_minute, clock)
+            s.name: RateLimiter(limit, clock)
             for s in self.sinks
-            if getattr(getattr(s, "limits", None), "max_requests_per_minute", None)
+            if (limit := getattr(getattr(s, "limits", None), "max_requests_per_minute", None))
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
 

@@ -38,8 +38,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Literal, Protocol
 
 from bridges.queues import SETTING, SqliteConnection, storage_client, storage_configured, storage_setting
 
@@ -174,7 +175,7 @@ class TableStore:
         return f"TableStore({self.client.account_name!r}, {self.client.table_name!r}, ttl_seconds={self.ttl})"
 
     @classmethod
-    def from_settings(cls, table_name: str, environ: Mapping[str, str], **kwargs: Any) -> "TableStore":
+    def from_settings(cls, table_name: str, environ: Mapping[str, str], **kwargs: Any) -> TableStore:
         """A store on table `table_name` from the AzureWebJobsStorage settings; kwargs go to TableStore."""
         try:
             client = table_client(table_name, environ)
@@ -298,7 +299,7 @@ class _Translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc is None or not isinstance(exc, self.kinds):
             return False
         details = [type(exc).__name__]

@@ -35,11 +35,12 @@ import math
 import numbers
 import operator
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jmespath
 from jmespath import exceptions as jmespath_errors
@@ -50,11 +51,14 @@ from bridges.formats import Decoded, Refused
 from bridges.normalize import SCHEMA_DIR, json_pointer
 from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, TimestampError, parse_timestamp
 
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode  # the stubs' type of a parsed expression's nodes
+
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "mappings"
 MAPPING_SCHEMA = SCHEMA_DIR / "mapping.schema.json"
 RULE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
-SIGNATURE_DEFAULTS = {
+SIGNATURE_DEFAULTS: dict[str, dict[str, object]] = {
     "hmac-sha256": {"prefix": "", "encoding": "hex"},
     "stripe": {"tolerance_seconds": 300},
     "slack": {"tolerance_seconds": 300},
@@ -68,7 +72,7 @@ _PREVIEW_CHARS = 60
 class MappingError(Exception):
     """A rule file that cannot be used: where (file, rule, JSON pointer in the file) and why."""
 
-    def __init__(self, file: str, message: str, rule: Optional[str] = None, field: Optional[str] = None):
+    def __init__(self, file: str, message: str, rule: str | None = None, field: str | None = None):
         self.file = str(file)
         self.rule = rule
         self.field = field
@@ -189,7 +193,7 @@ def compile_expression(text: str) -> Expression:
     return Expression(text, evaluate, fast)
 
 
-def _check_functions(node: dict, text: str) -> None:
+def _check_functions(node: _TreeNode, text: str) -> None:
     """jmespath finds unknown functions and wrong argument counts only when it runs; we say so at load."""
     if node.get("type") == "function_expression":
         name = node["value"]
@@ -209,7 +213,7 @@ def _check_functions(node: dict, text: str) -> None:
             _check_functions(child, text)
 
 
-def _compile_node(node: dict) -> tuple[Callable[[object], object], bool]:
+def _compile_node(node: _TreeNode) -> tuple[Callable[[object], object], bool]:
     steps = _path_steps(node)
     if steps is not None:
         return _walker(steps), True
@@ -238,7 +242,7 @@ def _compile_node(node: dict) -> tuple[Callable[[object], object], bool]:
     return (lambda value: visit(node, value)), False
 
 
-def _path_steps(node: dict) -> Optional[list]:
+def _path_steps(node: _TreeNode) -> list | None:
     """A plain path (fields, indexes, ``@``) as ('key', name) / ('index', n) steps, else None."""
     kind = node["type"]
     if kind == "field":
@@ -258,7 +262,7 @@ def _path_steps(node: dict) -> Optional[list]:
     return None
 
 
-def _walker(steps: list) -> Callable[[object], object]:
+def _walker(steps: Sequence) -> Callable[[object], object]:
     if not steps:
         return lambda value: value
     if all(kind == "key" for kind, _ in steps):
@@ -532,6 +536,7 @@ def _timestamp_reader(form: str) -> Callable[[object], int]:
         scale = _SCALES[form]
 
         def epoch(raw):
+            time_ns: int | Decimal
             if isinstance(raw, int) and not isinstance(raw, bool):
                 time_ns = raw * scale
             elif (isinstance(raw, float) and math.isfinite(raw)) or (isinstance(raw, str) and _NUMBER.fullmatch(raw.strip())):
@@ -558,7 +563,7 @@ def _timestamp_reader(form: str) -> Callable[[object], int]:
         except ValueError as exc:
             raise _Refuse(f"{_preview(raw)} does not match {form!r}: {exc}") from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return parse_timestamp(moment)
 
     return pattern
@@ -566,14 +571,14 @@ def _timestamp_reader(form: str) -> Callable[[object], int]:
 
 def _check_strptime(form: str) -> None:
     """A pattern is usable when it reads back what it writes (a bad directive fails here, at load)."""
-    sample = datetime(2001, 2, 3, 4, 5, 6, 7000, tzinfo=timezone.utc)
+    sample = datetime(2001, 2, 3, 4, 5, 6, 7000, tzinfo=UTC)
     try:
         datetime.strptime(sample.strftime(form), form)
     except ValueError as exc:
         raise ValueError(f"{form!r} is not a usable strptime pattern: {exc}") from None
 
 
-def _delivery_text(raw: object) -> Optional[str]:
+def _delivery_text(raw: object) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, (dict, list)):
@@ -591,9 +596,9 @@ def _delivery_text(raw: object) -> Optional[str]:
 
 
 class _Metric:
-    __slots__ = ("template", "parts", "kind", "temporality", "value", "value_text", "extras", "tags", "origin")
+    __slots__ = ("extras", "kind", "origin", "parts", "tags", "template", "temporality", "value", "value_text")
 
-    def __init__(self, spec: dict, namespace: Optional[str], parts: list, value: Optional[Expression], tags: tuple):
+    def __init__(self, spec: dict, namespace: str | None, parts: list, value: Expression | None, tags: tuple):
         self.template = spec["name"]
         self.parts = parts
         self.kind = spec["type"]
@@ -606,10 +611,10 @@ class _Metric:
         self.tags = tags
         self.origin = f" metric '{self.template}'"
 
-    def item(self, context: dict, base_tags: dict, dt: Optional[int]) -> Optional[dict]:
+    def item(self, context: dict, base_tags: dict, dt: int | None) -> dict | None:
         """The canonical item, or None when the value is null; raises _Refuse with the reason."""
         if self.value is None:
-            value = 1
+            value: object = 1
         else:
             try:
                 raw = self.value(context)
@@ -622,7 +627,7 @@ class _Metric:
             except _Refuse as exc:
                 raise _Refuse(f"value {self.value_text}: {exc}") from None
         body = {"value": value} if self.temporality is None else {"value": value, "temporality": self.temporality}
-        item = {"name": self._name(context), self.kind: body}
+        item: dict[str, object] = {"name": self._name(context), self.kind: body}
         tags = base_tags
         if self.tags:
             tags = dict(base_tags)
@@ -683,8 +688,20 @@ def _error_text(exc: Exception) -> str:
 
 
 class _Rule:
-    __slots__ = ("name", "origin", "events", "events_text", "filter", "filter_text", "time", "time_text",
-                 "read_time", "time_format", "tags", "metrics")
+    __slots__ = (
+        "events",
+        "events_text",
+        "filter",
+        "filter_text",
+        "metrics",
+        "name",
+        "origin",
+        "read_time",
+        "tags",
+        "time",
+        "time_format",
+        "time_text",
+    )
 
     def __init__(self, name, events, filter_, timestamp, time_format, tags, metrics):
         self.name = name
@@ -700,7 +717,7 @@ class _Rule:
         self.tags = tags
         self.metrics = metrics
 
-    def timestamp(self, context: dict) -> Optional[int]:
+    def timestamp(self, context: dict) -> int | None:
         if self.time is None:
             return None
         try:
@@ -709,6 +726,7 @@ class _Rule:
             raise _Refuse(f"timestamp {self.time_text}: {_error_text(exc)}") from None
         if raw is None:
             raise _Refuse(f"timestamp {self.time_text} is null")
+        assert self.read_time is not None  # set with self.time
         try:
             return self.read_time(raw)
         except Exception as exc:  # _Refuse, TimestampError, or anything a strange value provokes
@@ -716,7 +734,7 @@ class _Rule:
 
 
 class _Result:
-    __slots__ = ("items", "origins", "refused", "nulls", "applied")
+    __slots__ = ("applied", "items", "nulls", "origins", "refused")
 
     def __init__(self):
         self.items: list = []
@@ -731,22 +749,22 @@ class SourceRules:
     """One source's compiled rules. Immutable: ``signature`` and ``idempotency`` are copies."""
 
     source: str
-    path: Path
-    description: Optional[str]
-    _signature: Optional[dict]
-    _idempotency: Optional[dict]
+    path: Path | str  # the rule file, or where a polled source declared its mapping inline
+    description: str | None
+    _signature: dict | None
+    _idempotency: dict | None
     _rules: tuple
-    _delivery_expression: Optional[Expression]
+    _delivery_expression: Expression | None
 
     @property
-    def signature(self) -> Optional[dict]:
+    def signature(self) -> dict | None:
         """The file's signature object with defaults filled for its scheme (setting names only)."""
         if self._signature is None:
             return None
         return {**self._signature, "secrets": list(self._signature["secrets"])}
 
     @property
-    def idempotency(self) -> Optional[dict]:
+    def idempotency(self) -> dict | None:
         return None if self._idempotency is None else dict(self._idempotency)
 
     @property
@@ -821,7 +839,7 @@ class SourceRules:
                 result.items.append(item)
                 result.origins.append(where + metric.origin)
 
-    def delivery_id(self, body: object, headers: Mapping[str, str]) -> Optional[str]:
+    def delivery_id(self, body: object, headers: Mapping[str, str]) -> str | None:
         """The delivery's id for de-duplication: the header (any case) first, then the expression."""
         if self._idempotency is None:
             return None
@@ -842,7 +860,7 @@ class SourceRules:
         return None
 
 
-def _lower_headers(headers: Optional[Mapping[str, str]]) -> dict:
+def _lower_headers(headers: Mapping[str, str] | None) -> dict:
     if not headers:
         return {}
     return {str(name).lower(): value for name, value in headers.items()}
@@ -857,6 +875,7 @@ def load_file(path: Path | str) -> SourceRules:
     rules, errors = _check_file(Path(path))
     if errors:
         raise errors[0]
+    assert rules is not None  # no errors: compiled
     return rules
 
 
@@ -932,7 +951,7 @@ def _validator(explaining: bool):
     return _VALIDATORS[explaining]
 
 
-def _check_file(path: Path) -> tuple[Optional[SourceRules], list[MappingError]]:
+def _check_file(path: Path) -> tuple[SourceRules | None, list[MappingError]]:
     try:
         document = read_document(path)
     except MappingError as exc:
@@ -940,7 +959,7 @@ def _check_file(path: Path) -> tuple[Optional[SourceRules], list[MappingError]]:
     return check_document(document, path)
 
 
-def check_document(document: object, path: Path | str) -> tuple[Optional[SourceRules], list[MappingError]]:
+def check_document(document: Any, path: Path | str) -> tuple[SourceRules | None, list[MappingError]]:
     """Validate and compile one source's rules already read (from a file, or inline in a polled
     source's declaration, ``path`` then naming where); every error found, or none."""
     name = str(path)
@@ -1025,7 +1044,7 @@ def _schema_error(error, name: str, document: object) -> MappingError:
     return MappingError(name, message, _rule_of(document, path), json_pointer(path))
 
 
-def _rule_of(document: object, path: list) -> Optional[str]:
+def _rule_of(document: object, path: list) -> str | None:
     """The name of the rule a path is inside, when there is one."""
     if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int) and isinstance(document, dict):
         rules = document.get("rules")
@@ -1036,19 +1055,19 @@ def _rule_of(document: object, path: list) -> Optional[str]:
     return None
 
 
-def _compile_file(document: dict, path: Path) -> tuple[Optional[SourceRules], list[MappingError]]:
+def _compile_file(document: dict, path: Path | str) -> tuple[SourceRules | None, list[MappingError]]:
     """Compile a schema-valid document; collects every error a schema cannot find."""
     name = str(path)
     errors: list[MappingError] = []
 
-    def compiled(text: str, where: list, rule: Optional[str] = None) -> Optional[Expression]:
+    def compiled(text: str, where: list, rule: str | None = None) -> Expression | None:
         try:
             return compile_expression(text)
         except ValueError as exc:
             errors.append(MappingError(name, str(exc), rule, json_pointer(where)))
             return None
 
-    def compiled_tags(tags: dict, where: list, rule: Optional[str] = None) -> dict:
+    def compiled_tags(tags: dict, where: list, rule: str | None = None) -> dict:
         return {tag: compiled(text, where + [tag], rule) for tag, text in tags.items()}
 
     idempotency = document.get("idempotency")

@@ -8,7 +8,6 @@ gives Prometheus's form.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
-from typing import Union
 
 from bridges.timestamps import format_rfc3339
 
@@ -134,7 +133,7 @@ class Aggregate:
         return {"min": self.min, "max": self.max, "sum": self.sum, "count": self.count}
 
 
-Point = Union[Gauge, Counter, Histogram, Summary, Aggregate]
+Point = Gauge | Counter | Histogram | Summary | Aggregate
 POINT_KINDS = ("gauge", "counter", "histogram", "summary", "aggregate")
 
 

@@ -9,11 +9,12 @@ total, consistent aggregates, real calendar dates) are checked while converting.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 from bridges.model import (
     CUMULATIVE,
@@ -25,6 +26,7 @@ from bridges.model import (
     Gauge,
     Histogram,
     Metric,
+    Point,
     Quantile,
     Summary,
 )
@@ -118,7 +120,7 @@ class Normalizer:
         return jsonschema_rs.Draft202012Validator({"type": "array", "items": self.schema})
 
     def normalize(
-        self, items: Sequence[object], now_ns: int, item_pointer=None, check_unicode: bool = True
+        self, items: Sequence[Any], now_ns: int, item_pointer=None, check_unicode: bool = True
     ) -> Normalized:
         """Convert every item; ``item_pointer(i)`` is the pointer of item i in the document.
 
@@ -185,7 +187,7 @@ class _Preview:
         if len(path) > MAX_NESTING:
             raise _Invalid(path, f"nested deeper than {MAX_NESTING} levels")
         if isinstance(value, dict):
-            copied = {}
+            copied: dict[str, object] = {}
             for key, inner in value.items():
                 if not isinstance(key, str):
                     raise _Invalid(path, f"object keys must be strings, found {type(key).__name__}")
@@ -194,12 +196,12 @@ class _Preview:
                 copied[key] = self.copy(inner, path + (key,))
             return copied
         if isinstance(value, list):
-            copied = []
+            elements: list[object] = []
             for index, inner in enumerate(value):
                 if not self._spend():
                     break
-                copied.append(self.copy(inner, path + (index,)))
-            return copied
+                elements.append(self.copy(inner, path + (index,)))
+            return elements
         if not isinstance(value, (str, int, float, bool, type(None))):
             raise _Invalid(path, f"{type(value).__name__} values are not accepted here")
         return value
@@ -243,7 +245,7 @@ def _message(error, item: object) -> str:
     return error.message
 
 
-def _number(value: object, path: tuple, *tail: object) -> float:
+def _number(value: Any, path: tuple, *tail: object) -> float:
     """A finite number, ints beyond 64 bits as floats; the error path is built only on error."""
     if value.__class__ is float:
         if value - value == 0.0:  # false for NaN and the infinities
@@ -353,7 +355,7 @@ def _aggregate(body: dict, path: tuple) -> Aggregate:
     return Aggregate(low, high, total, count)
 
 
-_POINT_BUILDERS = {
+_POINT_BUILDERS: dict[str, Callable[[dict, tuple], Point]] = {
     "gauge": _gauge,
     "counter": _counter,
     "histogram": _histogram,

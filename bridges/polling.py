@@ -17,17 +17,17 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Mapping, Sequence
 
 from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
 from bridges.formats import Decoded, Refused
-from bridges.mapping import NO_RULE_MATCHED
-from bridges.model import Gauge, Metric
-from bridges.probe import FetchError, Fetched, TlsOptions, fetch
-from bridges.schedule import Schedule, ScheduleError
+from bridges.mapping import NO_RULE_MATCHED, SourceRules
 from bridges.masking import scrub
+from bridges.model import Gauge, Metric
+from bridges.probe import Fetched, FetchError, TlsOptions, fetch
+from bridges.schedule import Schedule, ScheduleError
 from bridges.settings import Settings, SettingsError
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class Source:
     name: str
     url: str
-    rules: object  # bridges.mapping.SourceRules
+    rules: SourceRules
     method: str = "GET"
     headers: Mapping[str, object] = field(default_factory=dict)  # values: text or Secret
     body: bytes | None = None
@@ -150,8 +150,8 @@ def poll_all(sources: Sequence[Source], now_ns: int, fetcher: Callable[..., Fetc
     from bridges.checks import run_together
 
     polls = run_together(
-        [lambda s=s: poll(s, now_ns, fetcher) for s in sources], [s.timeout for s in sources],
-        [lambda s=s: Poll(s, None, "timeout", f"no answer within {s.timeout:g} s", s.timeout) for s in sources],
+        [functools.partial(poll, s, now_ns, fetcher) for s in sources], [s.timeout for s in sources],
+        [functools.partial(Poll, s, None, "timeout", f"no answer within {s.timeout:g} s", s.timeout) for s in sources],
     )
     for result in polls:
         log.info("poll %s: %s", result.source.name, result.message if result.up else f"{result.reason}: {result.message}")
@@ -161,16 +161,17 @@ def poll_all(sources: Sequence[Source], now_ns: int, fetcher: Callable[..., Fetc
 def decoded_of(polls: Sequence[Poll], location: str, now_ns: int) -> Decoded:
     """What the polls' rules yielded and their poll_up/poll_duration_seconds, as one batch of
     items for the Normalizer, each origin naming its source."""
-    merged = Decoded([], origins=[])
+    origins: list[str] = []
+    merged = Decoded([], origins=origins)
     for result in polls:
         if result.decoded is not None:
             name = result.source.name
             merged.items.extend(result.decoded.items)
-            merged.origins.extend(f"{name} {result.decoded.origin(i)}" for i in range(len(result.decoded.items)))
+            origins.extend(f"{name} {result.decoded.origin(i)}" for i in range(len(result.decoded.items)))
             merged.refused.extend(Refused(f"{name} {r.origin}", r.message) for r in result.decoded.refused)
     for metric in metrics_of(polls, location, now_ns):
         merged.items.append(metric.to_json())
-        merged.origins.append(f"{metric.tag_dict()['source']} {metric.name}")
+        origins.append(f"{metric.tag_dict()['source']} {metric.name}")
     return merged
 
 
@@ -179,7 +180,7 @@ def metrics_of(polls: Sequence[Poll], location: str, now_ns: int) -> list[Metric
     metrics = []
     for result in polls:
         tags = {"source": result.source.name, "location": location}
-        up_tags = tags if result.up else {**tags, "reason": result.reason}
+        up_tags = tags if result.reason is None else {**tags, "reason": result.reason}  # up: no reason
         metrics.append(Metric("poll_up", Gauge(1 if result.up else 0), now_ns, tuple(sorted(up_tags.items()))))
         metrics.append(Metric("poll_duration_seconds", Gauge(round(result.duration, 6)), now_ns,
                               tuple(sorted(tags.items())), unit="s"))

@@ -16,8 +16,8 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 from urllib.parse import quote, urljoin, urlsplit
 
 from bridges import __version__
@@ -180,7 +180,7 @@ class _Hop:
             try:
                 sock.settimeout(self.remaining())
                 sock.connect(address)
-            except socket.timeout:
+            except TimeoutError:
                 sock.close()
                 raise _Failed("timeout", f"connecting to {address[0]} port {address[1]} timed out") from None
             except _Failed:
@@ -210,7 +210,7 @@ class _Hop:
         except ssl.SSLCertVerificationError as exc:
             self.certificate = self._unverified_certificate(host, port)
             raise _Failed("tls", f"certificate not accepted: {exc.verify_message or exc.reason}") from None
-        except socket.timeout:
+        except TimeoutError:
             raise _Failed("timeout", "the TLS handshake timed out") from None
         except (ssl.SSLError, OSError) as exc:
             raise _Failed("tls", f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}") from None
@@ -222,9 +222,11 @@ class _Hop:
         """The certificate a failed verification refused, read again without verifying, so an
         expired one still reports its days left (negative). Best effort, within the deadline."""
         try:
-            with socket.create_connection((host, port), timeout=self.remaining()) as raw:
-                with self._context(verify=False).wrap_socket(raw, server_hostname=host) as secured:
-                    return _certificate(secured.getpeercert(binary_form=True))
+            with (
+                socket.create_connection((host, port), timeout=self.remaining()) as raw,
+                self._context(verify=False).wrap_socket(raw, server_hostname=host) as secured,
+            ):
+                return _certificate(secured.getpeercert(binary_form=True))
         except (OSError, _Failed):
             return None
 
@@ -252,7 +254,7 @@ class _Hop:
                 size += len(chunk)
                 if len(kept) < MAX_KEPT_BODY_BYTES:
                     kept += chunk[: MAX_KEPT_BODY_BYTES - len(kept)]
-        except socket.timeout:
+        except TimeoutError:
             raise _Failed("timeout", "no complete answer within the timeout") from None
         except (http.client.HTTPException, OSError) as exc:
             raise _Failed("connect", f"the connection failed during the exchange: {type(exc).__name__}: {exc}") from None

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from bridges import selfmetrics
 from bridges.delivery import Delivery, DeliveryError, SinkReport

@@ -29,9 +29,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 # A queue message holds at most 64 KiB as sent; base64 turns 3 bytes into 4 characters.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -246,7 +247,7 @@ class SqliteConnection:
                 self.db.execute(self.begin)
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)
             pause = min(2 * pause, 0.002)
@@ -281,7 +282,7 @@ class StorageQueue:
         return f"StorageQueue({self.client.url!r})"
 
     @classmethod
-    def from_settings(cls, name: str, environ: Mapping[str, str]) -> "StorageQueue":
+    def from_settings(cls, name: str, environ: Mapping[str, str]) -> StorageQueue:
         return cls(queue_client(name, environ))
 
     def _ensure(self) -> None:
@@ -353,7 +354,7 @@ def _from_azure(m: Any) -> Message:
 class _stale_receipt:
     """Turn the service's 'wrong receipt' / 'no such message' answers into StaleReceipt."""
 
-    CODES = {"PopReceiptMismatch", "MessageNotFound"}
+    CODES: ClassVar[set[str]] = {"PopReceiptMismatch", "MessageNotFound"}
 
     def __init__(self, message: Message):
         self.message = message
@@ -361,7 +362,7 @@ class _stale_receipt:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         from azure.core.exceptions import HttpResponseError
 
         code = getattr(exc, "error_code", None)

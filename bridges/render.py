@@ -11,6 +11,7 @@ from bridges.masking import masked_headers
 from bridges.sinks.base import Request
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
+
 def readable_body(body: bytes, content_type: str) -> object:
     kind = media_type(content_type)
     if kind == "text/plain":

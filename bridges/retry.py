@@ -26,10 +26,11 @@ import json
 import random
 import uuid
 import zlib
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from bridges.formats import BodyError
 from bridges.formats.canonical import decode as decode_canonical
@@ -101,7 +102,7 @@ class Envelope:
         return json.dumps(self.to_json(), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, doc: object, where: str = "retry envelope") -> "Envelope":
+    def from_json(cls, doc: Any, where: str = "retry envelope") -> Envelope:
         _check(_envelope_validator(), doc, where)
         return cls(
             id=doc["id"],
@@ -115,7 +116,7 @@ class Envelope:
         )
 
     @classmethod
-    def from_text(cls, text: str | bytes) -> "Envelope":
+    def from_text(cls, text: str | bytes) -> Envelope:
         return cls.from_json(_load(text, "retry envelope"))
 
 
@@ -145,14 +146,14 @@ def envelopes_for(
     elif attempt < 1:
         raise ValueError("attempt starts at 1")
     lines = encode_ndjson(metrics).split(b"\n")[:-1]  # JSON never holds a raw newline
-    fixed = dict(
+    fixed: dict[str, Any] = dict(
         sink=sink,
         attempt=attempt,
         first_failure_ns=now_ns if first_failure_ns is None else first_failure_ns,
         not_before_ns=now_ns if not_before_ns is None else not_before_ns,
         last_error=_cut(reason),
     )
-    envelopes = []
+    envelopes: list[Envelope] = []
     start = 0
     while start < len(lines):
         built: dict[int, Envelope] = {}
@@ -274,7 +275,7 @@ class AttemptReport:
     retry_after: float | None = None
 
     @classmethod
-    def from_outcome(cls, outcome: Outcome, count: int) -> "AttemptReport":
+    def from_outcome(cls, outcome: Outcome, count: int) -> AttemptReport:
         """The report for one outcome that covered all ``count`` metrics (one request)."""
         every = range(count)
         if isinstance(outcome, Delivered):
@@ -301,7 +302,7 @@ class DeadLetter:
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
-    def from_text(cls, text: str | bytes) -> "DeadLetter":
+    def from_text(cls, text: str | bytes) -> DeadLetter:
         where = "dead-letter record"
         doc = _load(text, where)
         if not isinstance(doc, dict):
@@ -383,7 +384,7 @@ def decide(
                 if lost_now:
                     lost.setdefault(stale, []).extend(lost_now)
                     retry = [i for i in retry if metrics[i].time_ns >= oldest_ns]
-    common = dict(now_ns=now_ns, first_failure_ns=envelope.first_failure_ns, new_id=new_id)
+    common: dict[str, Any] = dict(now_ns=now_ns, first_failure_ns=envelope.first_failure_ns, new_id=new_id)
     retry_envelopes = []
     if retry:
         retry_envelopes = envelopes_for(

@@ -17,16 +17,28 @@ import errno
 import logging
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bridges import selfmetrics
 from bridges.delivery import Delivery
 from bridges.model import Metric
 from bridges.retry import (
-    AttemptReport, Decision, Envelope, MetricTooLarge, Policy, decide, envelopes_for, metrics_of, next_delay,
+    AttemptReport,
+    Decision,
+    Envelope,
+    MetricTooLarge,
+    Policy,
+    decide,
+    envelopes_for,
+    metrics_of,
+    next_delay,
 )
 from bridges.settings import Settings, environment
 from bridges.timestamps import NS_PER_SECOND
+
+if TYPE_CHECKING:
+    from bridges.queues import Queue
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +49,7 @@ def policy_for(settings: Settings, sink) -> Policy:
                   settings.retry_max_age_seconds, getattr(limits, "max_age_seconds", None))
 
 
-def open_queues(settings: Settings, environ=None):
+def open_queues(settings: Settings, environ=None) -> tuple[Queue, Queue]:
     """(retry queue, dead-letter queue) on AzureWebJobsStorage, or the embedded SQLite queue."""
     from bridges.queues import open_queue
 
@@ -126,14 +138,14 @@ class RetryWorker:
             self.retry_queue.send(following.to_text(), visibility_timeout=delay)
         for record in decision.dead_letters:
             self.deadletter_queue.send(record.to_text())
-        record = selfmetrics.observation(
+        observed = selfmetrics.observation(
             envelope.sink, delivered=decision.delivered, rejected=len(decision.rejected),
             retried=sum(e.count for e in decision.retry),
             dead_lettered=sum(d.envelope.count for d in decision.dead_letters),
         )
-        selfmetrics.log_observations([record], f"retry attempt {envelope.attempt} of envelope {envelope.id}")
+        selfmetrics.log_observations([observed], f"retry attempt {envelope.attempt} of envelope {envelope.id}")
         if self.settings.self_metrics and sink is not None:
-            selfmetrics.send(self.delivery, [record], now_ns, only=sink.name)
+            selfmetrics.send(self.delivery, [observed], now_ns, only=sink.name)
         return decision
 
     def _attempt(self, sink, metrics: list[Metric], now_ns: int) -> AttemptReport:

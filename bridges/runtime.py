@@ -75,6 +75,7 @@ def check_mappings(settings: Settings) -> None:
     from bridges.mapping import MappingError
     from bridges.webhooks import load_sources
 
+    assert settings.mappings_dir is not None  # start() checks the mappings only when the folder is set
     if not settings.mappings_dir.is_dir():
         raise SettingsError(f"BRIDGE_MAPPINGS_DIR: {settings.mappings_dir} is not a folder")
     try:
@@ -94,6 +95,7 @@ def bridge() -> Bridge:
                 raise _problem
             settings = _settings or start()
             if settings is None:
+                assert _problem is not None  # start() keeps the problem when it gives no settings
                 raise _problem
             _bridge = Bridge(settings)
         return _bridge

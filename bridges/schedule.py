@@ -7,16 +7,15 @@ host allows on dedicated plans.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Mapping
-
 
 _SETTING = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"(\d{1,2}):(\d{2}):(\d{2})")
-_MONTHS = {name: number for number, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
-_DAYS = {name: number for number, name in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+_MONTHS = {name: number for number, name in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_DAYS = {name: number for number, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 # (name, lowest, highest, names) of the six NCRONTAB fields, seconds first.
-_FIELDS = (("second", 0, 59, {}), ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day", 1, 31, {}),
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (("second", 0, 59, {}), ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day", 1, 31, {}),
            ("month", 1, 12, _MONTHS), ("day-of-week", 0, 6, _DAYS))
 _ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
@@ -43,7 +42,7 @@ class Schedule:
             hours, minutes, seconds = map(int, span.groups())
             if hours > 23 or minutes > 59 or seconds > 59:
                 raise ScheduleError(f"{expression!r}: a TimeSpan is hh:mm:ss, hours to 23, minutes and seconds to 59")
-            self.interval = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+            self.interval: timedelta | None = timedelta(hours=hours, minutes=minutes, seconds=seconds)
             if not self.interval:
                 raise ScheduleError(f"{expression!r}: a TimeSpan schedule must be longer than zero")
             return

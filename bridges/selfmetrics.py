@@ -10,7 +10,7 @@ bridge's telemetry can never feed its own retry queue in a loop.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from bridges.model import Counter, Gauge, Metric
 

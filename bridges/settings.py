@@ -2,7 +2,7 @@
 
 Settings come from the environment (app settings in Azure) and, when run locally, from the
 ``Values`` of ``local.settings.json``, as Core Tools does; the environment wins. Every setting
-is declared once in ``SETTINGS`` with its default and meaning: the README table is checked
+is declared once in ``SETTINGS`` with its default and meaning: the table in docs/settings.md is checked
 against that list, and ``Settings`` has one field per setting (its name lower-cased, without
 ``BRIDGE_``). A bad value stops start-up with a message that names the setting and never
 echoes a secret.
@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from bridges.masking import Secret
@@ -203,14 +204,21 @@ def _optional_text(text: str) -> str | None:
     return text.strip() or None
 
 
-def _choice(*options: str) -> Callable[[str], str]:
+class _Choice(Protocol):
+    expected: str
+
+    def __call__(self, text: str) -> str: ...
+
+
+def _choice(*options: str) -> _Choice:
     def parse(text: str) -> str:
         if text.strip().lower() not in options:
             raise ValueError
         return text.strip().lower()
 
-    parse.expected = "one of " + ", ".join(options)
-    return parse
+    choice = cast(_Choice, parse)
+    choice.expected = "one of " + ", ".join(options)
+    return choice
 
 
 def _sink_list(text: str) -> tuple[str, ...] | None:
@@ -222,7 +230,7 @@ def _sink_list(text: str) -> tuple[str, ...] | None:
     return names
 
 
-_EXPECTED = {
+_EXPECTED: dict[Callable[[str], object], str] = {
     _positive_int: "a positive whole number",
     _positive_number: "a positive number",
     _seconds_or_zero: "a number of seconds, 0 or more",
@@ -496,7 +504,7 @@ def _parse(setting: Setting, text: str) -> object:
 def load_settings(environ: Mapping[str, str] | None = None, local_file: Path | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad one."""
     values = environment(environ, local_file)
-    parsed: dict[str, object] = {}
+    parsed: dict[str, Any] = {}
     broken: dict[str, list[str]] = {}
     for setting in SETTINGS:
         text = values.get(setting.name, "")
@@ -514,7 +522,7 @@ def load_settings(environ: Mapping[str, str] | None = None, local_file: Path | N
     return Settings(**parsed, enabled_sinks=enabled, sink_problems=problems)
 
 
-def _missing(sink: str, parsed: dict[str, object]) -> list[str]:
+def _missing(sink: str, parsed: dict[str, Any]) -> list[str]:
     required = list(_REQUIRED[sink])
     if sink == "dynatrace" and _is_oneagent_local(parsed.get("dynatrace_url")):
         required.remove("DYNATRACE_API_TOKEN")
@@ -530,7 +538,7 @@ def _is_oneagent_local(url: object) -> bool:
     return parts.hostname in ("localhost", "127.0.0.1", "::1") and parts.path.rstrip("/") == "/metrics/ingest"
 
 
-def _choose_sinks(parsed: dict[str, object], broken: dict[str, list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _choose_sinks(parsed: dict[str, Any], broken: dict[str, list[str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     requested = parsed["sinks"]
     problems: list[str] = []
     complete = []

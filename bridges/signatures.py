@@ -132,6 +132,7 @@ def _standard_webhooks(spec, headers, body, secrets, now_s):
     for name, present in (("webhook-id", message_id), ("webhook-timestamp", timestamp), ("webhook-signature", value)):
         if present is None:
             return f"{name} header missing"
+    assert message_id is not None and timestamp is not None and value is not None  # the loop returned otherwise
     if not _UNIX_SECONDS.fullmatch(timestamp):
         return "webhook-timestamp header malformed"
     try:

@@ -10,13 +10,13 @@ neither (503), so the sender's retry is processed again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
-from bridges.formats import BodyError, Outcome, media_type
+from bridges.formats import BodyError, Decoded, Outcome, media_type
 from bridges.formats.canonical import load_json, may_hold_surrogates
-from bridges.formats import Decoded
 from bridges.masking import Secret
 from bridges.replies import RETRY_AFTER_SECONDS, Reply
 from bridges.settings import KEY_VAULT_PREFIX, Settings, environment

@@ -75,7 +75,7 @@ def served(tmp_path_factory):
         unleash = stack.enter_context(FakeUnleash(version="7", token=SECRETS["UNLEASH_API_TOKEN"]))
         azure = stack.enter_context(FakeAzureMonitor())
         prometheus = stack.enter_context(FakePrometheusWrite())
-        # Backends that quote the credential back when they refuse: README promises a token never
+        # Backends that quote the credential back when they refuse: docs/sinks.md promises a token never
         # appears in an answer "even when a backend echoes them back".
         dynatrace.script(*[_echo(400, {"linesOk": 0, "linesInvalid": 1, "error": {
             "code": 400, "message": "1 invalid line", "invalidLines": [

@@ -9,8 +9,9 @@ only Azure knows (a resource's id, a module output) stays an ``Unknown`` that re
 the metric names the bridge emits, the built-in webhook sources (``mappings/``) and the Python
 version ``requirements.txt`` names.
 
-The settings the template leaves unset are listed in the README's "Deploy" section (under
-"What the template leaves unset"); ``INFRA_TEST_README`` may name another copy of the README.
+The settings the template leaves unset are listed in docs/deploying.md, the "Deploy" section (under
+"What the template leaves unset"); ``INFRA_TEST_README`` may name another copy of that page (or of a
+README holding a "Deploy" section).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ MODULES = INFRA / "modules"
 MAIN = INFRA / "main.bicep"
 WORKBOOK = INFRA / "bridge-workbook.json"
 DEFAULTS = {s.name: s.default for s in SETTINGS}
-UNSET_HEADING = "### What the template leaves unset"
+DEPLOY_DOC = ROOT / "docs" / "deploying.md"
+UNSET_HEADING = "What the template leaves unset"
 
 # Built-in role definition ids, as ../shared/CONTRACTS.md lists them ("verified"):
 # section 6.6 (storage), 6.7 (Key Vault) and 7 (all five, and Monitoring Metrics Publisher).
@@ -351,16 +353,19 @@ def indexed():
 
 
 def deploy_section() -> str:
-    readme = Path(os.environ.get("INFRA_TEST_README") or ROOT / "README.md")
-    match = re.search(r"^## Deploy\s*$(.*?)(?=^## |\Z)", readme.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
-    assert match, f"{readme} has no '## Deploy' section"
-    return match.group(1)
+    page = Path(os.environ.get("INFRA_TEST_README") or DEPLOY_DOC)
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)  # '# ' in code
+    heading = re.search(r"^(#+) Deploy\s*$", text, re.MULTILINE)
+    assert heading, f"{page} has no 'Deploy' section"
+    end = re.compile(rf"^#{{1,{len(heading.group(1))}}} ", re.MULTILINE).search(text, heading.end())
+    return text[heading.end():end.start() if end else len(text)]
 
 
 def documented_unset() -> set[str]:
     section = deploy_section()
-    assert UNSET_HEADING in section, f"the Deploy section has no {UNSET_HEADING!r}"
-    table = section.split(UNSET_HEADING, 1)[1].split("\n#", 1)[0]
+    parts = re.split(rf"^#+ {re.escape(UNSET_HEADING)}\s*$", section, maxsplit=1, flags=re.MULTILINE)
+    assert len(parts) == 2, f"the Deploy section has no {UNSET_HEADING!r} heading"
+    table = parts[1].split("\n#", 1)[0]
     return set(re.findall(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|", table, re.MULTILINE))
 
 
@@ -768,7 +773,8 @@ def test_funcignore_keeps_the_app_and_leaves_the_rest_out():
     assert [f for f in app_files if _ignored(f, patterns)] == []
     for left_out in ("tests/test_infra.py", "infra/bicep/main.bicep", "benchmarks/bench_ingest.py", ".venv/bin/python",
                      "local.settings.json", "scripts/install-peers.sh", ".azure/prod/.env", ".bridge/outbox/x.ndjson",
-                     "README.md", "requirements-dev.txt", "bridges/__pycache__/core.cpython-311.pyc", ".ci/run"):
+                     "README.md", "docs/deploying.md", "requirements-dev.txt", "bridges/__pycache__/core.cpython-311.pyc",
+                     ".ci/run"):
         assert _ignored(left_out, patterns), left_out
 
 
@@ -938,4 +944,4 @@ def test_senders_can_be_restricted_to_their_published_ranges(main, module_templa
     assert _text(app.property(site, "ipSecurityRestrictionsDefaultAction")) == "empty(allowedSenders) ? 'Allow' : 'Deny'"
     rules = _text(app.property(site, "ipSecurityRestrictions"))
     assert rules.startswith("[for (sender, index) in allowedSenders:") and "action: 'Allow'" in rules
-    assert "allowedSenders" in (ROOT / "README.md").read_text()  # and the README says when to use it
+    assert "allowedSenders" in (ROOT / "docs" / "webhooks.md").read_text()  # and the docs say when to use it

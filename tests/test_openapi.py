@@ -1,5 +1,5 @@
 """schemas/openapi.json, the OpenAPI 3.1 description of the HTTP API, against what it describes:
-the functions the host indexes, the statuses README documents, the canonical metric schema, and
+the functions the host indexes, the statuses docs/ documents, the canonical metric schema, and
 what ``GET /api/openapi.json`` serves."""
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ def test_the_function_key_is_the_security_of_every_keyed_route(document):
 
 
 def _sections() -> dict[str, str]:
-    """README's text under each heading, by heading."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    parts = re.split(r"^#{2,4} (.+)$", text, flags=re.MULTILINE)
+    """The text under each heading of the HTTP API's pages (docs/http-api.md, docs/webhooks.md), by heading."""
+    text = "\n".join((ROOT / "docs" / page).read_text(encoding="utf-8") for page in ("http-api.md", "webhooks.md"))
+    parts = re.split(r"^#{1,4} (.+)$", text, flags=re.MULTILINE)
     return dict(zip(parts[1::2], parts[2::2]))
 
 
@@ -106,7 +106,7 @@ def _statuses(text: str) -> set[str]:
 
 
 def _readme_statuses() -> dict[str, set[str]]:
-    """Per README route (with '<...>' for a parameter), the statuses its tables list."""
+    """Per documented route (with '<...>' for a parameter), the statuses its tables list."""
     sections = _sections()
     api = sections["HTTP API"]
     found = {"/api/metrics": set().union(*(_statuses(row[0]) for row in _table_rows(api, "status")))}

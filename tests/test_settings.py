@@ -1,4 +1,4 @@
-"""Settings: validated at start-up with the setting's name, documented in README exactly as coded."""
+"""Settings: validated at start-up with the setting's name, documented in docs/settings.md exactly as coded."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,8 @@ from support import ROOT
 
 
 def readme_settings() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "settings.md").read_text()
+    section = re.split(r"^#{1,2} Settings\s*$", text, maxsplit=1, flags=re.MULTILINE)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|\s*(.*?)\s*\|", section, re.MULTILINE)
     return {name: "" if default == "(none)" else default.strip("`") for name, default in rows}
 

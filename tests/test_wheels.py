@@ -35,7 +35,7 @@ from test_infra import MAIN, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements.txt"
-README = ROOT / "README.md"
+DEPLOY_DOC = ROOT / "docs" / "deploying.md"
 PYPI = "https://pypi.org/simple/"
 WHEELS = ROOT / ".peers" / "wheel-check"  # kept between runs (.peers/ is not in git)
 
@@ -168,11 +168,11 @@ def test_the_platforms_take_pure_python_and_older_manylinux_wheels():
 
 
 def test_readme_names_the_allowed_python_versions():
-    """The README's Deploy section says which Python versions the template takes
-    (``INFRA_TEST_README`` may name another copy of the README, as for tests/test_infra.py)."""
-    text = Path(os.environ.get("INFRA_TEST_README") or README).read_text(encoding="utf-8")
+    """The Deploy section (docs/deploying.md) says which Python versions the template takes
+    (``INFRA_TEST_README`` may name another copy of that page, as for tests/test_infra.py)."""
+    text = Path(os.environ.get("INFRA_TEST_README") or DEPLOY_DOC).read_text(encoding="utf-8")
     sentence = re.search(r"`pythonVersion`[^.]*?\ballows Python (?P<list>3\.\d+(?:(?:, | and | or )3\.\d+)*)", text)
-    assert sentence, ("README.md has no sentence saying \"`pythonVersion` ... allows Python 3.x and 3.y\" "
+    assert sentence, ("docs/deploying.md has no sentence saying \"`pythonVersion` ... allows Python 3.x and 3.y\" "
                       "(the Deploy section)")
     assert re.findall(r"3\.\d+", sentence.group("list")) == allowed_python_versions()
     default, _ = Template(MAIN).params["pythonVersion"]

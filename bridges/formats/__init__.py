@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 
 class BodyError(Exception):
@@ -47,7 +47,7 @@ class Decoded:
     items: list
     item_pointer: Callable[[int], str] = lambda i: f"/{i}"
     may_hold_surrogates: bool = False
-    origins: Optional[list] = None
+    origins: list | None = None
     refused: list[Refused] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -73,7 +73,7 @@ class Outcome:
 
 
 # A format's answer: HTTP status, JSON body (None: empty body), extra headers.
-Answer = tuple[int, Optional[dict], dict]
+Answer = tuple[int, dict | None, dict]
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

@@ -30,7 +30,7 @@ series are still taken (a client such as Telegraf does not resend a batch after 
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
 from bridges.formats.canonical import JSON_TYPES, NDJSON_TYPES, load_json, may_hold_surrogates
@@ -61,7 +61,9 @@ def decode(body: bytes, content_type: str | None, params: Mapping[str, str], max
     if not body.strip():
         raise BodyError(400, "the body is empty: send a custom metric document (JSON) or documents (NDJSON)")
     if kind in NDJSON_TYPES:
-        documents = [(number, line) for number, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
+        documents: list[tuple[int | None, bytes]] = [
+            (number, line) for number, line in enumerate(body.split(b"\n"), start=1) if line.strip()
+        ]
     elif kind in JSON_TYPES:
         documents = [(None, body)]
     else:
@@ -147,6 +149,7 @@ def _read_document(document: object, prefix: str, resource_id: str, decoded: Dec
         except _Refusal as refusal:
             decoded.refused.append(Refused(_origin(prefix, refusal.pointer), refusal.message))
             continue
+        assert decoded.origins is not None  # this decoder names every item's origin
         decoded.items.append(item)
         decoded.origins.append(_origin(prefix, pointer))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from bridges.formats import BodyError, Decoded, media_type
 from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, format_rfc3339

@@ -48,8 +48,8 @@ from __future__ import annotations
 import codecs
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
 from bridges.timestamps import format_rfc3339
@@ -95,7 +95,7 @@ class DataLine:
     key: str
     dimensions: dict[str, str]
     kind: str
-    values: dict[str, Union[int, float]]
+    values: dict[str, int | float]
     timestamp_ms: int | None = None
 
     @property
@@ -120,15 +120,17 @@ def parse_line(line: str) -> DataLine:
     if simple is not None:
         key, pairs, payload, timestamp = simple.groups()
         if pairs.count(",") <= MAX_DIMENSIONS and 3 <= len(key) <= 255 and not key.startswith("dt."):
-            dimensions = {}
+            dimensions: dict[str, str] = {}
             for pair in pairs.split(",")[1:] if pairs else ():
                 name, _, value = pair.partition("=")
                 dimensions.setdefault(name, value)
             kind, values = _payload(payload)
             return DataLine(key, dimensions, kind, values, int(timestamp) if timestamp else None)
-    key_end = _KEY_END.search(line).start()
+    found = _KEY_END.search(line)
+    assert found is not None  # `$` always matches
+    key_end = found.start()
     key = _metric_key(line[:key_end])
-    dimensions: dict[str, str] = {}
+    dimensions = {}
     count = 0
     position = key_end
     while position < len(line) and line[position] == ",":
@@ -244,7 +246,7 @@ def _payload(text: str) -> tuple[str, dict]:
     if kind == "gauge" and _NUMBER.fullmatch(rest):
         return "gauge", {"value": _number(rest, text)}
     if kind == "gauge" and "=" in rest:
-        values = {}
+        values: dict[str, float] = {}
         for part in rest.split(","):
             name, _, number = part.partition("=")
             if name not in _SUMMARY_FIELDS or name in values:
@@ -269,7 +271,7 @@ def _payload(text: str) -> tuple[str, dict]:
                     "expected <value>, gauge,<value>, gauge,min=,max=,sum=,count= or count,delta=<value>")
 
 
-def _number(text: str, payload: str) -> Union[int, float]:
+def _number(text: str, payload: str) -> int | float:
     """An int for whole numbers (as the sink writes them), else a finite float."""
     if _INTEGER.fullmatch(text):
         return int(text)

@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Mapping, Sequence
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
 from bridges.timestamps import format_rfc3339
@@ -463,7 +463,8 @@ _STALE = struct.pack("<Q", STALE_NAN)
 def _labels(pairs: Iterable[tuple[str, str]]) -> tuple[str, dict, str | None]:
     """(name, tags, why the label set is unusable or None). Empty values are no labels."""
     seen: set[str] = set()
-    name, tags = "", {}
+    name = ""
+    tags: dict[str, str] = {}
     for label, value in pairs:
         if not label:
             return name, tags, "a label has an empty name"
@@ -483,7 +484,7 @@ class _Family:
     """The series of one histogram, summary or aggregate candidate: one base name, the same
     other labels, one timestamp."""
 
-    __slots__ = ("base", "tags", "ms", "buckets", "quantiles", "parts", "extra", "repeated")
+    __slots__ = ("base", "buckets", "extra", "ms", "parts", "quantiles", "repeated", "tags")
 
     def __init__(self, base: str, tags: dict, ms: int) -> None:
         self.base, self.tags, self.ms = base, tags, ms
@@ -531,13 +532,14 @@ def _families_and_singles(samples: list[_Sample], metadata: dict, decoded: Decod
         series = sorted({m.series for m in members})
         built.append((min(m.position for m in members), item, f"timeseries[{','.join(map(str, series))}]"))
     for sample in singles:
-        item = _single(sample, metadata)
-        if isinstance(item, Refused):
-            decoded.refused.append(item)
+        single = _single(sample, metadata)
+        if isinstance(single, Refused):
+            decoded.refused.append(single)
         else:
-            built.append((sample.position, item, sample.origin))
+            built.append((sample.position, single, sample.origin))
     built.sort(key=lambda entry: entry[0])
     decoded.items[:] = [item for _, item, _ in built]
+    assert decoded.origins is not None  # this decoder gives every item its origin
     decoded.origins[:] = [origin for _, _, origin in built]
 
 
@@ -631,7 +633,8 @@ def _repeats(bounds: list) -> bool:
 def _buckets(bounds: list, count: int) -> list | None:
     """Per-bucket counts from cumulative ``(le, sample)`` pairs; the ``+Inf`` bucket must hold
     the count. None when the counts are not whole, go down or exceed the count."""
-    buckets, previous = [], 0
+    buckets: list[dict] = []
+    previous = 0
     for le, sample in sorted(bounds, key=lambda pair: pair[0]):
         cumulative = _whole(sample.value)
         if cumulative is None or cumulative < previous:

@@ -52,7 +52,8 @@ import json
 import math
 import re
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
+from typing import cast
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
 from bridges.formats.canonical import load_json
@@ -232,7 +233,7 @@ def _impact_metrics(decoded: Decoded, metrics: object, stop: object) -> None:
                 continue
             point = _point(kind, sample)
             if isinstance(point, Refused):
-                decoded.refused.append(Refused(origin + point.origin, point.message))
+                decoded.refused.append(Refused(origin + cast(str, point.origin), point.message))  # a field suffix
                 continue
             item = {**_named(metric), **point, **described}
             if "labels" in sample:
@@ -311,6 +312,7 @@ def _timed(item: dict, stop: object) -> dict:
 
 
 def _add(decoded: Decoded, origin: str, item: dict) -> None:
+    assert decoded.origins is not None  # this decoder names every item's origin
     decoded.items.append(item)
     decoded.origins.append(origin)
 

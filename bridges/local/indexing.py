@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import azure.functions as func
 
@@ -65,6 +65,6 @@ def index(app: func.FunctionApp) -> list[IndexedFunction]:
         bindings = json.loads(function.get_function_json())["bindings"]
         trigger = next(b for b in bindings if b["type"].endswith("Trigger"))
         indexed.append(
-            IndexedFunction(function.get_function_name(), trigger, bindings, function.get_user_function())
+            IndexedFunction(function.get_function_name(), trigger, bindings, function.get_user_function())  # type: ignore[arg-type]  # name typed Optional; an indexed function has one
         )
     return indexed

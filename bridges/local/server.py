@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -53,8 +53,8 @@ from azure.functions.timer import TimerRequest
 
 from bridges.local.indexing import IndexedFunction, index, load_app
 from bridges.local.routes import RouteTemplate
-from bridges.schedule import Schedule, ScheduleError, expand
 from bridges.queues import Message, SqliteQueue, StaleReceipt, open_queue, poison_name
+from bridges.schedule import Schedule, ScheduleError, expand
 from bridges.settings import SETTINGS, SettingsError, local_values
 
 log = logging.getLogger("bridges.local")
@@ -108,7 +108,7 @@ def _invoke(function: IndexedFunction, argument: object) -> object:
     arg_name = function.trigger["name"]
     result = function.user_function(**{arg_name: argument})
     if inspect.isawaitable(result):
-        result = asyncio.run(result)
+        result = asyncio.run(result)  # type: ignore[arg-type]  # an async def's result: a coroutine
     return result
 
 
@@ -371,7 +371,7 @@ def _handler_class(host: HttpHost, read_timeout: float = READ_TIMEOUT):
             pass
 
         def log_error(self, format: str, *args: object) -> None:  # timeouts and unparsable requests
-            log.info("%s: " + format, self.client_address[0], *args)
+            log.info("%s: " + format, self.client_address[0], *args)  # noqa: G003 - the handler's own format
 
     return Handler
 
@@ -435,7 +435,7 @@ def _positive(name: str, default, kind):
 class TimerHost:
     """Fires timer-triggered functions on their schedules until stopped."""
 
-    def __init__(self, functions: list[IndexedFunction], settings: dict[str, str], clock=lambda: datetime.now(timezone.utc)):
+    def __init__(self, functions: list[IndexedFunction], settings: dict[str, str], clock=lambda: datetime.now(UTC)):
         self.clock = clock
         self.timers = []
         for function in functions:
@@ -456,7 +456,7 @@ class TimerHost:
 
     def _run(self) -> None:
         now = self.clock()
-        queue = []
+        queue: list[tuple[datetime, int]] = []
         for position, (function, schedule) in enumerate(self.timers):
             if function.trigger.get("runOnStartup"):
                 heapq.heappush(queue, (now, position))
@@ -526,7 +526,7 @@ class QueueOptions:
     function_timeout: float = 1800.0  # how long a received message stays hidden while it runs (Flex: 30 min)
 
     @classmethod
-    def from_host_json(cls, host: dict) -> "QueueOptions":
+    def from_host_json(cls, host: dict) -> QueueOptions:
         queues = host.get("extensions", {}).get("queues", {})
         defaults = cls()
         return cls(
@@ -619,7 +619,7 @@ class QueueListener:
 
 def _queue_message(message: Message) -> QueueMessage:
     """The message as the Python worker hands it over: bytes body, times, dequeue count."""
-    inserted = datetime.fromtimestamp(message.inserted_at, timezone.utc)
+    inserted = datetime.fromtimestamp(message.inserted_at, UTC)
     visible = message.next_visible_at
     return QueueMessage(
         id=message.id,
@@ -627,7 +627,7 @@ def _queue_message(message: Message) -> QueueMessage:
         dequeue_count=message.dequeue_count,
         expiration_time=inserted + MESSAGE_TTL,
         insertion_time=inserted,
-        time_next_visible=datetime.fromtimestamp(visible, timezone.utc) if visible is not None else None,
+        time_next_visible=datetime.fromtimestamp(visible, UTC) if visible is not None else None,
         pop_receipt=message.pop_receipt,
     )
 

@@ -5,11 +5,17 @@ enabled, so a cold start pays for what it uses.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bridges.settings import OUTBOX, Settings
+
+if TYPE_CHECKING:
+    from bridges.delivery import LocalSink
+    from bridges.sinks.base import Sink
 
 
 def build_sinks(settings: Settings) -> list:
-    sinks = []
+    sinks: list[Sink | LocalSink] = []
     for name in settings.enabled_sinks:
         if name == OUTBOX:
             from bridges.sinks.outbox import OutboxSink

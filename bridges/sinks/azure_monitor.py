@@ -52,8 +52,8 @@ import math
 import re
 import time
 from collections import Counter as TallyCounter
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 from urllib.parse import urlsplit
 
 from bridges.auth import TokenSource, custom_metrics_scope, process_credential
@@ -270,6 +270,7 @@ class AzureMonitorSink:
         if failed is not None:
             return failed
         status = reply.status
+        assert status is not None  # a reply without one has an error: transport_outcome answered
         if 200 <= status < 300:
             return Delivered()
         code, message = _error(reply.body)

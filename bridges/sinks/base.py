@@ -22,8 +22,9 @@ Outcomes:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence, Union
+from typing import Protocol
 
 from bridges.model import Metric
 
@@ -115,7 +116,7 @@ class Resend:
     split: bool = True
 
 
-Outcome = Union[Delivered, Partial, Retry, Drop, Resend]
+Outcome = Delivered | Partial | Retry | Drop | Resend
 
 
 class Sink(Protocol):

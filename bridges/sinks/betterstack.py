@@ -35,13 +35,24 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter as Tally
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridges.model import CUMULATIVE, Metric
 from bridges.sinks.base import (
-    Delivered, Drop, Encoded, Limits, Outcome, Rejection, Reply, Request, Resend, Retry,
-    retry_after_seconds, transport_outcome,
+    Delivered,
+    Drop,
+    Encoded,
+    Limits,
+    Outcome,
+    Rejection,
+    Reply,
+    Request,
+    Resend,
+    Retry,
+    retry_after_seconds,
+    transport_outcome,
 )
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
@@ -97,7 +108,7 @@ class BetterStackSink:
         )
 
     @classmethod
-    def from_settings(cls, settings) -> "BetterStackSink":
+    def from_settings(cls, settings) -> BetterStackSink:
         if not settings.betterstack_url:
             raise ValueError("BETTERSTACK_URL is not set")
         if settings.betterstack_source_token is None:
@@ -166,6 +177,7 @@ class BetterStackSink:
         if failed is not None:
             return failed
         status = reply.status
+        assert status is not None  # a reply without one has an error: transport_outcome answered
         kind = STATUS_OUTCOMES.get(status) or STATUS_OUTCOMES.get(f"{status // 100}xx", Drop)
         said = _said(reply.body)
         if kind is Delivered:
@@ -200,7 +212,7 @@ def _said(body: bytes) -> str:
 
 def _metric_object(metric: Metric, conversions: Tally, body_format: str) -> dict:
     """Better Stack's object for one canonical metric, counting what it could not say."""
-    point = metric.point
+    point: Any = metric.point  # the kind says which type it is
     kind = point.kind
     if kind == "counter" and point.temporality != CUMULATIVE:
         conversions["delta counter -> gauge"] += 1

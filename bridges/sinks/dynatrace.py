@@ -43,9 +43,9 @@ import logging
 import re
 import unicodedata
 from collections import Counter as TallyCounter
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import groupby
-from typing import Sequence
 from urllib.parse import urlsplit
 
 from bridges.formats.dynatrace import MAX_DIMENSIONS, MAX_LINE_CHARS  # the protocol's limits, one place
@@ -172,7 +172,7 @@ class DynatraceSink:
         self._token = token
         self.prefix = prefix.strip(".")
         self.default_dimensions = [
-            (dimension_key(k), dimension_value(v)) for k, v in (default_dimensions or {}).items() if dimension_key(k) and v
+            (key, dimension_value(v)) for k, v in (default_dimensions or {}).items() if (key := dimension_key(k)) and v
         ]
         self.metadata = metadata
 
@@ -195,6 +195,7 @@ class DynatraceSink:
             key = self._key(metric.name, suffixed=isinstance(metric.point, (Histogram, Summary)))
             problem = _refusal(key, metric.time_ns // NS_PER_MS, now_ms)
             if problem is None:
+                assert key is not None  # _refusal refuses a missing key
                 if metric.tags not in dimensions:
                     dimensions[metric.tags] = self._dimensions(metric.tags)
                 *kept, lost = dimensions[metric.tags]
@@ -205,6 +206,7 @@ class DynatraceSink:
             if problem is not None:
                 encoded.rejected.append(Rejection(index, problem))
                 continue
+            assert key is not None  # as above
             metadata = self._metadata_line(key, metric, encoded)
             lines += [(index, line, metadata) for line in metric_lines]
         encoded.requests = self._pack(lines)
@@ -220,7 +222,9 @@ class DynatraceSink:
     def _dimensions(self, tags) -> tuple[list[tuple[str, str]], str, TallyCounter]:
         """The (key, value) pairs kept for these tags, own tags first then defaults, their text,
         and what was lost on the way (counted for each point with these tags)."""
-        pairs, seen, lost = [], set(), TallyCounter()
+        pairs: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        lost: TallyCounter = TallyCounter()
         for raw_key, raw_value in tags:
             key = dimension_key(raw_key)
             if key is None or key in seen or raw_value == "":
@@ -244,8 +248,8 @@ class DynatraceSink:
         if isinstance(point, Gauge):
             return [f"{key}{dim_text} gauge,{number(point.value)}{stamp}"]
         if isinstance(point, Aggregate):
-            return [f"{key}{dim_text} gauge,min={number(point.min)},max={number(point.max)},"
-                    f"sum={number(point.sum)},count={point.count}{stamp}"]
+            return [(f"{key}{dim_text} gauge,min={number(point.min)},max={number(point.max)},"
+                     f"sum={number(point.sum)},count={point.count}{stamp}")]
         if isinstance(point, Counter):
             if point.temporality == "delta":
                 return [f"{key}{dim_text} count,delta={number(point.value)}{stamp}"]
@@ -286,7 +290,7 @@ class DynatraceSink:
         body: list[str] = []
         owners: list[int | None] = []
         size = 0
-        described: set[str] = set()
+        described: set[str | None] = set()
         for index, line, metadata in lines:
             adding = [line] if metadata is None or metadata in described else [metadata, line]
             added = sum(len(text.encode("utf-8")) + 1 for text in adding)
@@ -320,6 +324,7 @@ class DynatraceSink:
         if failed is not None:
             return failed
         status = reply.status
+        assert status is not None  # a reply without one has an error: transport_outcome answered
         if status == 400:
             return self._partial(request, reply.body)
         if 200 <= status < 300:
@@ -341,11 +346,11 @@ class DynatraceSink:
             listed = (answer.get("error") or {}).get("invalidLines") or []
         except (ValueError, AttributeError, TypeError):
             return Drop(f"Dynatrace answered 400: {_error_message(body)}")
-        rejected = {}
+        rejected: dict[int, str] = {}
         for entry in listed:
             line = entry.get("line") if isinstance(entry, dict) else None
-            if isinstance(line, int) and 1 <= line <= len(request.lines) and request.lines[line - 1] is not None:
-                rejected.setdefault(request.lines[line - 1], f"Dynatrace refused the line: {entry.get('error', '')}"[:300])
+            if isinstance(line, int) and 1 <= line <= len(request.lines) and (owner := request.lines[line - 1]) is not None:
+                rejected.setdefault(owner, f"Dynatrace refused the line: {entry.get('error', '')}"[:300])
         unidentified = max(0, invalid - len(listed))
         if not rejected and not unidentified:
             return Drop(f"Dynatrace answered 400: {_error_message(body)}")

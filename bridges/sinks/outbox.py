@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from bridges.formats.canonical import encode_ndjson
 from bridges.model import Metric
@@ -27,7 +27,7 @@ class OutboxSink:
         self._lock = threading.Lock()
 
     def path_for(self, now_ns: int) -> Path:
-        day = datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
         return self.directory / f"metrics-{day}.ndjson"
 
     def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int:

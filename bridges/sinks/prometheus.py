@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 from urllib.parse import urlsplit
 
 from bridges import __version__
@@ -261,6 +261,7 @@ class PrometheusSink:
         if failed is not None:
             return failed
         status = reply.status
+        assert status is not None  # a reply without one has an error: transport_outcome answered
         if 200 <= status < 300:
             return Delivered()
         if status == 400:

@@ -60,15 +60,26 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Summary
 from bridges.sinks.base import (
-    Delivered, Drop, Encoded, Limits, Outcome, Rejection, Reply, Request, Resend, Retry,
-    retry_after_seconds, transport_outcome,
+    Delivered,
+    Drop,
+    Encoded,
+    Limits,
+    Outcome,
+    Rejection,
+    Reply,
+    Request,
+    Resend,
+    Retry,
+    retry_after_seconds,
+    transport_outcome,
 )
 from bridges.timestamps import format_rfc3339
 
@@ -151,7 +162,7 @@ class _Series:
     name: str
     labels: tuple[tuple[str, str], ...]
     kind: str
-    value: object  # a number, or (count, sum, ((bound, cumulative count), ...)) for histograms
+    value: Any  # a number, or (count, sum, ((bound, cumulative count), ...)) for histograms
     time_ns: int
     help: str = ""
     shape: tuple = ()
@@ -168,7 +179,7 @@ class _Group:
     times: list[int] = field(default_factory=list)  # of the points, for the impact bucket
 
 
-def _merged(old: _Series, value, time_ns: int) -> tuple[object, int]:
+def _merged(old: _Series, value, time_ns: int) -> tuple[Any, int]:
     """The merged value and time of a series and one more point of it."""
     how = old.merge or old.kind
     if how in ("last", "gauge"):
@@ -185,7 +196,7 @@ def _merged(old: _Series, value, time_ns: int) -> tuple[object, int]:
     return (count + count2, total + total2, summed), latest
 
 
-def _problem(series: _Series, value: object = None) -> str | None:
+def _problem(series: _Series, value: Any = None) -> str | None:
     """Why Unleash could not take this series' value (or the given merged one), or None."""
     value = series.value if value is None else value
     if series.kind == "histogram":
@@ -246,6 +257,7 @@ class _Template:
     def merge(self, index: int, values: list, time_ns: int) -> str | None:
         """Merge a later point into the series it feeds, or say why it cannot be sent (then
         nothing changes)."""
+        assert self.accumulators is not None and self.group is not None  # bound before any merge
         results = []
         for old, value in zip(self.accumulators, values, strict=True):
             merged = _merged(old, value, time_ns)
@@ -367,6 +379,7 @@ class UnleashSink:
                     encoded.rejected.append(Rejection(index, layout.refusal))
                     continue
                 template = templates[identity] = self._template(metric, mode, layout, label_cache)
+            assert template.layout.values is not None  # a layout without a refusal has them
             values = template.layout.values(point)
             if template.accumulators is not None:  # the common case: a later point of this identity
                 problem = template.merge(index, values, metric.time_ns)
@@ -434,7 +447,7 @@ class UnleashSink:
                 group.times.append(time_ns)
                 return None
         group = group or _Group()
-        merged = []
+        merged: list[tuple[tuple, _Series, tuple | None]] = []
         for new in series:
             key = (new.name, new.labels)
             old = group.series.get(key)
@@ -514,6 +527,7 @@ class UnleashSink:
         if failed is not None:
             return failed
         status = reply.status
+        assert status is not None  # a reply without one has an error: transport_outcome answered
         said = _said(reply.body)
         if 200 <= status < 300:
             return Delivered()

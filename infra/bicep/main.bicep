@@ -16,7 +16,7 @@
 // Deploy with `azd up` (azure.yaml), or:
 //   az deployment sub create --location <region> --template-file infra/bicep/main.bicep \
 //     --parameters environmentName=<name> location=<region>
-// (README, "Deploy"). tests/test_infra.py checks this template against the code.
+// (docs/deploying.md). tests/test_infra.py checks this template against the code.
 targetScope = 'subscription'
 
 // ------------------------------------------------------------------ environment
@@ -287,7 +287,7 @@ var hostSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.outputs.clientId};Authorization=AAD'
 }
 
-// Every setting of bridges/settings.py SETTINGS except those the README's "Deploy" section lists
+// Every setting of bridges/settings.py SETTINGS except those the "Deploy" page (docs/deploying.md) lists
 // as left unset, each with its documented default, except: the outbox and state folders (the
 // package folder is read-only in Azure, so they live under /tmp), the bridge's own metrics (on, so
 // the workbook has something to show) and the values that name this deployment's resources.

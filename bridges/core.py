@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridges import __version__, selfmetrics
 from bridges.delivery import Delivery, DeliveryError
@@ -307,6 +307,7 @@ class Bridge:
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""
+        from bridges.deadletters import open_retry_queues, retry_status
         from bridges.settings import environment, unset_bindings
 
         sinks = self.delivery.status()
@@ -316,28 +317,30 @@ class Bridge:
                 problems.append(f"{name}: {sink.get('directory')} is not writable")
             if sink.get("misconfigured"):
                 problems.append(f"{name}: {sink['misconfigured']['code']}: {sink['misconfigured']['hint']}")
-        delivery = self.delivery_status(problems)
+        try:  # the queues are opened once for both reports
+            queues = open_retry_queues(self.settings, environment())
+        except ValueError as exc:  # e.g. an unresolved Key Vault reference in AzureWebJobsStorage
+            delivery, retry = self._delivery_status(None, problems, str(exc)), {"error": str(exc)}
+        else:
+            delivery = self._delivery_status(queues.delivery_poison, problems)
+            retry = retry_status(queues.retry, queues.deadletter, queues.poison)
         answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
-                  "problems": problems, "delivery": delivery, "retry": self.retry_status(),
+                  "problems": problems, "delivery": delivery, "retry": retry,
                   "webhooks": self._webhook_status(problems)}
         return Reply(200, answer)
 
-    def delivery_status(self, problems: list) -> dict:
+    def _delivery_status(self, poison, problems: list, unusable: str | None = None) -> dict:
         """The delivery mode and, when queued, the delivery queue's depth and oldest message's
         age; a message waiting longer than STALE_QUEUE_SECONDS is a problem (is the delivery
         function running?), as is anything in its poison queue."""
         from bridges.queued import queue_status
-        from bridges.queues import open_queue, poison_name
-        from bridges.settings import environment
+        from bridges.queues import poison_name
 
         if self.settings.delivery != "queued":
             return {"mode": self.settings.delivery}
         name = self.settings.delivery_queue
-        try:
-            poison = open_queue(poison_name(name), environment(), self.settings.state_dir)
-            status = queue_status(self.delivery_queue, poison, self.clock())
-        except ValueError as exc:  # e.g. an unresolved Key Vault reference in AzureWebJobsStorage
-            status = {"queue": name, "error": str(exc)}
+        status: dict[str, Any] = ({"queue": name, "error": unusable} if unusable
+                                  else queue_status(self.delivery_queue, poison, self.clock()))
         if "error" in status:
             problems.append(f"delivery queue {name}: {status['error']}")
         elif status.get("oldest_seconds", 0) > STALE_QUEUE_SECONDS:
@@ -357,13 +360,3 @@ class Bridge:
             problems.append(f"webhooks: {exc}")
             return {}
 
-    def retry_status(self) -> dict:
-        """Depths of the retry, poison and dead-letter queues, dead letters per sink."""
-        from bridges.deadletters import open_retry_queues, retry_status
-        from bridges.settings import environment
-
-        try:
-            queues = open_retry_queues(self.settings, environment())
-        except ValueError as exc:  # e.g. an unresolved Key Vault reference in AzureWebJobsStorage
-            return {"error": str(exc)}
-        return retry_status(queues.retry, queues.deadletter, queues.poison)

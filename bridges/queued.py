@@ -68,9 +68,12 @@ class Batch:
     (its indexes point into ``merged``, the metrics of every message in order)."""
 
     messages: int
-    metrics: int
     reports: dict[str, SinkReport]
     merged: list[Metric]
+
+    @property
+    def metrics(self) -> int:
+        return len(self.merged)
 
 
 class DeliveryWorker:
@@ -117,7 +120,7 @@ class DeliveryWorker:
         if self.observe is not None:
             self.observe(reports, len(metrics), f"delivery of {1 + len(taken)} queued messages")
         selfmetrics.log_queue(queue_status(self.queue, self.poison, self.clock()))
-        return Batch(1 + len(taken), len(metrics), reports, metrics)
+        return Batch(1 + len(taken), reports, metrics)
 
     def _take(self) -> list[Message]:
         """Up to ``batch - 1`` more messages, waiting at most ``linger_seconds`` for them to

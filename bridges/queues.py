@@ -205,12 +205,12 @@ _WRITERS_LOCK = threading.Lock()
 
 
 def _writer_lock(path: Path) -> threading.Lock:
-    """One lock per database file for this process's writers: they wait on it and wake at once,
+    """One lock per database path for this process's writers: they wait on it and wake at once,
     instead of in SQLite's busy handler, which sleeps in steps of up to 100 ms (a long tail on
-    every HTTP answer while the delivery function writes). Other processes still meet the busy
-    timeout."""
+    every HTTP answer while the delivery function writes). Other processes, and a second
+    spelling of the same path (keyed as given: no syscall per write), meet ``_begin_write``."""
     with _WRITERS_LOCK:
-        return _WRITERS.setdefault(path.resolve(), threading.Lock())
+        return _WRITERS.setdefault(path, threading.Lock())
 
 
 class SqliteConnection:

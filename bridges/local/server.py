@@ -433,7 +433,8 @@ def _positive(name: str, default, kind):
 
 
 class TimerHost:
-    """Fires timer-triggered functions on their schedules until stopped."""
+    """Fires timer-triggered functions on their schedules until stopped (the functions given are
+    hostable: ``unhostable`` left out those with an unset or invalid schedule)."""
 
     def __init__(self, functions: list[IndexedFunction], settings: dict[str, str], clock=lambda: datetime.now(UTC)):
         self.clock = clock
@@ -633,7 +634,8 @@ def _queue_message(message: Message) -> QueueMessage:
 
 
 class QueueHost:
-    """One listener per queue-triggered function; queue names expand ``%SETTING%`` like schedules."""
+    """One listener per queue-triggered function; queue names expand ``%SETTING%`` like schedules
+    (the functions given are hostable: ``unhostable`` left out those naming an unset setting)."""
 
     def __init__(self, functions: list[IndexedFunction], settings: dict[str, str], project_dir: Path, options: QueueOptions):
         self._stop = threading.Event()
@@ -641,10 +643,7 @@ class QueueHost:
         for function in functions:
             if function.trigger_type != "queueTrigger":
                 continue
-            try:
-                name = expand(function.trigger["queueName"], settings)
-            except ScheduleError as exc:
-                raise SettingsError(str(exc).replace("the schedule", f"the queue name of {function.name}", 1)) from None
+            name = expand(function.trigger["queueName"], settings)
             state = state_dir(project_dir)
             queue = open_queue(name, os.environ, state)
             poison = open_queue(poison_name(name), os.environ, state)

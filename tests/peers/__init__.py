@@ -6,6 +6,7 @@ test fails under CI (CI=true) and is skipped elsewhere, saying why and how to in
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 
@@ -35,11 +36,35 @@ def serve_peer(start, what: str, install_hint: str = INSTALL_HINT):
     try:
         peer = next(running)
     except (PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
-        reason = f"{what} unavailable: {exc}"
-        if in_ci():
-            pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
-        pytest.skip(f"{reason}; {install_hint}")
+        unavailable(f"{what} unavailable: {exc}", install_hint)
     try:
         yield peer
     finally:
         running.close()
+
+
+def unavailable(reason: str, install_hint: str = INSTALL_HINT) -> None:
+    """A peer that cannot start: the test fails under CI=true and is skipped elsewhere."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
+    pytest.skip(f"{reason}; {install_hint}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, a wait, then SIGKILL to whatever is left in its process group (a launcher such
+    as npm's .bin shim may leave its child behind); it must have been started in a session of
+    its own."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import PeerUnavailable, free_port, serve_peer
+from peers import PeerUnavailable, free_port, serve_peer, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = ROOT / ".peers" / "azurite" / "node_modules" / ".bin"
@@ -92,25 +91,6 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            pass
-    try:  # anything left in its process group (npm's .bin shim may leave node behind)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def run_azurite():
     """Generator: start azurite-queue on a free port, yield an AzuritePeer, stop it.
 
@@ -173,7 +153,7 @@ def _run_service(binary: Path, service: str, peer_type):
         yield peer_type(port=port, log_path=str(log_path))
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process(proc, STOP_TIMEOUT)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

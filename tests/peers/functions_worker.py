@@ -54,7 +54,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,7 @@ from typing import Iterable, Iterator
 
 import pytest
 
-from peers import PeerUnavailable, in_ci, serve_peer
+from peers import PeerUnavailable, serve_peer, stop_process, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER_DIR = ROOT / ".peers" / "functions-worker"
@@ -422,7 +421,7 @@ class FunctionsHost:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop_process(self.process)
+            stop_process(self.process, STOP_TIMEOUT)
         self._outgoing.put(None)
         if self._server is not None:
             self._server.stop(grace=1).wait(5)
@@ -577,25 +576,6 @@ class FunctionsHost:
                        if fragment in line and len(line.split(None, 5)) == 6})
 
 
-def _stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 # ------------------------------------------------------------------ the peer
 
 
@@ -746,10 +726,8 @@ def started(peer: FunctionsWorkerPeer, mode: str, settings: dict[str, str]) -> I
     try:
         host = starting.__enter__()
     except PeerUnavailable as exc:
-        reason = f"the Python worker ({mode}) did not start: {exc}"
-        if in_ci():
-            pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
-        pytest.skip(f"{reason}; {INSTALL_HINT}")
+        unavailable(f"the Python worker ({mode}) did not start: {exc}", INSTALL_HINT)
+        raise  # unavailable() never returns
     try:
         yield host
     except BaseException:

@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_ingest import ROUNDS, payload, seconds  # noqa: E402
 from benchmarks.bench_sinks import SINKS  # noqa: E402
 from benchmarks.common import best_and_median, report  # noqa: E402
+from bridges.delivery.sinks import build_sinks  # noqa: E402
 from bridges.formats import azure_monitor, dynatrace, remote_write, unleash  # noqa: E402
 from bridges.formats.canonical import may_hold_surrogates  # noqa: E402
-from bridges.mapping import BUILTIN_DIR, load_file  # noqa: E402
-from bridges.normalize import Normalizer  # noqa: E402
+from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
-from bridges.sinks import build_sinks  # noqa: E402
+from bridges.webhooks.rules import BUILTIN_DIR, load_file  # noqa: E402
 
 WEBHOOKS = ROOT / "tests" / "testdata" / "webhooks"
 FORMATS = [  # (label, sink label in bench_sinks, format, content type, route parameters)

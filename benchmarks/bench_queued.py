@@ -44,7 +44,7 @@ per backend, and the delivery function's throughput.
    retry queue, whose envelopes are sent later, one request each; they are counted as deferred,
    not waited for. Azure Monitor pre-aggregates per minute, within each request.
 3. Metrics per second through the delivery function, in this process: the delivery queue is
-   pre-filled with ``MESSAGES`` calls of ``bridges.queued.enqueue`` of ``METRICS_PER_MESSAGE``
+   pre-filled with ``MESSAGES`` calls of ``bridges.delivery.queued.enqueue`` of ``METRICS_PER_MESSAGE``
    metrics each (the ingest benchmark's points, stamped now; the same 500 series in every
    message), then drained as the host runs the function: ``receive(1, lease)``,
    ``worker_for(bridge).process(text)`` (which takes up to 31 more messages; ``linger_seconds``
@@ -92,12 +92,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the fake receivers and the Azurite peer
 
 import requests  # noqa: E402
-
-from benchmarks.bench_ingest import payload  # noqa: E402
-from benchmarks.bench_retry import fast, percentile  # noqa: E402
-from benchmarks.common import on_azurite, report  # noqa: E402
-from bridges.queues import LOCAL_FILE, SqliteQueue  # noqa: E402
-from bridges.settings import binding_defaults  # noqa: E402
 from chaos import BS_TOKEN, DT_TOKEN, SINKS, UNLEASH_TOKEN, sink_settings  # noqa: E402
 from fakes.azure_monitor import FakeAzureMonitor  # noqa: E402
 from fakes.betterstack import FakeBetterStack  # noqa: E402
@@ -106,6 +100,12 @@ from fakes.identity import FakeIdentityEndpoint  # noqa: E402
 from fakes.prometheus import FakePrometheusWrite  # noqa: E402
 from fakes.server import Answer, FakeReceiver, Received  # noqa: E402
 from fakes.unleash import FakeUnleash  # noqa: E402
+
+from benchmarks.bench_ingest import payload  # noqa: E402
+from benchmarks.bench_retry import fast, percentile  # noqa: E402
+from benchmarks.common import on_azurite, report  # noqa: E402
+from bridges.queues import LOCAL_FILE, SqliteQueue  # noqa: E402
+from bridges.settings import binding_defaults  # noqa: E402
 
 OPEN_RATE = 20.0  # requests a second per series, part 1 (a)
 OPEN_SENDERS = 8  # threads sending part 1 (a)
@@ -604,10 +604,10 @@ def requests_figures(tmp: Path, fakes: FakesProcess) -> list[str]:
 
 
 def drain_figures(backend: str, state: Path, environ: dict[str, str]) -> list[str]:
-    from bridges import auth
     from bridges.core import Bridge
-    from bridges.normalize import Normalizer
-    from bridges.queued import enqueue, worker_for
+    from bridges.delivery import auth
+    from bridges.delivery.queued import enqueue, worker_for
+    from bridges.ingest.normalize import Normalizer
     from bridges.queues import StorageQueue
     from bridges.settings import load_settings
 
@@ -672,7 +672,7 @@ def drain_figures(backend: str, state: Path, environ: dict[str, str]) -> list[st
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        from bridges import auth as _auth
+        from bridges.delivery import auth as _auth
         _auth._credential = None
     accepted = taken
     return [

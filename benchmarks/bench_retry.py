@@ -40,19 +40,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))  # the fake receivers and the Azurite peer
 
+from fakes.betterstack import FakeBetterStack  # noqa: E402
+from fakes.dynatrace import FakeDynatrace, line_error  # noqa: E402
+from fakes.server import (  # noqa: E402
+    Answer,
+    Received,
+    Scripted,  # noqa: E402
+)
+
 from benchmarks.bench_ingest import payload  # noqa: E402
 from benchmarks.common import on_azurite, report  # noqa: E402
 from bridges.core import Bridge  # noqa: E402
-from bridges.normalize import Normalizer  # noqa: E402
+from bridges.delivery.sinks import build_sinks  # noqa: E402
+from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.queues import SqliteQueue, StorageQueue  # noqa: E402
-from bridges.retry import envelopes_for  # noqa: E402
-from bridges.retrying import RetryWorker, open_queues  # noqa: E402
+from bridges.retry.envelopes import envelopes_for  # noqa: E402
+from bridges.retry.worker import RetryWorker, open_queues  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
-from bridges.sinks import build_sinks  # noqa: E402
-from fakes.betterstack import FakeBetterStack  # noqa: E402
-from fakes.dynatrace import FakeDynatrace, line_error  # noqa: E402
-from fakes.server import Answer, Received  # noqa: E402
-from fakes.server import Scripted  # noqa: E402
 
 ENVELOPES = 1000
 METRICS_PER_ENVELOPE = 100

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_ingest import ROUNDS, payload, seconds  # noqa: E402
 from benchmarks.common import best_and_median, report  # noqa: E402
-from bridges.normalize import Normalizer  # noqa: E402
+from bridges.delivery.sinks import build_sinks  # noqa: E402
+from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
-from bridges.sinks import build_sinks  # noqa: E402
 
 UNLEASH = {"UNLEASH_URL": "https://unleash.example.com", "UNLEASH_API_TOKEN": "bench"}
 SINKS = [  # (label, sink, settings)

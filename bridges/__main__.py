@@ -10,10 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-from bridges.delivery import DeliveryError
+from bridges.delivery.deliver import DeliveryError
 from bridges.formats import BodyError
-from bridges.mapping import MappingError
 from bridges.settings import BACKEND_SINKS, SettingsError
+from bridges.webhooks.rules import MappingError
 
 _CONTENT_TYPES = {
     ".json": "application/json",
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
     _payload_arguments(send)
 
-    from bridges.deadletters import add_deadletter_parser
+    from bridges.retry.deadletters import add_deadletter_parser
 
     add_deadletter_parser(commands)
 
@@ -121,10 +121,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from bridges.core import Bridge
+    from bridges.delivery.render import readable
+    from bridges.delivery.sinks import build_sinks
     from bridges.formats.canonical import encode_ndjson
-    from bridges.render import readable
     from bridges.settings import environment, load_settings
-    from bridges.sinks import build_sinks
 
     if not args.sink and not args.source:
         print("error: say --sink SINK, --source SOURCE, or both", file=sys.stderr)
@@ -155,7 +155,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _map_payload(args: argparse.Namespace, bridge):
     """A webhook payload through its source's rules, normalized; refusals and skips printed."""
-    from bridges.webhooks import load_sources, webhook_payload
+    from bridges.webhooks.handler import load_sources, webhook_payload
 
     sources = load_sources(bridge.settings)
     rules = sources.get(args.source.lower())
@@ -187,9 +187,9 @@ def _map_payload(args: argparse.Namespace, bridge):
 
 
 def _mappings(args: argparse.Namespace) -> int:
-    from bridges.mapping import check_paths
     from bridges.settings import load_settings
-    from bridges.webhooks import rule_dirs
+    from bridges.webhooks.handler import rule_dirs
+    from bridges.webhooks.rules import check_paths
 
     paths = [Path(p) for p in args.paths] or rule_dirs(load_settings())
     missing = [p for p in paths if not p.exists()]
@@ -236,8 +236,8 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from bridges.checks import table
     from bridges.formats.canonical import encode_ndjson
+    from bridges.scheduled.checks import table
 
     bridge = _inline_bridge()
     if not bridge.checks:
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(args.host, args.port, args.app, args.require_keys)
         if args.command == "deadletter":
-            from bridges.deadletters import deadletter_main
+            from bridges.retry.deadletters import deadletter_main
 
             return deadletter_main(args)
         commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions,

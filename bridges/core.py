@@ -16,22 +16,23 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridges import __version__, selfmetrics
-from bridges.delivery import Delivery, DeliveryError
+from bridges import __version__
+from bridges.delivery import selfmetrics
+from bridges.delivery.deliver import Delivery, DeliveryError
+from bridges.delivery.sinks import build_sinks
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, canonical, decompress
-from bridges.normalize import Normalized, Normalizer
-from bridges.probe import Fetched, fetch
+from bridges.ingest.normalize import Normalized, Normalizer
 from bridges.replies import RETRY_AFTER_SECONDS, Reply
-from bridges.retry import MetricTooLarge
-from bridges.retrying import QueueHandoff
+from bridges.retry.envelopes import MetricTooLarge
+from bridges.retry.worker import QueueHandoff
+from bridges.scheduled.probe import Fetched, fetch
 from bridges.settings import Settings, SettingsError
-from bridges.sinks import build_sinks
 
 if TYPE_CHECKING:
-    from bridges.checks import Check, CheckResult
     from bridges.model import Metric
-    from bridges.polling import Poll, Source
-    from bridges.webhooks import Webhooks
+    from bridges.scheduled.checks import Check, CheckResult
+    from bridges.scheduled.polling import Poll, Source
+    from bridges.webhooks.handler import Webhooks
 
 STALE_QUEUE_SECONDS = 300  # health calls the delivery queue stuck when a message waited longer
 MAX_REPORTED_PROBLEMS = 100
@@ -219,7 +220,7 @@ class Bridge:
         """Keep the metrics on the delivery queue (``{"queued": N}``), or with BRIDGE_DELIVERY
         inline deliver to every sink: the per-sink reports, each rejection named by its origin."""
         if self.settings.delivery == "queued":
-            from bridges.queued import enqueue
+            from bridges.delivery.queued import enqueue
 
             messages = enqueue(self.delivery_queue, metrics, self.clock())
             log.info("%s: %d metrics queued for delivery in %d messages", route, len(metrics), messages)
@@ -242,7 +243,7 @@ class Bridge:
     @cached_property
     def checks(self) -> list[Check]:
         """The declared synthetic checks (read once; a bad declaration raises SettingsError)."""
-        from bridges.checks import load_checks
+        from bridges.scheduled.checks import load_checks
         from bridges.settings import environment
 
         return load_checks(self.settings, environment())
@@ -250,16 +251,16 @@ class Bridge:
     @cached_property
     def polled_sources(self) -> list[Source]:
         """The declared polled sources, their named rule files loaded as the webhooks' are."""
-        from bridges.polling import load_sources
+        from bridges.scheduled.polling import load_sources
         from bridges.settings import environment
-        from bridges.webhooks import load_sources as load_rule_files
+        from bridges.webhooks.handler import load_sources as load_rule_files
 
         return load_sources(self.settings, environment(), lambda: load_rule_files(self.settings))
 
     def run_checks(self, names: Sequence[str] = (), deliver: bool = True) -> tuple[list[CheckResult], list[Metric]]:
         """Run the checks (all, or those named) at once; their metrics go to every sink.
         Raises DeliveryError when the metrics could be neither delivered nor kept."""
-        from bridges import checks
+        from bridges.scheduled import checks
 
         chosen = _chosen(self.checks, names, "check")
         if not chosen:  # none declared: the timer still fires, quietly
@@ -278,8 +279,8 @@ class Bridge:
         """Poll the sources named, else those due at ``now`` by their schedules, at once; the
         metrics their rules yield and poll_up/poll_duration_seconds go to every sink.
         Raises DeliveryError when the metrics could be neither delivered nor kept."""
-        from bridges import polling
-        from bridges.schedule import Schedule
+        from bridges.scheduled import polling
+        from bridges.scheduled.schedules import Schedule
 
         sources = _chosen(self.polled_sources, names, "source") if names else polling.due(
             self.polled_sources, Schedule(self.settings.sources_schedule), now or datetime.now(UTC))
@@ -297,7 +298,7 @@ class Bridge:
 
     @cached_property
     def webhooks(self) -> Webhooks:
-        from bridges.webhooks import Webhooks
+        from bridges.webhooks.handler import Webhooks
 
         return Webhooks(self)
 
@@ -307,7 +308,7 @@ class Bridge:
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""
-        from bridges.deadletters import open_retry_queues, retry_status
+        from bridges.retry.deadletters import open_retry_queues, retry_status
         from bridges.settings import environment, unset_bindings
 
         sinks = self.delivery.status()
@@ -333,7 +334,7 @@ class Bridge:
         """The delivery mode and, when queued, the delivery queue's depth and oldest message's
         age; a message waiting longer than STALE_QUEUE_SECONDS is a problem (is the delivery
         function running?), as is anything in its poison queue."""
-        from bridges.queued import queue_status
+        from bridges.delivery.queued import queue_status
         from bridges.queues import poison_name
 
         if self.settings.delivery != "queued":
@@ -352,7 +353,7 @@ class Bridge:
         return {"mode": "queued", **status}
 
     def _webhook_status(self, problems: list) -> dict:
-        from bridges.mapping import MappingError
+        from bridges.webhooks.rules import MappingError
 
         try:
             return self.webhooks.status()

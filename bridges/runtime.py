@@ -14,8 +14,8 @@ from bridges.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from bridges.core import Bridge
-    from bridges.queued import DeliveryWorker
-    from bridges.retrying import RetryWorker
+    from bridges.delivery.queued import DeliveryWorker
+    from bridges.retry.worker import RetryWorker
 
 log = logging.getLogger(__name__)
 _settings: Settings | None = None
@@ -58,12 +58,12 @@ def check_declarations(settings: Settings) -> None:
     from bridges.settings import environment
 
     if settings.checks_file is not None or settings.checks.strip():
-        from bridges.checks import load_checks
+        from bridges.scheduled.checks import load_checks
 
         load_checks(settings, environment())
     if settings.sources_file is not None or settings.sources.strip():
-        from bridges.polling import load_sources
-        from bridges.webhooks import load_sources as load_rule_files
+        from bridges.scheduled.polling import load_sources
+        from bridges.webhooks.handler import load_sources as load_rule_files
 
         load_sources(settings, environment(), lambda: load_rule_files(settings))
 
@@ -72,8 +72,8 @@ def check_mappings(settings: Settings) -> None:
     """The user's rule files (and the built-in ones they may replace) load, or start-up stops
     naming the file, rule and field. Without BRIDGE_MAPPINGS_DIR only the built-in rules are
     used, which the tests check, so cold starts do not pay for loading them."""
-    from bridges.mapping import MappingError
-    from bridges.webhooks import load_sources
+    from bridges.webhooks.handler import load_sources
+    from bridges.webhooks.rules import MappingError
 
     assert settings.mappings_dir is not None  # start() checks the mappings only when the folder is set
     if not settings.mappings_dir.is_dir():
@@ -106,7 +106,7 @@ def retry_worker() -> RetryWorker:
     global _worker
     with _building:
         if _worker is None:
-            from bridges.retrying import RetryWorker, open_queues
+            from bridges.retry.worker import RetryWorker, open_queues
 
             current = bridge()
             sinks = {sink.name: sink for sink in current.delivery.sinks}
@@ -119,7 +119,7 @@ def delivery_worker() -> DeliveryWorker:
     global _delivery_worker
     with _building:
         if _delivery_worker is None:
-            from bridges.queued import worker_for
+            from bridges.delivery.queued import worker_for
 
             _delivery_worker = worker_for(bridge())
         return _delivery_worker

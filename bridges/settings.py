@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from bridges.masking import Secret
-from bridges.schedule import Schedule
+from bridges.scheduled.schedules import Schedule
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
@@ -181,7 +181,7 @@ def resource_id(text: str) -> str | None:
 def _resource_id_validator():
     import jsonschema_rs
 
-    from bridges.normalize import METRIC_SCHEMA
+    from bridges.ingest.normalize import METRIC_SCHEMA
 
     schema = json.loads(METRIC_SCHEMA.read_text(encoding="utf-8"))
     return jsonschema_rs.validator_for(schema["$defs"]["azure"]["properties"]["resource_id"])

@@ -25,14 +25,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import cramjam
-
-from bridges.retry import DeadLetter, metrics_of
 from fakes.azure_monitor import FakeAzureMonitor
 from fakes.betterstack import FakeBetterStack, decode_body
 from fakes.dynatrace import FakeDynatrace, line_error
 from fakes.prometheus import FakePrometheusWrite, parse_write_request
 from fakes.server import RESET, Answer, Received, Scripted
 from fakes.unleash import FakeUnleash
+
+from bridges.retry.envelopes import DeadLetter, metrics_of
 
 SINKS = ("dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus")
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"
@@ -285,7 +285,7 @@ class Ledger:
         self.record_reports(seqs, answer["delivery"])
 
     def record_batch(self, batch) -> None:
-        """What the delivery function made of one batch (``bridges.queued.Batch``)."""
+        """What the delivery function made of one batch (``bridges.delivery.queued.Batch``)."""
         seqs = [int(dict(m.tags)["seq"]) for m in batch.merged]
         self.record_reports(seqs, {name: report.to_json() for name, report in batch.reports.items()})
 
@@ -305,7 +305,7 @@ class Ledger:
 
 def dead_letters(queue) -> list[DeadLetter]:
     """Every record of the dead-letter queue, read as ``deadletter list`` reads them."""
-    from bridges.deadletters import read_all
+    from bridges.retry.deadletters import read_all
 
     return [DeadLetter.from_text(m.text) for m in read_all(queue, hide_seconds=30)]
 
@@ -336,7 +336,7 @@ def drain(retry_queue, worker, wait, *, limit_seconds: float = 240, max_dequeue_
     """Receive ``batch_size`` messages, ``process`` each, delete on success, release on exception
     (poison after ``max_dequeue_count``), until the queue holds nothing, hidden or not.
     ``wait()`` is called when nothing is visible: it advances an injected clock or sleeps a little."""
-    from bridges.retry import Envelope
+    from bridges.retry.envelopes import Envelope
 
     stats = DrainStats()
     deadline = time.monotonic() + limit_seconds

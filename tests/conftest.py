@@ -42,8 +42,9 @@ def bridge(settings_env):
 def identity(monkeypatch):
     """A local managed-identity token endpoint, wired in as App Service does (IDENTITY_ENDPOINT,
     IDENTITY_HEADER), with the process credential rebuilt for the test."""
-    from bridges import auth
     from fakes.identity import FakeIdentityEndpoint
+
+    from bridges.delivery import auth
 
     with FakeIdentityEndpoint() as endpoint:
         monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.endpoint)

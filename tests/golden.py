@@ -8,11 +8,12 @@ import json
 import os
 from pathlib import Path
 
-from bridges.normalize import Normalizer
-from bridges.render import readable
-from bridges.settings import load_settings
-from bridges.sinks import build_sinks
 from support import NOW_NS
+
+from bridges.delivery.render import readable
+from bridges.delivery.sinks import build_sinks
+from bridges.ingest.normalize import Normalizer
+from bridges.settings import load_settings
 
 GOLDEN = Path(__file__).parent / "testdata" / "sinks"
 

@@ -12,8 +12,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bridges.settings import binding_defaults
 from support import ROOT
+
+from bridges.settings import binding_defaults
 
 
 @contextmanager

@@ -29,7 +29,7 @@ def use_bridge(settings: dict[str, str], now_ns: int = NOW_NS) -> Bridge:
 def drain(bridge: Bridge) -> list:
     """Run the delivery function over everything on the Bridge's delivery queue, as the host
     does (one message per invocation, deleted when it succeeded); the batches it delivered."""
-    from bridges.queued import worker_for
+    from bridges.delivery.queued import worker_for
 
     worker = worker_for(bridge)
     worker.linger_seconds = 0  # everything is on the queue already

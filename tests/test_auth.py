@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from bridges import auth
-from bridges.auth import TokenError, TokenSource, custom_metrics_scope, prometheus_scope
+from bridges.delivery import auth
+from bridges.delivery.auth import TokenError, TokenSource, custom_metrics_scope, prometheus_scope
 from bridges.settings import load_settings
 
 CUSTOM = "https://monitoring.azure.com/"

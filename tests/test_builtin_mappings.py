@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
-
-from bridges.mapping import BUILTIN_DIR, NO_RULE_MATCHED, load_file
-from bridges.normalize import Normalizer
 from support import NOW_NS
+
+from bridges.ingest.normalize import Normalizer
+from bridges.webhooks.rules import BUILTIN_DIR, NO_RULE_MATCHED, load_file
 
 WEBHOOKS = Path(__file__).parent / "testdata" / "webhooks"
 SOURCES = ("alertmanager", "azure-monitor-alerts", "github", "gitlab", "grafana", "stripe")

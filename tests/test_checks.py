@@ -19,14 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import trustme
+from fakes.server import refused_port
+from support import drain, outbox_lines, use_bridge
 
 from bridges import runtime
 from bridges.__main__ import main
-from bridges.checks import CheckResult, load_checks, metrics_of, run_checks, table
-from bridges.probe import fetch
+from bridges.scheduled.checks import CheckResult, load_checks, metrics_of, run_checks, table
+from bridges.scheduled.probe import fetch
 from bridges.settings import SettingsError, load_settings
-from support import drain, outbox_lines, use_bridge
-from fakes.server import refused_port
 
 TOKEN = "tok-7f3a9c-do-not-leak"
 JSON_BODY = {"status": "ok", "up": 1, "items": [1, 2, 3]}

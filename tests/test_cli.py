@@ -7,7 +7,6 @@ import sys
 
 import msgpack
 import requests
-
 from support import ROOT
 
 
@@ -70,7 +69,6 @@ def test_functions_shows_timers_with_their_schedule():
 
 def run_with(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     import os
-
     import tempfile
 
     environment = {k: v for k, v in os.environ.items()

@@ -32,23 +32,34 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 import requests
+from chaos import (
+    RESOURCE,
+    SINKS,
+    Ledger,
+    OffsetClock,
+    Rates,
+    account,
+    batch,
+    dead_by_sink,
+    dead_letters,
+    drain,
+    make_fakes,
+    sink_settings,
+)
+from runner import wait_until
+from support import ROOT
 
 from bridges import runtime
 from bridges.core import Bridge
-from bridges.deadletters import run_deadletter
-from bridges.delivery import Delivery
-from bridges.queued import worker_for
+from bridges.delivery.deliver import Delivery
+from bridges.delivery.queued import worker_for
+from bridges.delivery.sinks import build_sinks
 from bridges.queues import LOCAL_FILE, SqliteQueue, open_queue, poison_name
-from bridges.retry import Envelope, metrics_of
-from bridges.retrying import QueueHandoff, RetryWorker
+from bridges.retry.deadletters import run_deadletter
+from bridges.retry.envelopes import Envelope, metrics_of
+from bridges.retry.worker import QueueHandoff, RetryWorker
 from bridges.settings import binding_defaults, load_settings
-from bridges.sinks import build_sinks
 from bridges.triggers.http import ingest_metrics
-from chaos import (
-    RESOURCE, SINKS, Ledger, OffsetClock, Rates, account, batch, dead_by_sink, dead_letters, drain, make_fakes, sink_settings,
-)
-from support import ROOT
-from runner import wait_until
 
 POINTS = 10_000
 BATCH = 200

@@ -27,7 +27,7 @@ for module in pkgutil.walk_packages(bridges.__path__, "bridges."):
 
 from bridges.core import Bridge
 from bridges.settings import load_settings
-from bridges.queued import worker_for
+from bridges.delivery.queued import worker_for
 bridge = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": sys.argv[1], "BRIDGE_STATE_DIR": sys.argv[2]}))
 reply = bridge.ingest(b'[{"name":"a","gauge":{"value":1}},{"name":"b"}]', "application/json")
 worker = worker_for(bridge)  # the delivery function's work, as the host would run it

@@ -1,4 +1,4 @@
-"""Dead letters and poison messages (bridges/deadletters.py): list, show, replay, health status.
+"""Dead letters and poison messages (bridges/retry/deadletters.py): list, show, replay, health status.
 
 On SQLite (a clock the test moves) and, for list and replay, on Azurite too.
 """
@@ -11,8 +11,12 @@ import sqlite3
 import uuid
 
 import pytest
+from support import NOW_NS
 
-from bridges.deadletters import (
+from bridges.formats.canonical import encode_ndjson
+from bridges.model import Gauge, Metric
+from bridges.queues import SqliteQueue, StorageQueue, queue_client
+from bridges.retry.deadletters import (
     POISON_REASON,
     RetryQueues,
     add_deadletter_parser,
@@ -23,12 +27,8 @@ from bridges.deadletters import (
     retry_status,
     run_deadletter,
 )
-from bridges.formats.canonical import encode_ndjson
-from bridges.model import Gauge, Metric
-from bridges.queues import SqliteQueue, StorageQueue, queue_client
-from bridges.retry import DeadLetter, Envelope, envelopes_for, metrics_of
+from bridges.retry.envelopes import DeadLetter, Envelope, envelopes_for, metrics_of
 from bridges.settings import load_settings
-from support import NOW_NS
 
 S = 1_000_000_000
 NOW = NOW_NS / S

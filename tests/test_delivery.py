@@ -11,17 +11,17 @@ import threading
 import time
 
 import pytest
+from fakes.dynatrace import FakeDynatrace
+from fakes.server import Answer, Scripted
 
 from bridges import runtime
 from bridges.core import Bridge
-from bridges.delivery import Delivery
-from bridges.model import Gauge, Metric
+from bridges.delivery.deliver import Delivery
+from bridges.delivery.sinks import build_sinks
+from bridges.delivery.sinks.dynatrace import DynatraceSink
 from bridges.masking import Secret
+from bridges.model import Gauge, Metric
 from bridges.settings import load_settings
-from bridges.sinks import build_sinks
-from bridges.sinks.dynatrace import DynatraceSink
-from fakes.dynatrace import FakeDynatrace
-from fakes.server import Answer, Scripted
 
 TOKEN = "dt0c01.SECRETTOKEN"
 
@@ -76,7 +76,7 @@ def test_refusals_are_reported_with_the_index_of_the_request_item(tmp_path):
 
 def test_retryable_failures_are_queued_for_retry_never_counted_as_delivered(tmp_path):
     from bridges.queues import SqliteQueue
-    from bridges.retry import Envelope, metrics_of
+    from bridges.retry.envelopes import Envelope, metrics_of
 
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(503, {"Retry-After": "30"}))
@@ -95,7 +95,7 @@ def test_retryable_failures_are_queued_for_retry_never_counted_as_delivered(tmp_
 
 
 def test_when_the_retry_queue_cannot_be_written_the_answer_is_503(tmp_path):
-    from bridges.retrying import QueueHandoff
+    from bridges.retry.worker import QueueHandoff
 
     class Unwritable:
         def send(self, text, visibility_timeout=0):
@@ -151,8 +151,9 @@ def test_a_sink_that_leaves_a_request_unanswered_is_not_waited_for_again(tmp_pat
     """One hanging backend costs one timeout: the rest of that delivery, and new deliveries for
     QUIET_SECONDS, hand its metrics straight to the retry queue while the other sink delivers;
     the retry function's delivery (to that one sink) still tries, and an answer ends the quiet."""
-    from bridges.delivery import QUIET_SECONDS
     from fakes.server import RESET
+
+    from bridges.delivery.deliver import QUIET_SECONDS
 
     with FakeDynatrace(token=TOKEN) as hanging, FakeDynatrace(token=TOKEN) as healthy:
         sink_a, sink_b = DynatraceSink(hanging.url, Secret(TOKEN)), DynatraceSink(healthy.url, Secret(TOKEN))
@@ -251,7 +252,7 @@ def test_requests_left_at_the_deadline_are_kept_as_pending(tmp_path):
 
 
 def test_without_a_token_metrics_wait_and_health_says_why(tmp_path):
-    from bridges.auth import TokenError
+    from bridges.delivery.auth import TokenError
 
     class NeedsToken(DynatraceSink):
         def authorize(self, request):

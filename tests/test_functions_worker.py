@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from support import ROOT
 from peers.functions_worker import (
     MODES,
     PEER_DIR,
@@ -27,6 +25,7 @@ from peers.functions_worker import (
     parse_ignore,
     started,
 )
+from support import ROOT
 
 # The binding settings as the deployment sets them (infra/bicep/main.bicep), so every function
 # loads; the linger is 0 so a delivery does not wait for more messages.
@@ -256,7 +255,6 @@ def local_answers() -> dict[str, tuple[int, str, bytes]]:
     """Each HTTP case as the local runner (python -m bridges serve) answers it over a socket:
     (status, Content-Type, body)."""
     import requests
-
     from runner import running_bridge
 
     answers = {}
@@ -321,7 +319,7 @@ def test_the_delivery_function_delivers_what_an_http_function_queued(host):
 
 def test_the_retry_function_delivers_an_envelope(host):
     from bridges.model import Gauge, Metric
-    from bridges.retry import envelopes_for
+    from bridges.retry.envelopes import envelopes_for
 
     now_ns = time.time_ns()
     metric = Metric(f"worker_retry_{host.mode}", Gauge(2.5), now_ns, (("mode", host.mode),))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
-
 from peers import in_ci
 from runner import running_bridge
 
@@ -30,7 +29,9 @@ try:
     import schemathesis
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
-        content_type_conformance, response_schema_conformance, status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
     )
 except ImportError as exc:  # pragma: no cover - the dev requirements install it
     if in_ci():

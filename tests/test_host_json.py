@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from peers import in_ci
 
 from bridges.local.server import QueueOptions
-from peers import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_JSON = ROOT / "host.json"

@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 import azure.functions as func
 import msgpack
 import pytest
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 from bridges import runtime
 from bridges.core import Bridge
 from bridges.settings import load_settings
 from bridges.triggers.http import health, ingest_metrics
-from support import NOW_NS, drain, outbox_lines, use_bridge
 
 GAUGE = {"name": "node_cpu_temperature_celsius", "gauge": {"value": 63.5}, "tags": {"host": "server_1"}}
 COUNTER = {"name": "http_requests_total", "counter": {"value": 42}}

@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
+from peers import free_port
+from peers.azurite import ACCOUNT, ACCOUNT_KEY
 
-from bridges.idempotency import (
+from bridges.webhooks.idempotency import (
     DUPLICATE,
     IN_PROGRESS,
     NEW,
@@ -24,8 +26,6 @@ from bridges.idempotency import (
     row_key,
     table_client,
 )
-from peers import free_port
-from peers.azurite import ACCOUNT, ACCOUNT_KEY
 
 TTL = 3600.0
 LEASE = 300.0

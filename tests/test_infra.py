@@ -28,13 +28,13 @@ import tree_sitter
 import tree_sitter_bicep
 import yaml
 
-from bridges import selfmetrics
-from bridges.checks import Check, CheckResult, metrics_of
-from bridges.idempotency import table_client
+from bridges.delivery import selfmetrics
+from bridges.delivery.sinks.azure_monitor import metric_name
 from bridges.queues import SETTING as STORAGE_CONNECTION
 from bridges.queues import poison_name, queue_client, storage_configured
+from bridges.scheduled.checks import Check, CheckResult, metrics_of
 from bridges.settings import SETTINGS, load_settings
-from bridges.sinks.azure_monitor import metric_name
+from bridges.webhooks.idempotency import table_client
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra" / "bicep"
@@ -845,7 +845,7 @@ def _kql_parse_regex(query: str) -> re.Pattern:
 
 def test_workbook_charts_the_delivery_queue(main, app_settings, caplog):
     """The "Delivery queue" section charts, per time bin, the most the delivery function's
-    records (bridges.selfmetrics.log_queue: ``source == "delivery queue"``) said: the depth, the
+    records (bridges.delivery.selfmetrics.log_queue: ``source == "delivery queue"``) said: the depth, the
     oldest message's age and the poison depth, from Application Insights traces; the numbers
     come from customDimensions or, when the host kept only the message, from the message."""
     workbook = json.loads(WORKBOOK.read_text())
@@ -860,10 +860,10 @@ def test_workbook_charts_the_delivery_queue(main, app_settings, caplog):
     queries = {item["name"]: item["content"] for item in workbook["items"] if item["type"] == 3}
     assert set(queries) == set(section) - {"delivery-queue-title"}
     # What the delivery function logs, as the records' message and custom dimensions.
-    with caplog.at_level("INFO", logger="bridges.selfmetrics"):
+    with caplog.at_level("INFO", logger="bridges.delivery.selfmetrics"):
         selfmetrics.log_queue({"queue": app_settings["BRIDGE_DELIVERY_QUEUE"], "depth": 7, "oldest_seconds": 12.5,
                                "poison": {"queue": "bridge-deliver-poison", "depth": 2}})
-    (record,) = [r for r in caplog.records if r.name == "bridges.selfmetrics"]
+    (record,) = [r for r in caplog.records if r.name == "bridges.delivery.selfmetrics"]
     dimensions = record.custom_dimensions
     assert dimensions["source"] == "delivery queue"
     charted = {}

@@ -8,14 +8,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from bridges.formats import BodyError, Decoded, Outcome, Refused, decompress
-from bridges.formats import azure_monitor
-from bridges.model import DELTA, Aggregate, AzureTarget, Counter, Gauge, Histogram, Bucket, Metric
-from bridges.normalize import Normalizer
-from bridges.sinks.azure_monitor import AzureMonitorSink
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
+
+from bridges.delivery.sinks.azure_monitor import AzureMonitorSink
+from bridges.formats import BodyError, Decoded, Outcome, Refused, azure_monitor, decompress
+from bridges.ingest.normalize import Normalizer
+from bridges.model import DELTA, Aggregate, AzureTarget, Bucket, Counter, Gauge, Histogram, Metric
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "azure_monitor"
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"

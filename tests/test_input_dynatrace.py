@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from bridges.formats import BodyError, Decoded, Outcome, Refused
-from bridges.formats import dynatrace
-from bridges.model import DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
-from bridges.normalize import Normalizer
-from bridges.masking import Secret
-from bridges.sinks.dynatrace import DynatraceSink
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
+
+from bridges.delivery.sinks.dynatrace import DynatraceSink
+from bridges.formats import BodyError, Decoded, Outcome, Refused, dynatrace
+from bridges.ingest.normalize import Normalizer
+from bridges.masking import Secret
+from bridges.model import DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 
 EXAMPLES = Path(__file__).parent / "testdata" / "inputs" / "dynatrace"
 NS_PER_MS = 1_000_000

@@ -14,12 +14,12 @@ import cramjam
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from bridges.formats import BodyError, Outcome, Refused, remote_write
-from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
-from bridges.normalize import Normalizer
-from bridges.sinks.prometheus import PrometheusSink
 from support import NOW_NS, drain, outbox_lines
+
+from bridges.delivery.sinks.prometheus import PrometheusSink
+from bridges.formats import BodyError, Outcome, Refused, remote_write
+from bridges.ingest.normalize import Normalizer
+from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "remote_write"
 URL = "http://127.0.0.1:9/api/v1/write"
@@ -469,7 +469,7 @@ def test_a_family_part_sent_twice_loses_neither_sample():
     """Two h_sum samples of one family (same labels and time) make it inconsistent: every
     sample comes back as a gauge rather than one silently replacing the other."""
     from bridges.formats import remote_write
-    from bridges.normalize import Normalizer
+    from bridges.ingest.normalize import Normalizer
 
     series = [((("__name__", "h_sum"), ("job", "a")), 1.5, 1_000), ((("__name__", "h_sum"), ("job", "a")), 2.5, 1_000),
               ((("__name__", "h_count"), ("job", "a")), 3.0, 1_000)]

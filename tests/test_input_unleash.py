@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from bridges.formats import BodyError, Outcome, Refused, unleash
-from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
-from bridges.normalize import Normalizer
-from bridges.masking import Secret
-from bridges.sinks.unleash import UnleashSink
 from support import NOW_NS, drain, outbox_lines
+
+from bridges.delivery.sinks.unleash import UnleashSink
+from bridges.formats import BodyError, Outcome, Refused, unleash
+from bridges.ingest.normalize import Normalizer
+from bridges.masking import Secret
+from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 
 CASES = Path(__file__).parent / "testdata" / "inputs" / "unleash"
 JSON = "application/json"

@@ -10,13 +10,13 @@ import azure.functions as func
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 from bridges import runtime
 from bridges.core import Bridge
 from bridges.formats import remote_write
 from bridges.settings import load_settings
 from bridges.triggers import http
-from support import NOW_NS, drain, outbox_lines, use_bridge
 
 RESOURCE = "subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/shop"
 ROUTES = {  # route -> (function, route parameters)

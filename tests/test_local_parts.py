@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bridges.local.routes import RouteTemplate
-from bridges.schedule import Schedule, ScheduleError, expand
+from bridges.scheduled.schedules import Schedule, ScheduleError, expand
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from runner import running_bridge, wait_for_line, wait_until
 
 from bridges.queues import LOCAL_FILE, SqliteQueue
-from runner import running_bridge, wait_for_line, wait_until
 
 HOST_JSON = {
     "version": "2.0",

@@ -8,7 +8,6 @@ from pathlib import Path
 import msgpack
 import pytest
 import requests
-
 from runner import raw_request, running_bridge, wait_for_line
 
 GAUGE = {"name": "queue_depth", "gauge": {"value": 7}, "tags": {"queue": "orders"}}

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from runner import running_bridge, wait_until
+from support import ROOT
 
 from bridges.local.indexing import index, load_app
-from support import ROOT
-from runner import running_bridge, wait_until
 
 READ_TIMEOUT = 0.3
 

@@ -10,9 +10,11 @@ import jmespath
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import NOW_NS
 
 from bridges.formats import Decoded
-from bridges.mapping import (
+from bridges.ingest.normalize import Normalizer
+from bridges.webhooks.rules import (
     BUILTIN_DIR,
     MappingError,
     check_paths,
@@ -20,8 +22,6 @@ from bridges.mapping import (
     load_file,
     load_sources,
 )
-from bridges.normalize import Normalizer
-from support import NOW_NS
 
 DATA = Path(__file__).parent / "testdata" / "mappings"
 GOOD = DATA / "good"
@@ -598,7 +598,7 @@ def _outcome(evaluate, document):
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_expressions(), _json)
 def test_compiled_expressions_give_what_jmespath_gives(text, document):
-    from bridges.mapping import _OPTIONS
+    from bridges.webhooks.rules import _OPTIONS
 
     compiled = compile_expression(text)
     reference = jmespath.compile(text)

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-
-from bridges.masking import Secret, remember, remember_headers, scrub
-from support import ROOT, drain, use_bridge
 from fakes.azure_monitor import FakeAzureMonitor
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Answer, Received, Scripted
+from support import ROOT, drain, use_bridge
+
+from bridges.masking import Secret, remember, remember_headers, scrub
 
 RESOURCE = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Web/sites/shop"
 METRIC = {"name": "shop.orders", "gauge": {"value": 1}}

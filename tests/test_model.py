@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from bridges.model import Bucket, Gauge, Histogram, Metric
-from bridges.normalize import Normalizer
 from support import NOW_NS
+
+from bridges.ingest.normalize import Normalizer
+from bridges.model import Bucket, Gauge, Histogram, Metric
 
 
 def test_per_bucket_counts_convert_to_cumulative():

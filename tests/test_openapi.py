@@ -13,13 +13,13 @@ import azure.functions as func
 import pytest
 import requests
 from openapi_spec_validator import OpenAPIV31SpecValidator
+from runner import running_bridge
+from support import ROOT
 
 from bridges import __version__
 from bridges.local.indexing import index
 from bridges.local.routes import RouteTemplate
 from bridges.local.server import route_prefix
-from support import ROOT
-from runner import running_bridge
 
 OPENAPI = ROOT / "schemas" / "openapi.json"
 METRIC_SCHEMA = ROOT / "schemas" / "metric.schema.json"

@@ -7,14 +7,14 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
+from fakes.server import Answer, FakeReceiver, refused_port
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 from bridges.__main__ import main
 from bridges.core import Bridge
-from bridges.polling import Source, due
-from bridges.schedule import Schedule
+from bridges.scheduled.polling import Source, due
+from bridges.scheduled.schedules import Schedule
 from bridges.settings import SettingsError, load_settings
-from support import NOW_NS, drain, outbox_lines, use_bridge
-from fakes.server import Answer, FakeReceiver, refused_port
 
 SECRET = "s3cr3t-status-token-6f1d"
 UPDATED_AT_NS = NOW_NS - 60 * 1_000_000_000  # the page's updated_at: 2026-11-22T09:59:00Z
@@ -145,8 +145,8 @@ def test_a_rule_file_named_by_the_source(server, settings_env, tmp_path):
 
 def test_the_rule_files_are_read_once_for_all_the_sources_that_name_one():
     """Reading every rule file costs tens of milliseconds: not once per source at start-up."""
-    from bridges.polling import load_sources
-    from bridges.webhooks import load_sources as load_rule_files
+    from bridges.scheduled.polling import load_sources
+    from bridges.webhooks.handler import load_sources as load_rule_files
 
     settings = load_settings({"BRIDGE_SOURCES": sources_setting(
         *(source(f"feed-{n}", "http://127.0.0.1:9/", "grafana") for n in range(5)), source("inline", "http://127.0.0.1:9/"))})
@@ -268,7 +268,7 @@ def test_a_response_no_rule_matches_is_a_mapping_failure(server, settings_env):
 
 
 def test_a_fault_in_one_poll_does_not_cost_the_others_theirs(server, settings_env):
-    from bridges.probe import fetch
+    from bridges.scheduled.probe import fetch
 
     def faulty(url, **options):
         if url.endswith("/broken"):

@@ -7,10 +7,11 @@ import re
 
 import azure.functions as func
 import msgpack
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import NOW_NS, use_bridge
 
 from bridges.triggers.http import ingest_metrics
-from support import NOW_NS, use_bridge
 
 CONTENT_TYPES = ["application/json", "application/x-ndjson", "application/msgpack", None, "text/plain",
                  ";;;\x7f", "application/json; charset", "json"]
@@ -125,7 +126,7 @@ valid_metrics = st.fixed_dictionaries(
 @SETTINGS
 @given(items=st.lists(valid_metrics, min_size=1, max_size=5))
 def test_valid_metrics_are_accepted_and_their_canonical_form_reads_back_the_same(items):
-    from bridges.normalize import Normalizer
+    from bridges.ingest.normalize import Normalizer
 
     normalizer = Normalizer()
     first = normalizer.normalize(items, NOW_NS)

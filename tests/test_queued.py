@@ -11,18 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bridges import queued
-from bridges.core import Bridge
-from bridges.queues import LOCAL_FILE, SqliteQueue, poison_name
-from bridges.retry import MAX_TEXT, Envelope, metrics_of
-from bridges.retrying import RetryWorker
-from bridges.settings import load_settings
-from support import ROOT, drain, outbox_lines
 from fakes.azure_monitor import FakeAzureMonitor
 from fakes.betterstack import FakeBetterStack
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Scripted
+from support import ROOT, drain, outbox_lines
+
+from bridges.core import Bridge
+from bridges.delivery import queued
+from bridges.queues import LOCAL_FILE, SqliteQueue, poison_name
+from bridges.retry.envelopes import MAX_TEXT, Envelope, metrics_of
+from bridges.retry.worker import RetryWorker
+from bridges.settings import load_settings
 
 DT_TOKEN = "dt0c01.QUEUEDTOKEN"
 BS_TOKEN = "bs-queued-token"
@@ -173,7 +173,7 @@ class RetryQueueDown:
 
 
 def test_when_the_retry_queue_cannot_be_written_the_taken_messages_are_released_not_lost(tmp_path):
-    from bridges.retrying import QueueHandoff
+    from bridges.retry.worker import QueueHandoff
 
     with FakeDynatrace(token=DT_TOKEN) as dynatrace:
         bridge = make_bridge(tmp_path, DYNATRACE_URL=dynatrace.url, DYNATRACE_API_TOKEN=DT_TOKEN)

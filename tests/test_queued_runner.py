@@ -8,10 +8,9 @@ import threading
 from datetime import datetime, timezone
 
 import requests
-
-from support import ROOT
 from fakes.betterstack import FakeBetterStack
 from runner import running_bridge, wait_until
+from support import ROOT
 
 BS_TOKEN = "bs-runner-token"
 DT_TOKEN = "dt0c01.RUNNERTOKEN"

@@ -14,10 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from bridges.delivery.sinks.base import Delivered, Drop, Partial, Rejection, Resend, Retry
 from bridges.formats.canonical import decode
+from bridges.ingest.normalize import Normalizer
 from bridges.model import Aggregate, AzureTarget, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
-from bridges.normalize import Normalizer
-from bridges.retry import (
+from bridges.retry.envelopes import (
     MAX_TEXT,
     QUEUE_MESSAGE_BYTES,
     SCHEMA_PATH,
@@ -33,7 +34,6 @@ from bridges.retry import (
     metrics_of,
     next_delay,
 )
-from bridges.sinks.base import Delivered, Drop, Partial, Rejection, Resend, Retry
 
 NOW_NS = 1_795_341_600 * 1_000_000_000  # 2026-11-22T10:00:00Z
 S = 1_000_000_000
@@ -85,7 +85,7 @@ def test_the_schema_is_valid_draft_2020_12_and_compiles_in_jsonschema_rs():
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema_rs.Draft202012Validator(schema)
     # The schema's sinks are the code's: the delivery queue's "*" and every sink settings know.
-    from bridges.retry import EVERY_SINK, SINKS
+    from bridges.retry.envelopes import EVERY_SINK, SINKS
     from bridges.settings import BACKEND_SINKS, OUTBOX
 
     assert SINKS == (OUTBOX, *BACKEND_SINKS)
@@ -469,7 +469,7 @@ def test_invalid_dead_letter_records_are_refused_naming_the_field(change, expect
 
 
 def test_the_retry_core_never_imports_azure_functions():
-    code = "import sys, bridges.retry; assert 'azure.functions' not in sys.modules"
+    code = "import sys, bridges.retry.envelopes; assert 'azure.functions' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 

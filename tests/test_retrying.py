@@ -8,18 +8,18 @@ import time
 
 import azure.functions as func
 import pytest
-
-from bridges import runtime
-from bridges.model import Gauge, Metric
-from bridges.queues import SqliteQueue
-from bridges.retry import DeadLetter, Envelope, EnvelopeError, envelopes_for, metrics_of
-from bridges.retrying import RetryWorker
-from bridges.masking import Secret
-from bridges.settings import load_settings
-from bridges.sinks.dynatrace import DynatraceSink
-from support import drain, use_bridge
 from fakes.dynatrace import FakeDynatrace
 from fakes.server import Scripted
+from support import drain, use_bridge
+
+from bridges import runtime
+from bridges.delivery.sinks.dynatrace import DynatraceSink
+from bridges.masking import Secret
+from bridges.model import Gauge, Metric
+from bridges.queues import SqliteQueue
+from bridges.retry.envelopes import DeadLetter, Envelope, EnvelopeError, envelopes_for, metrics_of
+from bridges.retry.worker import RetryWorker
+from bridges.settings import load_settings
 
 TOKEN = "dt0c01.RETRY"
 
@@ -131,14 +131,14 @@ def test_the_queue_triggered_function_runs_the_worker(tmp_path):
 
 
 def test_every_delivery_is_logged_as_a_structured_record(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="bridges.selfmetrics")
+    caplog.set_level(logging.INFO, logger="bridges.delivery.selfmetrics")
     with FakeDynatrace(token=TOKEN) as fake:
         fake.script(Scripted(500))
         bridge = use_bridge({"BRIDGE_STATE_DIR": str(tmp_path), "DYNATRACE_URL": fake.url,
                              "DYNATRACE_API_TOKEN": TOKEN}, now_ns=time.time_ns())
         bridge.ingest(json.dumps([{"name": "bridge.a", "gauge": {"value": 1}}]).encode(), "application/json")
         drain(bridge)
-    [record] = [r for r in caplog.records if r.name == "bridges.selfmetrics" and "sink" in r.custom_dimensions]
+    [record] = [r for r in caplog.records if r.name == "bridges.delivery.selfmetrics" and "sink" in r.custom_dimensions]
     dimensions = record.custom_dimensions
     assert {k: dimensions[k] for k in ("source", "sink", "accepted", "delivered", "retried")} == {
         "source": "delivery of 1 queued messages", "sink": "dynatrace", "accepted": 1, "delivered": 0, "retried": 1}

@@ -1,6 +1,6 @@
 """The two JSON Schema validators agree on every string, for every pattern of our schemas.
 
-jsonschema-rs decides; jsonschema (``bridges.jsonschemas.explaining_validator``) explains what
+jsonschema-rs decides; jsonschema (``bridges.ingest.jsonschemas.explaining_validator``) explains what
 it refused, and an item it finds no fault with is accepted. Where they disagreed, Python's
 ``re`` let ``"m\\n"`` and ``"westeurope\\n"`` through. Strings are generated from each pattern as
 Python reads it (so they include exactly the texts Python's ``$`` and ``\\d`` wrongly admit),
@@ -13,11 +13,12 @@ import os
 
 import jsonschema_rs
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
-
-from bridges.jsonschemas import explaining_validator
-from bridges.normalize import Normalizer
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from support import NOW_NS, ROOT
+
+from bridges.ingest.jsonschemas import explaining_validator
+from bridges.ingest.normalize import Normalizer
 
 SCHEMAS = sorted((ROOT / "schemas").glob("*.schema.json"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import jsonschema
 import jsonschema_rs
 import pytest
-
-from bridges.jsonschemas import explaining_validator
-from bridges.normalize import METRIC_SCHEMA, Normalizer
 from support import NOW_NS
+
+from bridges.ingest.jsonschemas import explaining_validator
+from bridges.ingest.normalize import METRIC_SCHEMA, Normalizer
 
 SUITE = Path(__file__).parent / "testdata" / "schema"
 SCHEMA = json.loads(METRIC_SCHEMA.read_text())

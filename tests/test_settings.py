@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import ROOT
 
 from bridges.settings import SETTINGS, SettingsError, load_settings
-from support import ROOT
 
 
 def readme_settings() -> dict[str, str]:

@@ -9,10 +9,11 @@ import math
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from bridges.signatures import SCHEMES, verify
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import NOW_NS
+
+from bridges.webhooks.signatures import SCHEMES, verify
 
 NOW = NOW_NS // 1_000_000_000  # 2026-11-22T10:00:00Z in unix seconds
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None)

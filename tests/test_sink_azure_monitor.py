@@ -11,19 +11,19 @@ import time
 import pytest
 import requests
 from azure.core.credentials import AccessToken
-
-from bridges import transport
-from bridges.auth import process_credential
-from bridges.delivery import Delivery
-from bridges.model import Aggregate, AzureTarget, Gauge, Metric
-from bridges.settings import load_settings
-from bridges.sinks.azure_monitor import MAX_BODY_BYTES, STATUS_OUTCOMES, AzureMonitorSink, metric_name
-from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from support import NOW_NS
 from fakes.azure_monitor import AUDIENCE, TIME_MESSAGE, FakeAzureMonitor, document_error
 from fakes.identity import audience_of
 from fakes.server import RESET, Scripted
 from golden import cases, check_case
+from support import NOW_NS
+
+from bridges.delivery import transport
+from bridges.delivery.auth import process_credential
+from bridges.delivery.deliver import Delivery
+from bridges.delivery.sinks.azure_monitor import MAX_BODY_BYTES, STATUS_OUTCOMES, AzureMonitorSink, metric_name
+from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
+from bridges.model import Aggregate, AzureTarget, Gauge, Metric
+from bridges.settings import load_settings
 
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"
 OTHER = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-vm/providers/Microsoft.Compute/virtualMachines/vm1"

@@ -12,18 +12,18 @@ import math
 
 import pytest
 import requests
-
-from bridges.model import CUMULATIVE, Counter, Gauge, Metric
-from bridges.normalize import Normalizer
-from bridges.masking import Secret
-from bridges.settings import load_settings
-from bridges.sinks.base import Delivered, Drop, Reply, Request, Resend, Retry
-from bridges.sinks.betterstack import STATUS_OUTCOMES, BetterStackSink, metrics_url
-from bridges.transport import send
-from support import NOW_NS
-from golden import cases, check_case
 from fakes.betterstack import FakeBetterStack, decode_body
 from fakes.server import RESET, Scripted
+from golden import cases, check_case
+from support import NOW_NS
+
+from bridges.delivery.sinks.base import Delivered, Drop, Reply, Request, Resend, Retry
+from bridges.delivery.sinks.betterstack import STATUS_OUTCOMES, BetterStackSink, metrics_url
+from bridges.delivery.transport import send
+from bridges.ingest.normalize import Normalizer
+from bridges.masking import Secret
+from bridges.model import CUMULATIVE, Counter, Gauge, Metric
+from bridges.settings import load_settings
 
 TOKEN = "bs-test-token-7f3a9c"
 MINUTE_NS = 60 * 1_000_000_000

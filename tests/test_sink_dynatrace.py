@@ -6,17 +6,24 @@ import time
 
 import pytest
 import requests
-
-from bridges import transport
-from bridges.formats import dynatrace as dynatrace_format
-from bridges.model import Bucket, Counter, Gauge, Histogram, Metric
-from bridges.masking import Secret
-from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from bridges.sinks.dynatrace import STATUS_OUTCOMES, DynatraceSink, dimension_key, dimension_value, metric_key, number
-from golden import cases, check_case
-from support import NOW_NS
 from fakes.dynatrace import FakeDynatrace, line_error
 from fakes.server import RESET, Scripted
+from golden import cases, check_case
+from support import NOW_NS
+
+from bridges.delivery import transport
+from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
+from bridges.delivery.sinks.dynatrace import (
+    STATUS_OUTCOMES,
+    DynatraceSink,
+    dimension_key,
+    dimension_value,
+    metric_key,
+    number,
+)
+from bridges.formats import dynatrace as dynatrace_format
+from bridges.masking import Secret
+from bridges.model import Bucket, Counter, Gauge, Histogram, Metric
 
 TOKEN = "dt0c01.TEST"
 

@@ -8,20 +8,20 @@ import time
 import uuid
 
 import cramjam
+import golden
 import pytest
 import requests
+from fakes.prometheus import FakePrometheusWrite, parse_write_request, series_error
+from fakes.server import RESET, Scripted
+from support import NOW_NS
 
-import golden
-from bridges import transport
-from bridges.delivery import Delivery
+from bridges.delivery import transport
+from bridges.delivery.deliver import Delivery
+from bridges.delivery.sinks.base import Delivered, Drop, Reply, Resend, Retry
+from bridges.delivery.sinks.prometheus import MAX_BODY_BYTES, STATUS_OUTCOMES, PrometheusSink, label_name, metric_name
 from bridges.formats import remote_write
 from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.settings import load_settings
-from bridges.sinks.base import Delivered, Drop, Reply, Resend, Retry
-from bridges.sinks.prometheus import MAX_BODY_BYTES, STATUS_OUTCOMES, PrometheusSink, label_name, metric_name
-from support import NOW_NS
-from fakes.prometheus import FakePrometheusWrite, parse_write_request, series_error
-from fakes.server import RESET, Scripted
 
 VECTOR_PROTOBUF = "0a2c0a0e0a085f5f6e616d655f5f120275700a080a036a6f62120178121009000000000000f03f1080d095ffbc31"
 VECTOR_SNAPPY = "2eb4" + VECTOR_PROTOBUF
@@ -81,7 +81,7 @@ def test_golden_requests(case):
 def golden_requests(case):
     import json
 
-    from bridges.normalize import Normalizer
+    from bridges.ingest.normalize import Normalizer
 
     settings = load_settings({**json.loads((case / "settings.json").read_text()), "BRIDGE_SINKS": "prometheus"})
     sink = PrometheusSink(settings.prometheus_remote_write_url, None, settings.prometheus_max_samples_per_request)

@@ -19,22 +19,23 @@ from collections import Counter as Tally
 from itertools import groupby
 from urllib.parse import urlsplit
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import NOW_NS
 
-from bridges.formats import canonical, remote_write
+from bridges.delivery.sinks import dynatrace as dynatrace_sink
+from bridges.delivery.sinks import prometheus as prometheus_sink
+from bridges.delivery.sinks import unleash as unleash_sink
+from bridges.delivery.sinks.azure_monitor import AzureMonitorSink
+from bridges.delivery.sinks.azure_monitor import metric_name as azure_name
+from bridges.delivery.sinks.betterstack import BetterStackSink
 from bridges.formats import azure_monitor as azure_format
+from bridges.formats import canonical, remote_write
 from bridges.formats import dynatrace as dynatrace_format
 from bridges.formats import unleash as unleash_format
+from bridges.ingest.normalize import Normalizer
 from bridges.masking import Secret
 from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Quantile, Summary
-from bridges.normalize import Normalizer
-from bridges.sinks import dynatrace as dynatrace_sink
-from bridges.sinks import prometheus as prometheus_sink
-from bridges.sinks import unleash as unleash_sink
-from bridges.sinks.azure_monitor import AzureMonitorSink
-from bridges.sinks.azure_monitor import metric_name as azure_name
-from bridges.sinks.betterstack import BetterStackSink
-from support import NOW_NS
 
 SETTINGS = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -12,20 +12,27 @@ import uuid
 
 import pytest
 import requests
-
-from bridges import transport
-from bridges.delivery import Delivery
-from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Summary
-from bridges.masking import Secret
-from bridges.settings import load_settings
-from bridges.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from bridges.sinks.unleash import (
-    CUSTOM_PATH, IMPACT_PATH, MAX_SERIES, STATUS_OUTCOMES, UnleashSink, base_url, custom_name, impact_name,
-)
-from golden import cases, encode_case
 from fakes.server import RESET, Scripted
 from fakes.unleash import FakeUnleash, custom_problem, impact_problem
+from golden import cases, encode_case
 from peers.unleash import parse_prometheus
+
+from bridges.delivery import transport
+from bridges.delivery.deliver import Delivery
+from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
+from bridges.delivery.sinks.unleash import (
+    CUSTOM_PATH,
+    IMPACT_PATH,
+    MAX_SERIES,
+    STATUS_OUTCOMES,
+    UnleashSink,
+    base_url,
+    custom_name,
+    impact_name,
+)
+from bridges.masking import Secret
+from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Summary
+from bridges.settings import load_settings
 
 TOKEN = "default:development.fake-client-token"
 FRONTEND_TOKEN = "default:development.fake-frontend-token"
@@ -224,7 +231,7 @@ def test_400_reason_is_unleash_message():
 def test_415_is_logged_as_our_bug(caplog):
     sink = sink_for("http://u.local")
     [request] = sink.encode(gauges(1), now_ns()).requests
-    with caplog.at_level(logging.ERROR, logger="bridges.sinks.unleash"):
+    with caplog.at_level(logging.ERROR, logger="bridges.delivery.sinks.unleash"):
         outcome = sink.classify(request, Reply(415, {}, b'{"message":"We do not accept the content-type"}'))
     assert isinstance(outcome, Drop) and not outcome.misconfigured
     assert "bug" in caplog.text
@@ -310,7 +317,7 @@ def test_auto_switches_to_impact_once_and_resends_the_same_metrics(caplog):
     t = now_ns()
     metrics = [Metric("hooks", Counter(1, "delta"), t), Metric("hooks", Counter(1, "delta"), t),
                Metric("depth", Gauge(3), t, (("queue", "a"),))]
-    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.sinks.unleash"):
+    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash"):
         sink = sink_for(fake.url, "auto")
         handoff = RecordingHandoff()
         delivery = Delivery([sink], handoff, session_factory=plain_session)
@@ -331,7 +338,7 @@ def test_auto_switches_to_impact_once_and_resends_the_same_metrics(caplog):
 
 def test_several_custom_requests_switch_once(caplog):
     t = now_ns()
-    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.sinks.unleash"):
+    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash"):
         sink = sink_for(fake.url, "auto", max_body_bytes=2000)
         outcomes = []
         with plain_session() as session:

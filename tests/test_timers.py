@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from support import ROOT
 from fakes.server import Answer, FakeReceiver
 from runner import running_bridge, wait_for_line, wait_until
+from support import ROOT
 
 STATUS_PAGE = {"components": [{"name": "api", "status": "operational"}, {"name": "db", "status": "major_outage"}]}
 RULES = {"rules": [{"name": "components", "events": "body.components", "tags": {"component": "event.name"},

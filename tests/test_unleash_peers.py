@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 import requests
-
 from peers.unleash import parse_prometheus
 
 TIMEOUT = 10

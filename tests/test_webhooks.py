@@ -11,17 +11,17 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
+from support import NOW_NS, drain, outbox_lines, use_bridge
 
 from bridges import runtime
 from bridges.core import Bridge
-from bridges.delivery import DeliveryError
-from bridges.idempotency import SqliteStore
-from bridges.mapping import load_file
+from bridges.delivery.deliver import DeliveryError
 from bridges.queues import open_queue
 from bridges.settings import load_settings
 from bridges.triggers.http import health, webhook
-from bridges.webhooks import Webhooks
-from support import NOW_NS, drain, outbox_lines, use_bridge
+from bridges.webhooks.handler import Webhooks
+from bridges.webhooks.idempotency import SqliteStore
+from bridges.webhooks.rules import load_file
 
 SECRET = "hook-secret-0123456789"
 RULES = """
@@ -252,7 +252,7 @@ def test_a_form_encoded_webhook_is_read_from_its_payload_field(bridge, rules):
 def test_concurrent_duplicates_deliver_once_with_the_azure_table_store(bridge, rules, azurite_table):
     """The store Azure uses (Table storage, here Azurite's table service), claimed by eight
     deliveries of the same id at once."""
-    from bridges.idempotency import TableStore
+    from bridges.webhooks.idempotency import TableStore
 
     store = TableStore.from_settings("webhookdupes", {"AzureWebJobsStorage": azurite_table.connection_string},
                                      ttl_seconds=3600)

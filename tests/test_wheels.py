@@ -29,7 +29,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from peers import in_ci
 from test_infra import MAIN, Template
 

@@ -45,7 +45,7 @@ Types (1.0 carries none, so they are recovered; ``prometheus_items`` does it):
   ``<x>``; anything else a gauge.
 - a family that is incomplete or inconsistent (buckets without ``_count``, counts that are not
   whole numbers or go down, a bucket twice) is not lost: its series become gauges as named.
-Those rules undo the Prometheus sink's naming (``bridges.sinks.prometheus``): gauges, counters
+Those rules undo the Prometheus sink's naming (``bridges.delivery.sinks.prometheus``): gauges, counters
 named ``*_total``, delta counters, histograms, summaries with quantiles and aggregates come back
 as they were sent (tags as sanitized there). What the wire cannot say does not come back: a
 cumulative counter not named ``*_total`` returns as a gauge, a summary without quantiles as
@@ -647,7 +647,7 @@ def _buckets(bounds: list, count: int) -> list | None:
 
 
 def _mean_within(mean: float, low: float, high: float) -> bool:
-    """Whether min <= sum/count <= max, with the slack validation allows (bridges.normalize), so a
+    """Whether min <= sum/count <= max, with the slack validation allows (bridges.ingest.normalize), so a
     set of gauges that only looks like an aggregate stays gauges instead of being refused."""
     slack = 1e-6 * max(1.0, abs(low), abs(high))
     return low - slack <= mean <= high + slack

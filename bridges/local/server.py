@@ -54,7 +54,7 @@ from azure.functions.timer import TimerRequest
 from bridges.local.indexing import IndexedFunction, index, load_app
 from bridges.local.routes import RouteTemplate
 from bridges.queues import Message, SqliteQueue, StaleReceipt, open_queue, poison_name
-from bridges.schedule import Schedule, ScheduleError, expand
+from bridges.scheduled.schedules import Schedule, ScheduleError, expand
 from bridges.settings import SETTINGS, SettingsError, local_values
 
 log = logging.getLogger("bridges.local")

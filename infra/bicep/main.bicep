@@ -144,8 +144,8 @@ var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(t
 
 // The delivery path (BRIDGE_DELIVERY queued: the HTTP functions put accepted metrics on the
 // delivery queue, the queue-triggered deliver_accepted sends them on), the retry path
-// (bridges/retrying.py, bridges/triggers/queue.py) and the idempotency table
-// (bridges/idempotency.py): the same names as the settings' defaults. The host moves a message
+// (bridges/retry/worker.py, bridges/triggers/queue.py) and the idempotency table
+// (bridges/webhooks/idempotency.py): the same names as the settings' defaults. The host moves a message
 // that failed maxDequeueCount times (host.json) to '<queue>-poison'. The identity's Storage Queue
 // Data Contributor role (modules/rbac.bicep) is on the whole storage account, so it covers every
 // queue here, the delivery queue and its poison queue included.

@@ -19,6 +19,7 @@ import math
 import msgpack
 
 from bridges.timestamps import NS_PER_SECOND, TimestampError, format_rfc3339, parse_timestamp
+
 from .server import Answer, FakeReceiver, Received
 
 MAX_BODY_BYTES = 20 * 1024 * 1024

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridges.queues import Message, Queue, StaleReceipt, open_queue, poison_name
-from bridges.retry import SINKS, DeadLetter, Envelope, EnvelopeError, metrics_of
+from bridges.retry.envelopes import SINKS, DeadLetter, Envelope, EnvelopeError, metrics_of
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 PEEK_LIMIT = 32  # Azure's most messages per peek (and per receive)

@@ -48,9 +48,7 @@ from functools import lru_cache
 from itertools import groupby
 from urllib.parse import urlsplit
 
-from bridges.formats.dynatrace import MAX_DIMENSIONS, MAX_LINE_CHARS  # the protocol's limits, one place
-from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
-from bridges.sinks.base import (
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -64,6 +62,8 @@ from bridges.sinks.base import (
     retry_after_seconds,
     transport_outcome,
 )
+from bridges.formats.dynatrace import MAX_DIMENSIONS, MAX_LINE_CHARS  # the protocol's limits, one place
+from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
 
 log = logging.getLogger(__name__)
 NS_PER_MS = 1_000_000

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from bridges.model import Counter, Gauge, Metric
 
-log = logging.getLogger("bridges.selfmetrics")
+log = logging.getLogger("bridges.delivery.selfmetrics")
 COUNTS = ("accepted", "delivered", "rejected", "retried", "dead_lettered")
 
 
@@ -57,7 +57,7 @@ class _Discard:
 
 def send(delivery, records: Sequence[dict], now_ns: int, only: str | None = None) -> None:
     """Deliver the records as metrics through ``delivery`` (to ``only`` that sink, if named)."""
-    from bridges.delivery import DeliveryError
+    from bridges.delivery.deliver import DeliveryError
 
     metrics = as_metrics(records, now_ns)
     if not metrics:

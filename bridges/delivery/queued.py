@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bridges import selfmetrics
-from bridges.delivery import Delivery, DeliveryError, SinkReport
+from bridges.delivery import selfmetrics
+from bridges.delivery.deliver import Delivery, DeliveryError, SinkReport
 from bridges.model import Metric
 from bridges.queues import Message, Queue, StaleReceipt
-from bridges.retry import EVERY_SINK, Envelope, EnvelopeError, envelopes_for, metrics_of
+from bridges.retry.envelopes import EVERY_SINK, Envelope, EnvelopeError, envelopes_for, metrics_of
 
 log = logging.getLogger(__name__)
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount (a test keeps them equal)
@@ -169,7 +169,7 @@ class DeliveryWorker:
 def queue_status(queue: Queue, poison: Queue, now_ns: int) -> dict:
     """For health: the delivery queue's depth, the age of its oldest waiting message, and its
     poison queue's depth; never raises (a queue that cannot be read says so)."""
-    from bridges.deadletters import depth_status, short_reason
+    from bridges.retry.deadletters import depth_status, short_reason
 
     status = depth_status(queue)
     if status.get("depth"):

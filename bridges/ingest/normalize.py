@@ -32,7 +32,7 @@ from bridges.model import (
 )
 from bridges.timestamps import TimestampError, parse_timestamp
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 METRIC_SCHEMA = SCHEMA_DIR / "metric.schema.json"
 MAX_REPORTED_ERRORS = 100
 MAX_ERRORS_PER_ITEM = 10
@@ -109,7 +109,7 @@ class Normalizer:
 
     @cached_property
     def _explaining(self):
-        from bridges.jsonschemas import explaining_validator
+        from bridges.ingest.jsonschemas import explaining_validator
 
         return explaining_validator(self.schema)
 

@@ -21,14 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
 from bridges.formats import Decoded, Refused
-from bridges.mapping import NO_RULE_MATCHED, SourceRules
 from bridges.masking import scrub
 from bridges.model import Gauge, Metric
-from bridges.probe import Fetched, FetchError, TlsOptions, fetch
-from bridges.schedule import Schedule, ScheduleError
+from bridges.scheduled.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
+from bridges.scheduled.probe import Fetched, FetchError, TlsOptions, fetch
+from bridges.scheduled.schedules import Schedule, ScheduleError
 from bridges.settings import Settings, SettingsError
+from bridges.webhooks.rules import NO_RULE_MATCHED, SourceRules
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 EARLY_RUN_TOLERANCE = timedelta(milliseconds=500)
@@ -74,11 +74,11 @@ def load_sources(settings: Settings, environ: Mapping[str, str], rule_files: Cal
 
 
 def _source(entry: dict, environ: Mapping[str, str], where: str, rule_files: Callable[[], dict]) -> Source:
-    from bridges.mapping import check_document
+    from bridges.webhooks.rules import check_document
 
     mapping = entry["mapping"]
     if isinstance(mapping, str):
-        from bridges.mapping import MappingError
+        from bridges.webhooks.rules import MappingError
 
         try:
             known = rule_files()
@@ -147,7 +147,7 @@ def poll(source: Source, now_ns: int, fetcher: Callable[..., Fetched] = fetch) -
 
 def poll_all(sources: Sequence[Source], now_ns: int, fetcher: Callable[..., Fetched] = fetch) -> list[Poll]:
     """Every source at once, each under its own timeout; each outcome logged."""
-    from bridges.checks import run_together
+    from bridges.scheduled.checks import run_together
 
     polls = run_together(
         [functools.partial(poll, s, now_ns, fetcher) for s in sources], [s.timeout for s in sources],

@@ -22,8 +22,8 @@ from bridges.replies import RETRY_AFTER_SECONDS, Reply
 from bridges.settings import KEY_VAULT_PREFIX, Settings, environment
 
 if TYPE_CHECKING:
-    from bridges.idempotency import IdempotencyStore
-    from bridges.mapping import SourceRules
+    from bridges.webhooks.idempotency import IdempotencyStore
+    from bridges.webhooks.rules import SourceRules
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -32,14 +32,14 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 def rule_dirs(settings) -> list:
     """Built-in rules first, then the user's folder, whose files replace them by source."""
-    from bridges.mapping import BUILTIN_DIR
+    from bridges.webhooks.rules import BUILTIN_DIR
 
     return [BUILTIN_DIR] + ([settings.mappings_dir] if settings.mappings_dir else [])
 
 
 def load_sources(settings) -> dict[str, SourceRules]:
     """Every source's rules; raises MappingError naming the file, rule and field."""
-    from bridges.mapping import load_sources as load
+    from bridges.webhooks.rules import load_sources as load
 
     return load(rule_dirs(settings))
 
@@ -76,7 +76,7 @@ class Webhooks:
     def store(self) -> IdempotencyStore:
         if self._store is not None:
             return self._store
-        from bridges.idempotency import open_store
+        from bridges.webhooks.idempotency import open_store
 
         settings = self.bridge.settings
         return open_store(settings.idempotency_table, settings.idempotency_ttl_seconds, self.environ,
@@ -119,7 +119,7 @@ class Webhooks:
         delivery_id = rules.delivery_id(payload, headers) or headers.get(IDEMPOTENCY_HEADER) or None
         if delivery_id is None:
             return self._deliver(rules, body, payload, headers)
-        from bridges.idempotency import DUPLICATE, IN_PROGRESS
+        from bridges.webhooks.idempotency import DUPLICATE, IN_PROGRESS
 
         claim = self.store.claim(rules.source, delivery_id)
         if claim == DUPLICATE:
@@ -146,7 +146,7 @@ class Webhooks:
         secrets = self.secrets(rules)
         if not secrets:
             return True  # reported by health: "not checked: set <SETTING>"
-        from bridges.signatures import verify
+        from bridges.webhooks.signatures import verify
 
         failure = verify(rules.signature, headers, body, [s.reveal() for s in secrets], self.bridge.clock() / 1e9)
         if failure:

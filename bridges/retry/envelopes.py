@@ -6,7 +6,7 @@ of at most ``MAX_TEXT`` bytes, so that the Functions host's base64 of it still f
 storage queue message. Metrics travel in canonical form, not as the sink's wire body, so the
 sink re-encodes them at every attempt and its time window applies afresh.
 
-The retry function (``bridges.retrying.RetryWorker``) does the I/O around this module:
+The retry function (``bridges.retry.worker.RetryWorker``) does the I/O around this module:
 
     metrics = metrics_of(envelope)                      # decode what the queue gave
     report = ... deliver metrics to envelope.sink ...   # -> AttemptReport (by metric index)
@@ -32,15 +32,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bridges.delivery.sinks.base import Delivered, Drop, Outcome, Partial, Retry
 from bridges.formats import BodyError
 from bridges.formats.canonical import decode as decode_canonical
 from bridges.formats.canonical import encode_ndjson
+from bridges.ingest.normalize import Normalizer
 from bridges.model import Metric
-from bridges.normalize import Normalizer
-from bridges.sinks.base import Delivered, Drop, Outcome, Partial, Retry
 from bridges.timestamps import NS_PER_SECOND, TimestampError, format_rfc3339, parse_timestamp
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "retry-envelope.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "retry-envelope.schema.json"
 QUEUE_MESSAGE_BYTES = 65_536
 MAX_TEXT = QUEUE_MESSAGE_BYTES // 4 * 3  # 49,152: its base64 is exactly 64 KiB
 MAX_ERROR_CHARS = 2048  # the schema's maxLength for last_error; reasons are cut to it
@@ -428,7 +428,7 @@ def _states(report: AttemptReport, count: int) -> dict[str, dict[int, str]]:
 
 @cache
 def _envelope_validator():
-    from bridges.jsonschemas import explaining_validator
+    from bridges.ingest.jsonschemas import explaining_validator
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     return explaining_validator(schema)

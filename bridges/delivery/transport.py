@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
+from bridges.delivery.sinks.base import Reply, Request
 from bridges.masking import remember_headers, scrub, scrub_bytes
-from bridges.sinks.base import Reply, Request
 
 POOL_SIZE = 16
 _session = None

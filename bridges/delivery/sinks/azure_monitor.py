@@ -56,9 +56,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from bridges.auth import TokenSource, custom_metrics_scope, process_credential
-from bridges.model import MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric
-from bridges.sinks.base import (
+from bridges.delivery.auth import TokenSource, custom_metrics_scope, process_credential
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -71,6 +70,7 @@ from bridges.sinks.base import (
     retry_after_seconds,
     transport_outcome,
 )
+from bridges.model import MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 log = logging.getLogger(__name__)

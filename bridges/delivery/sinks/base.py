@@ -3,7 +3,7 @@
 A sink is pure: ``encode(metrics, now_ns)`` turns canonical metrics into ready-to-send
 ``Request`` objects that respect its limits (and says which metrics it refused locally, and
 which conversions lost information); ``classify(request, reply)`` turns what came back into an
-``Outcome``. A sink never sleeps, loops, retries or queues: ``bridges.delivery`` does that for
+``Outcome``. A sink never sleeps, loops, retries or queues: ``bridges.delivery.deliver`` does that for
 every sink alike, as the OpenTelemetry Collector's exporter helper and Vector's sink driver do.
 
 Outcomes:
@@ -122,7 +122,7 @@ Outcome = Delivered | Partial | Retry | Drop | Resend
 class Sink(Protocol):
     """A backend. Sinks that need a fresh credential per request (Entra tokens) also have
     ``authorize(request) -> Request``, called by the delivery stage just before sending, so
-    ``encode`` stays pure; it raises ``bridges.auth.TokenError`` when no token can be had."""
+    ``encode`` stays pure; it raises ``bridges.delivery.auth.TokenError`` when no token can be had."""
 
     name: str
     limits: Limits

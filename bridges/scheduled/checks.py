@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from bridges.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
-from bridges.mapping import compile_expression, jmespath_equals
 from bridges.masking import scrub
 from bridges.model import Gauge, Metric
-from bridges.probe import Fetched, FetchError, TlsOptions, fetch
+from bridges.scheduled.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
+from bridges.scheduled.probe import Fetched, FetchError, TlsOptions, fetch
 from bridges.settings import Settings, SettingsError
+from bridges.webhooks.rules import compile_expression, jmespath_equals
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -21,11 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from bridges import transport
-from bridges.auth import TokenError
-from bridges.masking import scrub
-from bridges.model import Metric
-from bridges.sinks.base import (
+from bridges.delivery import transport
+from bridges.delivery.auth import TokenError
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -36,6 +34,8 @@ from bridges.sinks.base import (
     Retry,
     Sink,
 )
+from bridges.masking import scrub
+from bridges.model import Metric
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_REJECTIONS = 100
@@ -63,7 +63,7 @@ class LocalSink(Protocol):
 
 
 class RetryHandoff(Protocol):
-    """Where retryable failures go (``bridges.retrying.QueueHandoff``: the retry queue). Raises
+    """Where retryable failures go (``bridges.retry.worker.QueueHandoff``: the retry queue). Raises
     OSError when it cannot keep them."""
 
     def hand_off(self, sink: str, metrics: Sequence[Metric], reason: str, after: float | None, now_ns: int) -> None: ...

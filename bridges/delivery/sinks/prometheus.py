@@ -46,10 +46,8 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from bridges import __version__
-from bridges.auth import TokenSource, prometheus_scope
-from bridges.formats import remote_write
-from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
-from bridges.sinks.base import (
+from bridges.delivery.auth import TokenSource, prometheus_scope
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -62,6 +60,8 @@ from bridges.sinks.base import (
     retry_after_seconds,
     transport_outcome,
 )
+from bridges.formats import remote_write
+from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
 
 NS_PER_MS = 1_000_000
 MAX_BODY_BYTES = 1_000_000  # protobuf before snappy
@@ -164,7 +164,7 @@ class PrometheusSink:
 
     @classmethod
     def from_settings(cls, settings) -> PrometheusSink:
-        from bridges.auth import process_credential
+        from bridges.delivery.auth import process_credential
 
         return cls(settings.prometheus_remote_write_url, process_credential(settings),
                    settings.prometheus_max_samples_per_request)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
+from bridges.delivery.sinks.base import Request
 from bridges.formats import media_type
 from bridges.masking import masked_headers
-from bridges.sinks.base import Request
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 

@@ -66,8 +66,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Summary
-from bridges.sinks.base import (
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -81,6 +80,7 @@ from bridges.sinks.base import (
     retry_after_seconds,
     transport_outcome,
 )
+from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Summary
 from bridges.timestamps import format_rfc3339
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bridges.ingest.normalize import SCHEMA_DIR, json_pointer
 from bridges.masking import Secret
-from bridges.normalize import SCHEMA_DIR, json_pointer
-from bridges.probe import CREDENTIAL_HEADER, TlsOptions
+from bridges.scheduled.probe import CREDENTIAL_HEADER, TlsOptions
 from bridges.settings import KEY_VAULT_PREFIX, SettingsError
 
 # What http.client cannot send in a header value (it would raise, with the value, mid-run).
@@ -30,7 +30,7 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
     if path is not None and inline.strip():
         raise SettingsError(f"{inline_setting}: set {file_setting} or {inline_setting}, not both")
     if path is not None:
-        from bridges.mapping import MappingError, read_document
+        from bridges.webhooks.rules import MappingError, read_document
 
         where = f"{file_setting}: {path}"
         try:
@@ -54,7 +54,7 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
 def _validate(document: object, schema_name: str, where: str) -> None:
     from referencing import Registry, Resource
 
-    from bridges.jsonschemas import explaining_validator
+    from bridges.ingest.jsonschemas import explaining_validator
 
     schemas = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in SCHEMA_DIR.glob("*.schema.json")}
     # One schema may use another's definitions (the sources use the checks' headers).

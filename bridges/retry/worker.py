@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from bridges import selfmetrics
-from bridges.delivery import Delivery
+from bridges.delivery import selfmetrics
+from bridges.delivery.deliver import Delivery
 from bridges.model import Metric
-from bridges.retry import (
+from bridges.retry.envelopes import (
     AttemptReport,
     Decision,
     Envelope,

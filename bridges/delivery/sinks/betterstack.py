@@ -39,8 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from bridges.model import CUMULATIVE, Metric
-from bridges.sinks.base import (
+from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
@@ -54,6 +53,7 @@ from bridges.sinks.base import (
     retry_after_seconds,
     transport_outcome,
 )
+from bridges.model import CUMULATIVE, Metric
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
 
 if TYPE_CHECKING:

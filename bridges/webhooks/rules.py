@@ -48,13 +48,13 @@ from jmespath import functions as jmespath_functions
 from jmespath.visitor import Options, TreeInterpreter
 
 from bridges.formats import Decoded, Refused
-from bridges.normalize import SCHEMA_DIR, json_pointer
+from bridges.ingest.normalize import SCHEMA_DIR, json_pointer
 from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, TimestampError, parse_timestamp
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode  # the stubs' type of a parsed expression's nodes
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "mappings"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "mappings"
 MAPPING_SCHEMA = SCHEMA_DIR / "mapping.schema.json"
 RULE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
@@ -941,7 +941,7 @@ def _validator(explaining: bool):
     if explaining not in _VALIDATORS:
         schema = json.loads(MAPPING_SCHEMA.read_text(encoding="utf-8"))
         if explaining:
-            from bridges.jsonschemas import explaining_validator
+            from bridges.ingest.jsonschemas import explaining_validator
 
             _VALIDATORS[explaining] = explaining_validator(schema)
         else:

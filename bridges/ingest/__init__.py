@@ -1,0 +1,1 @@
+"""Ingest: what arrives (canonical JSON, vendor formats, rule output) becomes validated canonical metrics."""

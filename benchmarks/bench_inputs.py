@@ -29,7 +29,7 @@ from bridges.formats import azure_monitor, dynatrace, remote_write, unleash  # n
 from bridges.formats.canonical import may_hold_surrogates  # noqa: E402
 from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
-from bridges.webhooks.rules import BUILTIN_DIR, load_file  # noqa: E402
+from bridges.webhooks.rule_files import BUILTIN_DIR, load_file  # noqa: E402
 
 WEBHOOKS = ROOT / "tests" / "testdata" / "webhooks"
 FORMATS = [  # (label, sink label in bench_sinks, format, content type, route parameters)

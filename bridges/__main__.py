@@ -13,7 +13,7 @@ from pathlib import Path
 from bridges.delivery.deliver import DeliveryError
 from bridges.formats import BodyError
 from bridges.settings import BACKEND_SINKS, SettingsError
-from bridges.webhooks.rules import MappingError
+from bridges.webhooks.rule_files import MappingError
 
 _CONTENT_TYPES = {
     ".json": "application/json",
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", help="deliver a payload with the configured sinks and print a per-sink summary")
     _payload_arguments(send)
 
-    from bridges.retry.deadletters import add_deadletter_parser
+    from bridges.retry.deadletter_command import add_deadletter_parser
 
     add_deadletter_parser(commands)
 
@@ -123,6 +123,7 @@ def _render(args: argparse.Namespace) -> int:
     from bridges.core import Bridge
     from bridges.delivery.render import readable
     from bridges.delivery.sinks import build_sinks
+    from bridges.delivery.sinks.base import Sink
     from bridges.formats.canonical import encode_ndjson
     from bridges.settings import environment, load_settings
 
@@ -139,6 +140,7 @@ def _render(args: argparse.Namespace) -> int:
         print(f"{len(result.metrics)} metrics", file=sys.stderr)
         return 1 if result.rejected else 0
     [sink] = build_sinks(settings)
+    assert isinstance(sink, Sink)  # --sink offers the backends only
     encoded = sink.encode(result.metrics, bridge.clock())
     for request in encoded.requests:
         if args.raw:
@@ -189,7 +191,7 @@ def _map_payload(args: argparse.Namespace, bridge):
 def _mappings(args: argparse.Namespace) -> int:
     from bridges.settings import load_settings
     from bridges.webhooks.handler import rule_dirs
-    from bridges.webhooks.rules import check_paths
+    from bridges.webhooks.rule_files import check_paths
 
     paths = [Path(p) for p in args.paths] or rule_dirs(load_settings())
     missing = [p for p in paths if not p.exists()]
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(args.host, args.port, args.app, args.require_keys)
         if args.command == "deadletter":
-            from bridges.retry.deadletters import deadletter_main
+            from bridges.retry.deadletter_command import deadletter_main
 
             return deadletter_main(args)
         commands = {"validate": _validate, "render": _render, "send": _send, "functions": _functions,

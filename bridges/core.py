@@ -353,7 +353,7 @@ class Bridge:
         return {"mode": "queued", **status}
 
     def _webhook_status(self, problems: list) -> dict:
-        from bridges.webhooks.rules import MappingError
+        from bridges.webhooks.rule_files import MappingError
 
         try:
             return self.webhooks.status()

@@ -73,7 +73,7 @@ def check_mappings(settings: Settings) -> None:
     naming the file, rule and field. Without BRIDGE_MAPPINGS_DIR only the built-in rules are
     used, which the tests check, so cold starts do not pay for loading them."""
     from bridges.webhooks.handler import load_sources
-    from bridges.webhooks.rules import MappingError
+    from bridges.webhooks.rule_files import MappingError
 
     assert settings.mappings_dir is not None  # start() checks the mappings only when the folder is set
     if not settings.mappings_dir.is_dir():

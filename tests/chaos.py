@@ -32,9 +32,11 @@ from fakes.prometheus import FakePrometheusWrite, parse_write_request
 from fakes.server import RESET, Answer, Received, Scripted
 from fakes.unleash import FakeUnleash
 
-from bridges.retry.envelopes import DeadLetter, metrics_of
+from bridges.retry.decision import DeadLetter
+from bridges.retry.envelopes import metrics_of
+from bridges.settings import BACKEND_SINKS
 
-SINKS = ("dynatrace", "betterstack", "unleash", "azure_monitor", "prometheus")
+SINKS = BACKEND_SINKS  # every sink with settings; each needs a fake receiver below
 RESOURCE = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-bridge/providers/Microsoft.Web/sites/func-bridge"
 DT_TOKEN = "dt0c01.CHAOS"
 BS_TOKEN = "bs-chaos-token"

@@ -43,3 +43,26 @@ def drain(bridge: Bridge) -> list:
 def outbox_lines(bridge: Bridge) -> list[dict]:
     files = sorted(bridge.settings.outbox_dir.glob("*.ndjson"))
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+STATUS_OF_CLASS = {"2xx": 201, "3xx": 302, "4xx": 418, "5xx": 599}  # a status each class key stands for
+
+
+def walk_status_table(sink, request, body: bytes = b"", headers: dict | None = None) -> dict:
+    """Classify one answer per entry of the sink's status table and check the outcome is the one
+    the entry names (a Misconfigured entry: a Drop marked misconfigured with that hint); entries
+    that read the body are returned for the caller to check. Returns {key: outcome}."""
+    from bridges.delivery.sinks.base import Drop, Misconfigured, Reply
+
+    outcomes = {}
+    for key, rule in sink.status_outcomes.items():
+        status = STATUS_OF_CLASS.get(key, key)
+        outcome = sink.classify(request, Reply(status, headers or {}, body))
+        if isinstance(rule, Misconfigured):
+            assert outcome == Drop(outcome.reason, misconfigured=True, hint=rule.hint), (key, outcome)
+            assert outcome.reason.startswith(f"{sink.title} answered {status}: {rule.hint}"), (key, outcome)
+        elif isinstance(rule, type):
+            assert type(outcome) is rule, (key, outcome)
+            assert not getattr(outcome, "misconfigured", False), (key, outcome)
+        outcomes[key] = outcome
+    return outcomes

@@ -16,7 +16,8 @@ import pytest
 from support import NOW_NS
 
 from bridges.ingest.normalize import Normalizer
-from bridges.webhooks.rules import BUILTIN_DIR, NO_RULE_MATCHED, load_file
+from bridges.webhooks.rule_files import BUILTIN_DIR, load_file
+from bridges.webhooks.rules import NO_RULE_MATCHED
 
 WEBHOOKS = Path(__file__).parent / "testdata" / "webhooks"
 SOURCES = ("alertmanager", "azure-monitor-alerts", "github", "gitlab", "grafana", "stripe")

@@ -55,7 +55,7 @@ from bridges.delivery.deliver import Delivery
 from bridges.delivery.queued import worker_for
 from bridges.delivery.sinks import build_sinks
 from bridges.queues import LOCAL_FILE, SqliteQueue, open_queue, poison_name
-from bridges.retry.deadletters import run_deadletter
+from bridges.retry.deadletter_command import run_deadletter
 from bridges.retry.envelopes import Envelope, metrics_of
 from bridges.retry.worker import QueueHandoff, RetryWorker
 from bridges.settings import binding_defaults, load_settings

@@ -1,4 +1,4 @@
-"""Dead letters and poison messages (bridges/retry/deadletters.py): list, show, replay, health status.
+"""Dead letters and poison messages (bridges/retry/deadletter*.py): list, show, replay, health status.
 
 On SQLite (a clock the test moves) and, for list and replay, on Azurite too.
 """
@@ -16,18 +16,10 @@ from support import NOW_NS
 from bridges.formats.canonical import encode_ndjson
 from bridges.model import Gauge, Metric
 from bridges.queues import SqliteQueue, StorageQueue, queue_client
-from bridges.retry.deadletters import (
-    POISON_REASON,
-    RetryQueues,
-    add_deadletter_parser,
-    format_duration,
-    open_retry_queues,
-    parse_duration,
-    read_all,
-    retry_status,
-    run_deadletter,
-)
-from bridges.retry.envelopes import DeadLetter, Envelope, envelopes_for, metrics_of
+from bridges.retry.deadletter_command import add_deadletter_parser, format_duration, parse_duration, run_deadletter
+from bridges.retry.deadletters import POISON_REASON, RetryQueues, open_retry_queues, read_all, retry_status
+from bridges.retry.decision import DeadLetter
+from bridges.retry.envelopes import Envelope, envelopes_for, metrics_of
 from bridges.settings import load_settings
 
 S = 1_000_000_000

@@ -18,7 +18,7 @@ from bridges import runtime
 from bridges.core import Bridge
 from bridges.delivery.deliver import Delivery
 from bridges.delivery.sinks import build_sinks
-from bridges.delivery.sinks.dynatrace import DynatraceSink
+from bridges.delivery.sinks.dynatrace.sink import DynatraceSink
 from bridges.masking import Secret
 from bridges.model import Gauge, Metric
 from bridges.settings import load_settings

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from peers import in_ci
 
-from bridges.local.server import QueueOptions
+from bridges.local.queue_host import QueueOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_JSON = ROOT / "host.json"

@@ -29,7 +29,7 @@ import tree_sitter_bicep
 import yaml
 
 from bridges.delivery import selfmetrics
-from bridges.delivery.sinks.azure_monitor import metric_name
+from bridges.delivery.sinks.azure_monitor.sink import metric_name
 from bridges.queues import SETTING as STORAGE_CONNECTION
 from bridges.queues import poison_name, queue_client, storage_configured
 from bridges.scheduled.checks import Check, CheckResult, metrics_of

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
 
-from bridges.delivery.sinks.azure_monitor import AzureMonitorSink
+from bridges.delivery.sinks.azure_monitor.sink import AzureMonitorSink
 from bridges.formats import BodyError, Decoded, Outcome, Refused, azure_monitor, decompress
 from bridges.ingest.normalize import Normalizer
 from bridges.model import DELTA, Aggregate, AzureTarget, Bucket, Counter, Gauge, Histogram, Metric

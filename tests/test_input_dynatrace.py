@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
 
-from bridges.delivery.sinks.dynatrace import DynatraceSink
+from bridges.delivery.sinks.dynatrace.sink import DynatraceSink
 from bridges.formats import BodyError, Decoded, Outcome, Refused, dynatrace
 from bridges.ingest.normalize import Normalizer
 from bridges.masking import Secret

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
 
-from bridges.delivery.sinks.prometheus import PrometheusSink
+from bridges.delivery.sinks.prometheus.sink import PrometheusSink
 from bridges.formats import BodyError, Outcome, Refused, remote_write
 from bridges.ingest.normalize import Normalizer
 from bridges.model import CUMULATIVE, DELTA, Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
@@ -220,6 +220,16 @@ def test_small_timestamps_are_exact():
 
 
 # --- refusals ---------------------------------------------------------------------------------
+
+
+def test_nan_quantiles_without_their_sum_and_count_are_skipped_not_refused():
+    """Prometheus shards its queue by series, so a summary's quantiles can arrive without their
+    _sum and _count; NaN is still an empty summary's quantile, not a refused sample (which would be a 400)."""
+    decoded = decode({"timeseries": [
+        series(("__name__", "prometheus_engine_query_duration_seconds"), ("quantile", q), samples=(("NaN", AT // 1_000_000),))
+        for q in ("0.5", "0.9", "0.99")] + [series(("__name__", "lonely"), ("quantile", "0.5"))]})
+    assert decoded.refused == [] and decoded.skipped == {remote_write.SKIPPED_NAN_QUANTILE: 3}
+    assert decoded.items == [{"name": "lonely", "gauge": {"value": 1.0}, "tags": {"quantile": "0.5"}, "dt": AT}]
 
 
 def test_bad_series_and_samples_are_refused_with_their_origin():

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import NOW_NS, drain, outbox_lines
 
-from bridges.delivery.sinks.unleash import UnleashSink
+from bridges.delivery.sinks.unleash.sink import UnleashSink
 from bridges.formats import BodyError, Outcome, Refused, unleash
 from bridges.ingest.normalize import Normalizer
 from bridges.masking import Secret

@@ -175,7 +175,7 @@ def test_chunk_data_must_end_with_crlf(bridge_url):
 @pytest.mark.parametrize("first", [b"", METRIC], ids=["first-chunk", "second-chunk"])
 def test_a_chunk_past_the_host_limit_is_413_before_its_data(bridge_url, first):
     """Only the size line is sent: an answer at all shows the runner did not wait for the data."""
-    from bridges.local.server import HOST_MAX_BODY_BYTES
+    from bridges.local.http_host import HOST_MAX_BODY_BYTES
 
     start = b"%X\r\n%s\r\n" % (len(first), first) if first else b""
     over = b"%X\r\n" % (HOST_MAX_BODY_BYTES - len(first) + 1)

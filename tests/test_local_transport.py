@@ -98,7 +98,7 @@ def handler_threads(before: frozenset = frozenset()) -> int:
 def test_connections_beyond_the_bound_wait_in_the_backlog_and_hold_no_thread():
     """Six idle connections against a bound of two: never more than two threads, and a real
     request is answered once the idle ones have timed out."""
-    from bridges.local.server import HttpHost, make_server
+    from bridges.local.http_host import HttpHost, make_server
 
     host = HttpHost(index(load_app("tests.apps.sample_app", ROOT)), "api", None)
     server = make_server(("127.0.0.1", 0), host, read_timeout=READ_TIMEOUT, max_connections=2)

@@ -14,11 +14,11 @@ from support import NOW_NS
 
 from bridges.formats import Decoded
 from bridges.ingest.normalize import Normalizer
-from bridges.webhooks.rules import (
+from bridges.webhooks.expressions import compile_expression
+from bridges.webhooks.rule_files import (
     BUILTIN_DIR,
     MappingError,
     check_paths,
-    compile_expression,
     load_file,
     load_sources,
 )
@@ -598,7 +598,7 @@ def _outcome(evaluate, document):
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_expressions(), _json)
 def test_compiled_expressions_give_what_jmespath_gives(text, document):
-    from bridges.webhooks.rules import _OPTIONS
+    from bridges.webhooks.expressions import _OPTIONS
 
     compiled = compile_expression(text)
     reference = jmespath.compile(text)

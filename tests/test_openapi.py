@@ -17,9 +17,9 @@ from runner import running_bridge
 from support import ROOT
 
 from bridges import __version__
+from bridges.local.http_host import route_prefix
 from bridges.local.indexing import index
 from bridges.local.routes import RouteTemplate
-from bridges.local.server import route_prefix
 
 OPENAPI = ROOT / "schemas" / "openapi.json"
 METRIC_SCHEMA = ROOT / "schemas" / "metric.schema.json"

@@ -13,11 +13,12 @@ from fakes.server import Scripted
 from support import drain, use_bridge
 
 from bridges import runtime
-from bridges.delivery.sinks.dynatrace import DynatraceSink
+from bridges.delivery.sinks.dynatrace.sink import DynatraceSink
 from bridges.masking import Secret
 from bridges.model import Gauge, Metric
 from bridges.queues import SqliteQueue
-from bridges.retry.envelopes import DeadLetter, Envelope, EnvelopeError, envelopes_for, metrics_of
+from bridges.retry.decision import DeadLetter
+from bridges.retry.envelopes import Envelope, EnvelopeError, envelopes_for, metrics_of
 from bridges.retry.worker import RetryWorker
 from bridges.settings import load_settings
 
@@ -77,7 +78,8 @@ def test_a_refusal_on_retry_is_dead_lettered_with_its_reason(queues):
     with FakeDynatrace(token="dt0c01.OTHER") as fake:
         worker(fake.url, queues).process(envelope(["bridge.a"]))
     [record] = dead_letters(queues[1])
-    assert record.reason == "dropped on retry: Dynatrace answered 401: the token is wrong (misconfigured)"
+    assert record.reason == ("dropped on retry: Dynatrace answered 401: the token is wrong (misconfigured): "
+                             "Missing authorization parameter.")
     assert [m.name for m in metrics_of(record.envelope)] == ["bridge.a"]
 
 

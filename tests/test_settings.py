@@ -218,3 +218,14 @@ def test_health_names_every_binding_setting_that_is_not_set(monkeypatch, tmp_pat
     assert len(named) == 2
     assert any(p.startswith("CHECKS_SCHEDULE") and "synthetic_checks" in p for p in named)
     assert any(p.startswith("BRIDGE_DELIVERY_QUEUE") and "deliver_accepted" in p for p in named)
+
+
+def test_the_docs_name_every_sink_and_what_enables_it():
+    """The sinks' list in the docs follows the registry: BRIDGE_SINKS's row names every sink, and
+    the sinks page names the settings that enable each one."""
+    from bridges.delivery.sinks import SINK_NAMES, SINKS
+
+    row = next(line for line in (ROOT / "docs" / "settings.md").read_text().splitlines() if line.startswith("| `BRIDGE_SINKS`"))
+    assert all(name in row for name in SINK_NAMES), row
+    enabling = (ROOT / "docs" / "sinks.md").read_text().split("\n\n")[1]
+    assert all(f"`{name}`" in enabling for sink in SINKS for name in sink.required), enabling

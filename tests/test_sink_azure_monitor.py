@@ -15,13 +15,13 @@ from fakes.azure_monitor import AUDIENCE, TIME_MESSAGE, FakeAzureMonitor, docume
 from fakes.identity import audience_of
 from fakes.server import RESET, Scripted
 from golden import cases, check_case
-from support import NOW_NS
+from support import NOW_NS, walk_status_table
 
 from bridges.delivery import transport
 from bridges.delivery.auth import process_credential
 from bridges.delivery.deliver import Delivery
-from bridges.delivery.sinks.azure_monitor import MAX_BODY_BYTES, STATUS_OUTCOMES, AzureMonitorSink, metric_name
-from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
+from bridges.delivery.sinks.azure_monitor.sink import MAX_BODY_BYTES, ROLE_HINT, AzureMonitorSink, metric_name
+from bridges.delivery.sinks.base import Delivered, Drop, Resend, Retry
 from bridges.model import Aggregate, AzureTarget, Gauge, Metric
 from bridges.settings import load_settings
 
@@ -175,7 +175,8 @@ FORBIDDEN = (b'{"error":{"code":"AuthenticationFailed","message":"The Azure AD o
         (Scripted(500), Retry("Azure Monitor answered 500", None)),
         (Scripted(413), Resend("Azure Monitor answered 413: request too large", split=True)),
         (Scripted(404, body=b'{"error":{"code":"ResourceNotFound","message":"not found"}}'),
-         Drop("Azure Monitor answered 404: no such resource or endpoint (not found)", misconfigured=True,
+         Drop("Azure Monitor answered 404: no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and "
+              "AZURE_MONITOR_ENDPOINT: not found", misconfigured=True,
               hint="no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and AZURE_MONITOR_ENDPOINT")),
     ],
     ids=["429", "503", "500", "413", "404"],
@@ -206,13 +207,10 @@ def test_connection_reset_and_timeout_retry(fake):
 def test_status_table_covers_every_listed_status():
     sink = sink_for("https://westeurope.monitoring.azure.com")
     [request] = sink.encode(gauges(1), now_ns()).requests
-    kinds = {Delivered: "delivered", Partial: "partial", Drop: "drop", Resend: "resend", Retry: "retry"}
-    for status, meaning in STATUS_OUTCOMES.items():
-        outcome = sink.classify(request, Reply(status, {"Retry-After": "3"}, b'{"error":{"code":"X","message":"m"}}'))
-        assert meaning.startswith(kinds[type(outcome)]), (status, outcome)
-        assert ("misconfigured" in meaning) == getattr(outcome, "misconfigured", False) or status == 400, status
-        if isinstance(outcome, Retry):
-            assert outcome.after == 3.0
+    outcomes = walk_status_table(sink, request, b'{"error":{"code":"X","message":"m"}}', {"Retry-After": "3"})
+    assert outcomes[400] == Drop("Azure Monitor answered 400: m")
+    assert all(outcomes[s].misconfigured and outcomes[s].hint == ROLE_HINT for s in (401, 403))
+    assert all(o.after == 3.0 for o in outcomes.values() if isinstance(o, Retry))
 
 
 # --- tokens from the managed identity, through the delivery stage ----------------------------

@@ -17,8 +17,10 @@ from fakes.server import RESET, Scripted
 from golden import cases, check_case
 from support import NOW_NS
 
-from bridges.delivery.sinks.base import Delivered, Drop, Reply, Request, Resend, Retry
-from bridges.delivery.sinks.betterstack import STATUS_OUTCOMES, BetterStackSink, metrics_url
+from bridges.delivery.sinks.base import Delivered, Drop, Misconfigured, Reply, Request, Resend, Retry
+from bridges.delivery.sinks.betterstack.sink import BetterStackSink, metrics_url
+
+STATUS_OUTCOMES = BetterStackSink.status_outcomes
 from bridges.delivery.transport import send
 from bridges.ingest.normalize import Normalizer
 from bridges.masking import Secret
@@ -128,7 +130,9 @@ STATUS_CASES = [
     ("2xx", _scripted(Scripted(200)), Delivered(), None),
     ("2xx", _scripted(Scripted(204)), Delivered(), None),
     ("3xx", _scripted(Scripted(301, {"Location": "https://elsewhere/metrics"})), Drop, "BETTERSTACK_URL"),
+    (401, _scripted(Scripted(401)), Drop, "401"),
     (403, _bad_token, Drop, "Unauthorized"),
+    (404, _scripted(Scripted(404)), Drop, "404"),
     (406, _unparsable, Drop, "Couldn't parse JSON content."),
     (413, _too_large, Resend, "payload reached size limit"),
     (429, _scripted(Scripted(429, {"Retry-After": "7"})), Retry("", after=7.0), "429"),
@@ -166,8 +170,11 @@ def test_status_table(key, setup, expected, reason_holds, shared_fake, session, 
     reply = send(session, request, 0.2 if key == "timeout" else 5.0)
     outcome = sink.classify(request, reply)
 
-    if key in STATUS_OUTCOMES:
-        assert type(outcome) is STATUS_OUTCOMES[key]
+    rule = STATUS_OUTCOMES.get(key)
+    if isinstance(rule, type):
+        assert type(outcome) is rule
+    elif isinstance(rule, Misconfigured):
+        assert outcome == Drop(outcome.reason, misconfigured=True, hint=rule.hint)
     if isinstance(expected, type):
         assert type(outcome) is expected
     else:  # an instance: compare every field except a free-text reason
@@ -177,7 +184,7 @@ def test_status_table(key, setup, expected, reason_holds, shared_fake, session, 
     if reason_holds:
         assert reason_holds in outcome.reason
     if isinstance(outcome, Drop):
-        assert outcome.misconfigured == (key in (403, "3xx"))
+        assert outcome.misconfigured == isinstance(rule, Misconfigured)
     if isinstance(outcome, Resend):
         assert outcome.split
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -323,7 +330,7 @@ def test_token_never_in_logs_or_error_texts(session, caplog):
         BetterStackSink("http://127.0.0.1", Secret(secret), "xml")
     texts.append(str(raised.value))
 
-    assert any("HTTP 406" in t for t in texts) and any("HTTP 403" in t for t in texts)
+    assert any("Better Stack answered 406" in t for t in texts) and any("Better Stack answered 403" in t for t in texts)
     logged = [r.getMessage() for r in caplog.records] + [caplog.text]
     assert any("406" in m for m in logged)
     for text in texts + logged:

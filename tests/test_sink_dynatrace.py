@@ -9,12 +9,11 @@ import requests
 from fakes.dynatrace import FakeDynatrace, line_error
 from fakes.server import RESET, Scripted
 from golden import cases, check_case
-from support import NOW_NS
+from support import NOW_NS, walk_status_table
 
 from bridges.delivery import transport
-from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from bridges.delivery.sinks.dynatrace import (
-    STATUS_OUTCOMES,
+from bridges.delivery.sinks.base import Delivered, Drop, Partial, Rejection, Resend, Retry
+from bridges.delivery.sinks.dynatrace.sink import (
     DynatraceSink,
     dimension_key,
     dimension_value,
@@ -150,17 +149,15 @@ def test_status_table(fake, script, expected):
 def test_status_table_covers_every_listed_status():
     sink = DynatraceSink("http://dt.local", Secret(TOKEN))
     [request] = sink.encode(gauges(1), now_ns()).requests
-    kinds = {Delivered: "delivered", Partial: "partial", Drop: "drop", Resend: "resend", Retry: "retry"}
-    for status, meaning in STATUS_OUTCOMES.items():
-        body = b'{"linesOk":0,"linesInvalid":1,"error":{"code":400,"message":"x","invalidLines":[{"line":1,"error":"bad"}]}}'
-        outcome = sink.classify(request, Reply(status, {}, body if status == 400 else b""))
-        assert meaning.startswith(kinds[type(outcome)]), (status, outcome)
+    body = b'{"linesOk":0,"linesInvalid":1,"error":{"code":400,"message":"x","invalidLines":[{"line":1,"error":"bad"}]}}'
+    outcomes = walk_status_table(sink, request, body)
+    assert outcomes[400] == Partial((Rejection(0, "Dynatrace refused the line: bad"),))
 
 
 def test_a_wrong_token_is_refused_by_the_receiver_and_dropped_as_misconfigured(fake):
     _, outcome = exchange(DynatraceSink(fake.url, Secret("dt0c01.WRONG")), gauges(1))
-    assert outcome == Drop("Dynatrace answered 401: the token is wrong (misconfigured)", misconfigured=True,
-                           hint="the token is wrong (misconfigured)")
+    assert outcome == Drop("Dynatrace answered 401: the token is wrong (misconfigured): Missing authorization parameter.",
+                           misconfigured=True, hint="the token is wrong (misconfigured)")
 
 
 def test_connection_reset_and_timeout_retry(fake):

@@ -13,12 +13,12 @@ import pytest
 import requests
 from fakes.prometheus import FakePrometheusWrite, parse_write_request, series_error
 from fakes.server import RESET, Scripted
-from support import NOW_NS
+from support import NOW_NS, walk_status_table
 
 from bridges.delivery import transport
 from bridges.delivery.deliver import Delivery
 from bridges.delivery.sinks.base import Delivered, Drop, Reply, Resend, Retry
-from bridges.delivery.sinks.prometheus import MAX_BODY_BYTES, STATUS_OUTCOMES, PrometheusSink, label_name, metric_name
+from bridges.delivery.sinks.prometheus.sink import MAX_BODY_BYTES, PrometheusSink, label_name, metric_name
 from bridges.formats import remote_write
 from bridges.model import Aggregate, Bucket, Counter, Gauge, Histogram, Metric, Quantile, Summary
 from bridges.settings import load_settings
@@ -224,7 +224,8 @@ def test_400_splits_several_metrics_and_drops_one_alone(sink, fake):
 def test_the_receiver_contract_refuses_what_the_sink_must_not_send(identity, fake):
     metric = [Metric("bridge_test_x", Gauge(1), now_ns())]
     no_token = PrometheusSink(fake.write_url, None)
-    assert exchange(no_token, metric)[1] == Drop(ROLE_DROP.format(401), misconfigured=True, hint=ROLE_HINT)
+    assert exchange(no_token, metric)[1] == Drop(ROLE_DROP.format(401) + ": missing bearer token", misconfigured=True,
+                                                 hint=ROLE_HINT)
     bare_host = PrometheusSink(fake.url + "/api/v1/write", None)
     assert exchange(bare_host, metric)[1].misconfigured
     wrong = PrometheusSink(fake.write_url, None)
@@ -249,11 +250,8 @@ def test_connection_reset_and_timeout_retry(sink, fake):
 def test_status_table_covers_every_listed_status():
     sink = PrometheusSink(URL, None)
     requests_ = {n: sink.encode(gauges(n), now_ns()).requests[0] for n in (1, 2)}
-    kinds = {Delivered: "delivered", Drop: "drop", Resend: "resend", Retry: "retry"}
-    for status, meaning in STATUS_OUTCOMES.items():
-        outcome = sink.classify(requests_[2], Reply(status, {}, b"bad sample"))
-        assert meaning.startswith(kinds[type(outcome)]), (status, outcome)
-        assert ("misconfigured" in meaning) == getattr(outcome, "misconfigured", False), status
+    outcomes = walk_status_table(sink, requests_[2], b"bad sample")
+    assert outcomes[400] == Resend("Prometheus receiver answered 400: bad sample", split=True)
     assert sink.classify(requests_[1], Reply(400, {}, b"bad sample")) == Drop("Prometheus receiver answered 400: bad sample")
 
 

@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import NOW_NS
 
-from bridges.delivery.sinks import dynatrace as dynatrace_sink
-from bridges.delivery.sinks import prometheus as prometheus_sink
-from bridges.delivery.sinks import unleash as unleash_sink
-from bridges.delivery.sinks.azure_monitor import AzureMonitorSink
-from bridges.delivery.sinks.azure_monitor import metric_name as azure_name
-from bridges.delivery.sinks.betterstack import BetterStackSink
+from bridges.delivery.sinks.dynatrace import sink as dynatrace_sink
+from bridges.delivery.sinks.prometheus import sink as prometheus_sink
+from bridges.delivery.sinks.unleash import sink as unleash_sink
+from bridges.delivery.sinks.azure_monitor.sink import AzureMonitorSink
+from bridges.delivery.sinks.azure_monitor.sink import metric_name as azure_name
+from bridges.delivery.sinks.betterstack.sink import BetterStackSink
 from bridges.formats import azure_monitor as azure_format
 from bridges.formats import canonical, remote_write
 from bridges.formats import dynatrace as dynatrace_format

@@ -16,15 +16,15 @@ from fakes.server import RESET, Scripted
 from fakes.unleash import FakeUnleash, custom_problem, impact_problem
 from golden import cases, encode_case
 from peers.unleash import parse_prometheus
+from support import walk_status_table
 
 from bridges.delivery import transport
 from bridges.delivery.deliver import Delivery
-from bridges.delivery.sinks.base import Delivered, Drop, Partial, Reply, Resend, Retry
-from bridges.delivery.sinks.unleash import (
+from bridges.delivery.sinks.base import Drop, Reply, Resend, Retry
+from bridges.delivery.sinks.unleash.sink import (
     CUSTOM_PATH,
     IMPACT_PATH,
     MAX_SERIES,
-    STATUS_OUTCOMES,
     UnleashSink,
     base_url,
     custom_name,
@@ -200,12 +200,12 @@ def test_a_metric_too_large_alone_is_refused():
 
 
 def test_status_table_covers_every_listed_status():
-    kinds = {Delivered: "delivered", Partial: "partial", Drop: "drop", Resend: "resend", Retry: "retry"}
-    for status, meaning in STATUS_OUTCOMES.items():
-        sink = sink_for("http://u.local", "auto")  # a fresh sink: a 404 switches it
-        [request] = sink.encode(gauges(1), now_ns()).requests
-        outcome = sink.classify(request, Reply(status, {}, b""))
-        assert meaning.startswith(kinds[type(outcome)]), (status, outcome)
+    sink = sink_for("http://u.local", "auto")
+    [request] = sink.encode(gauges(1), now_ns()).requests
+    outcomes = walk_status_table(sink_for("http://u.local", "custom"), request)
+    assert outcomes[404].misconfigured and outcomes[415] == Drop("Unleash answered 415: the body was not taken as JSON (a bridge bug)")
+    assert sink.classify(request, Reply(404, {}, b"")) == Resend(
+        "Unleash has no custom metrics endpoint (8.1 or later): sent as impact metrics instead", split=False)
 
 
 @pytest.mark.parametrize("api, path, misconfigured", [("custom", CUSTOM_PATH, "UNLEASH_API"),
@@ -231,7 +231,7 @@ def test_400_reason_is_unleash_message():
 def test_415_is_logged_as_our_bug(caplog):
     sink = sink_for("http://u.local")
     [request] = sink.encode(gauges(1), now_ns()).requests
-    with caplog.at_level(logging.ERROR, logger="bridges.delivery.sinks.unleash"):
+    with caplog.at_level(logging.ERROR, logger="bridges.delivery.sinks.unleash.sink"):
         outcome = sink.classify(request, Reply(415, {}, b'{"message":"We do not accept the content-type"}'))
     assert isinstance(outcome, Drop) and not outcome.misconfigured
     assert "bug" in caplog.text
@@ -317,7 +317,7 @@ def test_auto_switches_to_impact_once_and_resends_the_same_metrics(caplog):
     t = now_ns()
     metrics = [Metric("hooks", Counter(1, "delta"), t), Metric("hooks", Counter(1, "delta"), t),
                Metric("depth", Gauge(3), t, (("queue", "a"),))]
-    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash"):
+    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash.sink"):
         sink = sink_for(fake.url, "auto")
         handoff = RecordingHandoff()
         delivery = Delivery([sink], handoff, session_factory=plain_session)
@@ -338,7 +338,7 @@ def test_auto_switches_to_impact_once_and_resends_the_same_metrics(caplog):
 
 def test_several_custom_requests_switch_once(caplog):
     t = now_ns()
-    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash"):
+    with FakeUnleash(version="8", token=TOKEN) as fake, caplog.at_level(logging.INFO, logger="bridges.delivery.sinks.unleash.sink"):
         sink = sink_for(fake.url, "auto", max_body_bytes=2000)
         outcomes = []
         with plain_session() as session:

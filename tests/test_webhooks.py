@@ -21,7 +21,7 @@ from bridges.settings import load_settings
 from bridges.triggers.http import health, webhook
 from bridges.webhooks.handler import Webhooks
 from bridges.webhooks.idempotency import SqliteStore
-from bridges.webhooks.rules import load_file
+from bridges.webhooks.rule_files import load_file
 
 SECRET = "hook-secret-0123456789"
 RULES = """

@@ -27,6 +27,7 @@ from bridges.delivery.sinks.base import (
     Delivered,
     Drop,
     Encoded,
+    LocalSink,
     Partial,
     Rejection,
     Request,
@@ -50,16 +51,6 @@ class DeliveryError(Exception):
         super().__init__(f"{sink}: {reason}")
         self.sink = sink
         self.reason = reason
-
-
-class LocalSink(Protocol):
-    """A sink on this machine (the outbox): it takes metrics or raises OSError."""
-
-    name: str
-
-    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int: ...
-
-    def status(self) -> dict: ...
 
 
 class RetryHandoff(Protocol):
@@ -149,7 +140,7 @@ class Delivery:
         self._limiters = {
             s.name: RateLimiter(limit, clock)
             for s in self.sinks
-            if (limit := getattr(getattr(s, "limits", None), "max_requests_per_minute", None))
+            if isinstance(s, Sink) and (limit := s.limits.max_requests_per_minute)
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
 
@@ -186,7 +177,7 @@ class Delivery:
                  probe: bool) -> tuple[SinkReport, DeliveryError | None]:
         started = time.perf_counter()
         try:
-            if hasattr(sink, "deliver"):
+            if isinstance(sink, LocalSink):
                 report = SinkReport(delivered=sink.deliver(metrics, now_ns))
             else:
                 report = self._deliver_to(sink, metrics, now_ns, handoff, probe)
@@ -225,7 +216,7 @@ class Delivery:
                     wait(request.items, f"client-side rate limit of {sink.limits.max_requests_per_minute} requests a minute", delay)
                     continue
                 try:
-                    sent = sink.authorize(request) if hasattr(sink, "authorize") else request
+                    sent = sink.authorize(request)
                 except TokenError as exc:  # no identity yet, or no role: keep them and say so in health
                     self._misconfigured(sink.name, "no_token", exc.hint, scrub(exc.reason))
                     wait(request.items, scrub(exc.reason), None)
@@ -308,7 +299,7 @@ class Delivery:
     def status(self) -> dict[str, dict]:
         statuses = {}
         for sink in self.sinks:
-            status = sink.status() if hasattr(sink, "status") else {"configured": True}
+            status = sink.status()
             if sink.name in self.misconfigured:
                 status = {**status, "misconfigured": self.misconfigured[sink.name]}
             statuses[sink.name] = status

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
 from bridges.formats.canonical import JSON_TYPES, NDJSON_TYPES, load_json, may_hold_surrogates
-from bridges.settings import resource_id as checked_resource_id
+from bridges.setting_rows import resource_id as checked_resource_id
 from bridges.timestamps import TimestampError, parse_timestamp
 
 SUPPORTED = "application/json or application/x-ndjson"

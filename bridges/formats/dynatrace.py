@@ -4,7 +4,7 @@ A client that sends to Dynatrace (Telegraf, Micrometer, OneAgent scripts, curl) 
 at the bridge and keeps its body: ``text/plain`` (any charset; none is read as UTF-8), one data
 point per line, ``metric.key[,dim=value,...] payload [timestamp]`` (CONTRACTS 3.2).
 
-What each payload becomes (chosen so that what ``bridges.delivery.sinks.dynatrace`` writes comes back
+What each payload becomes (chosen so that what ``bridges.delivery.sinks.dynatrace.sink`` writes comes back
 as the metric it was made from, wherever the protocol can carry it):
 - ``55`` and ``gauge,55``: a gauge. The protocol calls a plain value a gauge summary of one
   observation, but it is what a client sends for "the value now", and the sink writes gauges so.

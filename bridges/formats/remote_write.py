@@ -45,7 +45,7 @@ Types (1.0 carries none, so they are recovered; ``prometheus_items`` does it):
   ``<x>``; anything else a gauge.
 - a family that is incomplete or inconsistent (buckets without ``_count``, counts that are not
   whole numbers or go down, a bucket twice) is not lost: its series become gauges as named.
-Those rules undo the Prometheus sink's naming (``bridges.delivery.sinks.prometheus``): gauges, counters
+Those rules undo the Prometheus sink's naming (``bridges.delivery.sinks.prometheus.sink``): gauges, counters
 named ``*_total``, delta counters, histograms, summaries with quantiles and aggregates come back
 as they were sent (tags as sanitized there). What the wire cannot say does not come back: a
 cumulative counter not named ``*_total`` returns as a gauge, a summary without quantiles as
@@ -532,6 +532,11 @@ def _families_and_singles(samples: list[_Sample], metadata: dict, decoded: Decod
         series = sorted({m.series for m in members})
         built.append((min(m.position for m in members), item, f"timeseries[{','.join(map(str, series))}]"))
     for sample in singles:
+        if sample.role is not None and sample.role[0] == "quantile" and math.isnan(sample.value):
+            # A summary's quantile whose _sum and _count went in another request (Prometheus
+            # shards a queue by series): NaN is still the quantile of an empty summary.
+            decoded.skipped[SKIPPED_NAN_QUANTILE] = decoded.skipped.get(SKIPPED_NAN_QUANTILE, 0) + 1
+            continue
         single = _single(sample, metadata)
         if isinstance(single, Refused):
             decoded.refused.append(single)

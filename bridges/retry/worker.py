@@ -22,18 +22,10 @@ from typing import TYPE_CHECKING
 
 from bridges.delivery import selfmetrics
 from bridges.delivery.deliver import Delivery
+from bridges.delivery.sinks.base import LocalSink, Sink
 from bridges.model import Metric
-from bridges.retry.envelopes import (
-    AttemptReport,
-    Decision,
-    Envelope,
-    MetricTooLarge,
-    Policy,
-    decide,
-    envelopes_for,
-    metrics_of,
-    next_delay,
-)
+from bridges.retry.decision import AttemptReport, Decision, Policy, decide, next_delay
+from bridges.retry.envelopes import Envelope, MetricTooLarge, envelopes_for, metrics_of
 from bridges.settings import Settings, environment
 from bridges.timestamps import NS_PER_SECOND
 
@@ -43,10 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def policy_for(settings: Settings, sink) -> Policy:
-    limits = getattr(sink, "limits", None)
+def policy_for(settings: Settings, sink: Sink | LocalSink) -> Policy:
+    """The settings' backoff, and the sink's own time window when it has one (the outbox has none)."""
+    window = sink.limits.max_age_seconds if isinstance(sink, Sink) else None
     return Policy(settings.retry_base_seconds, settings.retry_cap_seconds, settings.retry_max_attempts,
-                  settings.retry_max_age_seconds, getattr(limits, "max_age_seconds", None))
+                  settings.retry_max_age_seconds, window)
 
 
 def open_queues(settings: Settings, environ=None) -> tuple[Queue, Queue]:

@@ -34,7 +34,7 @@ from bridges.model import Gauge, Metric
 from bridges.scheduled.declared import load_declared, request_body, resolve_headers, reveal_headers, tls_options
 from bridges.scheduled.probe import Fetched, FetchError, TlsOptions, fetch
 from bridges.settings import Settings, SettingsError
-from bridges.webhooks.rules import compile_expression, jmespath_equals
+from bridges.webhooks.expressions import compile_expression, jmespath_equals
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
     if path is not None and inline.strip():
         raise SettingsError(f"{inline_setting}: set {file_setting} or {inline_setting}, not both")
     if path is not None:
-        from bridges.webhooks.rules import MappingError, read_document
+        from bridges.webhooks.rule_files import MappingError, read_document
 
         where = f"{file_setting}: {path}"
         try:

@@ -74,11 +74,11 @@ def load_sources(settings: Settings, environ: Mapping[str, str], rule_files: Cal
 
 
 def _source(entry: dict, environ: Mapping[str, str], where: str, rule_files: Callable[[], dict]) -> Source:
-    from bridges.webhooks.rules import check_document
+    from bridges.webhooks.rule_files import check_document
 
     mapping = entry["mapping"]
     if isinstance(mapping, str):
-        from bridges.webhooks.rules import MappingError
+        from bridges.webhooks.rule_files import MappingError
 
         try:
             known = rule_files()

@@ -32,14 +32,14 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 def rule_dirs(settings) -> list:
     """Built-in rules first, then the user's folder, whose files replace them by source."""
-    from bridges.webhooks.rules import BUILTIN_DIR
+    from bridges.webhooks.rule_files import BUILTIN_DIR
 
     return [BUILTIN_DIR] + ([settings.mappings_dir] if settings.mappings_dir else [])
 
 
 def load_sources(settings) -> dict[str, SourceRules]:
     """Every source's rules; raises MappingError naming the file, rule and field."""
-    from bridges.webhooks.rules import load_sources as load
+    from bridges.webhooks.rule_files import load_sources as load
 
     return load(rule_dirs(settings))
 

@@ -1,44 +1,32 @@
-"""Sinks: where accepted metrics go. One module per backend, each behind ``base.Sink``.
+"""Sinks: where accepted metrics go. One package per backend: its ``__init__`` declares the sink
+(name, settings, what makes it complete, how it is built) and its ``sink.py`` implements
+``base.Sink``.
 
-``build_sinks`` makes the sinks the settings enable; backend modules are imported only when
-enabled, so a cold start pays for what it uses.
+``SINKS`` is the one list of sinks: settings, the retry envelopes' sink names, the command line
+and the docs' tables derive from it. Adding a sink is one package and one line here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from bridges.settings import OUTBOX, Settings
+from bridges.delivery.sinks import azure_monitor, betterstack, dynatrace, outbox, prometheus, unleash
+from bridges.delivery.sinks.declaration import SinkDeclaration
 
 if TYPE_CHECKING:
-    from bridges.delivery.deliver import LocalSink
-    from bridges.delivery.sinks.base import Sink
+    from bridges.delivery.sinks.base import LocalSink, Sink
+
+SINKS: tuple[SinkDeclaration, ...] = (
+    outbox.SINK,
+    dynatrace.SINK,
+    betterstack.SINK,
+    unleash.SINK,
+    azure_monitor.SINK,
+    prometheus.SINK,
+)
+SINK_NAMES = tuple(declaration.name for declaration in SINKS)
 
 
-def build_sinks(settings: Settings) -> list:
-    sinks: list[Sink | LocalSink] = []
-    for name in settings.enabled_sinks:
-        if name == OUTBOX:
-            from bridges.delivery.sinks.outbox import OutboxSink
-
-            sinks.append(OutboxSink(settings.outbox_dir))
-        elif name == "dynatrace":
-            from bridges.delivery.sinks.dynatrace import DynatraceSink
-
-            sinks.append(DynatraceSink.from_settings(settings))
-        elif name == "betterstack":
-            from bridges.delivery.sinks.betterstack import BetterStackSink
-
-            sinks.append(BetterStackSink.from_settings(settings))
-        elif name == "unleash":
-            from bridges.delivery.sinks.unleash import UnleashSink
-
-            sinks.append(UnleashSink.from_settings(settings))
-        elif name == "azure_monitor":
-            from bridges.delivery.sinks.azure_monitor import AzureMonitorSink
-
-            sinks.append(AzureMonitorSink.from_settings(settings))
-        elif name == "prometheus":
-            from bridges.delivery.sinks.prometheus import PrometheusSink
-
-            sinks.append(PrometheusSink.from_settings(settings))
-    return sinks
+def build_sinks(settings: Any) -> list[Sink | LocalSink]:
+    """The sinks the settings enable, built (each sink's module is imported only now)."""
+    by_name = {declaration.name: declaration for declaration in SINKS}
+    return [by_name[name].build(settings) for name in settings.enabled_sinks]

@@ -3,8 +3,9 @@
 A sink is pure: ``encode(metrics, now_ns)`` turns canonical metrics into ready-to-send
 ``Request`` objects that respect its limits (and says which metrics it refused locally, and
 which conversions lost information); ``classify(request, reply)`` turns what came back into an
-``Outcome``. A sink never sleeps, loops, retries or queues: ``bridges.delivery.deliver`` does that for
-every sink alike, as the OpenTelemetry Collector's exporter helper and Vector's sink driver do.
+``Outcome``, by one HTTP reading shared by every sink and a table of each sink's deviations.
+A sink never sleeps, loops, retries or queues: ``bridges.delivery.deliver`` does that for every
+sink alike, as the OpenTelemetry Collector's exporter helper and Vector's sink driver do.
 
 Outcomes:
 - ``Delivered``: every metric of the request was taken.
@@ -22,9 +23,9 @@ Outcomes:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import MappingProxyType
 
 from bridges.model import Metric
 
@@ -119,17 +120,102 @@ class Resend:
 Outcome = Delivered | Partial | Retry | Drop | Resend
 
 
-class Sink(Protocol):
-    """A backend. Sinks that need a fresh credential per request (Entra tokens) also have
-    ``authorize(request) -> Request``, called by the delivery stage just before sending, so
-    ``encode`` stays pure; it raises ``bridges.delivery.auth.TokenError`` when no token can be had."""
+@dataclass(frozen=True)
+class Misconfigured:
+    """A status that means our settings are wrong: the request is dropped, and health shows
+    ``hint`` (our words, naming the setting to fix)."""
+
+    hint: str
+
+
+# What a status means, as a sink's table says it: an outcome kind, Misconfigured(hint), or a
+# function (sink, request, reply) -> Outcome for a status whose meaning depends on the body.
+Rule = type[Delivered] | type[Retry] | type[Drop] | type[Resend] | Misconfigured | Callable[..., Outcome]
+
+# The HTTP meaning every backend shares. A sink's table starts from it and states only its
+# deviations; exact statuses first, then the class ("2xx"...); anything else is a Drop.
+HTTP_OUTCOMES: Mapping[int | str, Rule] = MappingProxyType({
+    "2xx": Delivered,
+    "3xx": Misconfigured("redirected: set the sink's URL setting to the backend's own URL"),
+    401: Misconfigured("the credential was refused"),
+    403: Misconfigured("the credential may not write here"),
+    404: Misconfigured("no such endpoint: check the sink's URL setting"),
+    408: Retry,  # the backend timed out waiting for the request
+    413: Resend,  # too large: resend in halves
+    429: Retry,  # rate limited, honouring Retry-After
+    "4xx": Drop,  # sending the same request again cannot help
+    "5xx": Retry,  # honouring Retry-After
+})
+MAX_SAID_CHARS = 300
+
+
+def outcomes_with(deviations: Mapping[int | str, Rule]) -> Mapping[int | str, Rule]:
+    """A sink's status table: the shared HTTP meaning with its own deviations over it."""
+    return MappingProxyType({**HTTP_OUTCOMES, **deviations})
+
+
+class Sink:
+    """A backend reached over HTTP. A sink is pure: ``encode`` makes requests, ``classify``
+    reads what came back; the delivery stage sends, retries and queues for every sink alike.
+
+    ``classify`` is shared: a sink states its deviations from ``HTTP_OUTCOMES`` in
+    ``status_outcomes`` and says how to read its backend's error body in ``said``."""
 
     name: str
     limits: Limits
+    title: str  # how reasons name the backend ("Dynatrace answered 503")
+    status_outcomes: Mapping[int | str, Rule] = HTTP_OUTCOMES
+    retry_after_headers: tuple[str, ...] = ("Retry-After",)
 
-    def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded: ...
+    def encode(self, metrics: Sequence[Metric], now_ns: int) -> Encoded:
+        raise NotImplementedError
 
-    def classify(self, request: Request, reply: Reply) -> Outcome: ...
+    def authorize(self, request: Request) -> Request:
+        """The request as sent, called just before sending so ``encode`` stays pure: sinks that
+        need a fresh credential per request (Entra tokens) add it here, and raise
+        ``bridges.delivery.auth.TokenError`` when none can be had."""
+        return request
+
+    def status(self) -> dict:
+        """What /api/health shows about this sink (never a credential)."""
+        return {"configured": True}
+
+    def said(self, body: bytes) -> str:
+        """What the backend said in an answer body, short, for a reason ('' when nothing)."""
+        return " ".join(body[:MAX_SAID_CHARS].decode("utf-8", "replace").split())
+
+    def classify(self, request: Request, reply: Reply) -> Outcome:
+        if reply.error is not None:
+            return Retry(f"no answer: {type(reply.error).__name__}")
+        status = reply.status
+        assert status is not None  # a reply without a status carries the error
+        rule = self.status_outcomes.get(status) or self.status_outcomes.get(f"{status // 100}xx", Drop)
+        if not isinstance(rule, (type, Misconfigured)):
+            return rule(self, request, reply)
+        said = self.said(reply.body)
+        also = f": {said}" if said else ""
+        answered = f"{self.title} answered {status}"
+        if rule is Delivered:
+            return Delivered()
+        if rule is Resend:
+            return Resend(f"{answered}: request too large{also}", split=True)
+        if rule is Retry:
+            return Retry(f"{answered}{also}", retry_after_seconds(reply.headers, *self.retry_after_headers))
+        if isinstance(rule, Misconfigured):
+            return Drop(f"{answered}: {rule.hint}{also}", misconfigured=True, hint=rule.hint)
+        return Drop(f"{answered}: {said or 'no details'}")
+
+
+class LocalSink:
+    """A sink on this machine (the outbox): it takes metrics at once, or raises OSError."""
+
+    name: str
+
+    def deliver(self, metrics: Sequence[Metric], now_ns: int) -> int:
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        return {"configured": True}
 
 
 def retry_after_seconds(headers: Mapping[str, str], *names: str) -> float | None:
@@ -144,11 +230,4 @@ def retry_after_seconds(headers: Mapping[str, str], *names: str) -> float | None
             continue
         if seconds >= 0:
             return seconds
-    return None
-
-
-def transport_outcome(reply: Reply) -> Outcome | None:
-    """What every sink says about a reply that never came (timeouts, refused connections)."""
-    if reply.error is not None:
-        return Retry(f"no answer: {type(reply.error).__name__}")
     return None

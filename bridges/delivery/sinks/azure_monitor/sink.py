@@ -58,17 +58,16 @@ from urllib.parse import urlsplit
 
 from bridges.delivery.auth import TokenSource, custom_metrics_scope, process_credential
 from bridges.delivery.sinks.base import (
-    Delivered,
     Drop,
     Encoded,
     Limits,
+    Misconfigured,
+    Outcome,
     Rejection,
     Reply,
     Request,
-    Resend,
-    Retry,
-    retry_after_seconds,
-    transport_outcome,
+    Sink,
+    outcomes_with,
 )
 from bridges.model import MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
@@ -87,30 +86,15 @@ ROLE_HINT = ("the app's identity needs the Monitoring Metrics Publisher role on 
 _NAME_INVALID = re.compile(r"[^A-Za-z0-9_]")
 _REGIONAL_HOST = re.compile(r"[a-z0-9]+(\.monitoring\.azure\.(?:com|us|cn))(:\d+)?")
 
-# What each answer means; classify() reads this table and a test walks it.
-STATUS_OUTCOMES = {
-    200: "delivered",
-    400: "drop: the service's message (RegionMismatch also marks the sink misconfigured)",
-    401: "drop: the token was refused (misconfigured; role hint)",
-    403: "drop: the identity may not publish metrics here (misconfigured; role hint)",
-    404: "drop: no such resource or endpoint (misconfigured)",
-    413: "resend in halves",
-    429: "retry (Retry-After)",
-    500: "retry (Retry-After)",
-    502: "retry (Retry-After)",
-    503: "retry (Retry-After)",
-    504: "retry (Retry-After)",
-}
-
-
 @lru_cache(maxsize=4096)
 def metric_name(name: str) -> str:
     """The name with every character outside ``[A-Za-z0-9_]`` replaced by ``_``."""
     return _NAME_INVALID.sub("_", name)
 
 
-class AzureMonitorSink:
+class AzureMonitorSink(Sink):
     name = "azure_monitor"
+    title = "Azure Monitor"
     limits = Limits(
         max_body_bytes=MAX_BODY_BYTES, max_dimensions=MAX_DIMENSIONS,
         max_age_seconds=PAST_WINDOW_NS / NS_PER_SECOND, max_future_seconds=FUTURE_WINDOW_NS / NS_PER_SECOND,
@@ -265,34 +249,31 @@ class AzureMonitorSink:
 
     # --- classification -------------------------------------------------------------------
 
-    def classify(self, request: Request, reply: Reply):
-        failed = transport_outcome(reply)
-        if failed is not None:
-            return failed
-        status = reply.status
-        assert status is not None  # a reply without one has an error: transport_outcome answered
-        if 200 <= status < 300:
-            return Delivered()
+    def said(self, body: bytes) -> str:
+        return _error(body)[1] if body.strip() else ""
+
+    def _bad_request(self, request: Request, reply: Reply) -> Outcome:
         code, message = _error(reply.body)
-        if status == 400:
-            if code == "RegionMismatch":
-                return Drop(f"Azure Monitor answered 400 RegionMismatch: {message}", misconfigured=True,
-                            hint="the resource is in another region: set AZURE_MONITOR_REGION (or the metric's "
-                                 "azure.region) to the resource's region")
-            return Drop(f"Azure Monitor answered 400: {message}")
-        if status in (401, 403):
-            return Drop(f"Azure Monitor answered {status} ({code or 'no code'}: {message}); {ROLE_HINT}", misconfigured=True,
-                        hint=ROLE_HINT)
-        if status == 404:
-            return Drop(f"Azure Monitor answered 404: no such resource or endpoint ({message})", misconfigured=True,
-                        hint="no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and AZURE_MONITOR_ENDPOINT")
-        if status == 413:
-            return Resend("Azure Monitor answered 413: request too large")
-        if status == 429 or status >= 500:
-            return Retry(f"Azure Monitor answered {status}", retry_after_seconds(reply.headers))
-        if status == 408:
-            return Retry("Azure Monitor answered 408")
-        return Drop(f"Azure Monitor answered {status}: {message}")
+        if code == "RegionMismatch":
+            return Drop(f"Azure Monitor answered 400 RegionMismatch: {message}", misconfigured=True,
+                        hint="the resource is in another region: set AZURE_MONITOR_REGION (or the metric's "
+                             "azure.region) to the resource's region")
+        return Drop(f"Azure Monitor answered 400: {message}")
+
+    def _refused(self, request: Request, reply: Reply) -> Outcome:
+        """The error code says which permission is missing: kept in the reason with the role hint."""
+        code, message = _error(reply.body)
+        return Drop(f"Azure Monitor answered {reply.status} ({code or 'no code'}: {message}); {ROLE_HINT}",
+                    misconfigured=True, hint=ROLE_HINT)
+
+    # Where Azure Monitor's answers differ from plain HTTP; classify() reads it and a test walks it.
+    status_outcomes = outcomes_with({
+        400: _bad_request,  # the service's message; RegionMismatch also marks the sink misconfigured
+        401: _refused,
+        403: _refused,
+        404: Misconfigured("no such resource or endpoint: check AZURE_MONITOR_RESOURCE_ID and AZURE_MONITOR_ENDPOINT"),
+        "3xx": Misconfigured("redirected: check AZURE_MONITOR_REGION and AZURE_MONITOR_ENDPOINT"),
+    })
 
 
 def _observation(metric: Metric, encoded: Encoded):

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bridges.delivery.sinks.base import LocalSink
 from bridges.formats.canonical import encode_ndjson
 from bridges.model import Metric
 from bridges.timestamps import NS_PER_SECOND
 
 
-class OutboxSink:
+class OutboxSink(LocalSink):
     name = "outbox"
 
     def __init__(self, directory: Path):

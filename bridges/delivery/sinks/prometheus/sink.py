@@ -48,17 +48,17 @@ from urllib.parse import urlsplit
 from bridges import __version__
 from bridges.delivery.auth import TokenSource, prometheus_scope
 from bridges.delivery.sinks.base import (
-    Delivered,
     Drop,
     Encoded,
     Limits,
+    Misconfigured,
+    Outcome,
     Rejection,
     Reply,
     Request,
     Resend,
-    Retry,
-    retry_after_seconds,
-    transport_outcome,
+    Sink,
+    outcomes_with,
 )
 from bridges.formats import remote_write
 from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
@@ -73,23 +73,6 @@ HEADERS = {
 }
 ROLE_HINT = ("the identity needs Monitoring Metrics Publisher on the data collection rule; "
              "a new role assignment can take up to 30 minutes to apply")
-
-# What each answer means; classify() reads this table and a test walks it.
-STATUS_OUTCOMES = {
-    200: "delivered",
-    204: "delivered",
-    400: "resend in halves while the request holds more than one metric; alone: drop with the receiver's message",
-    401: f"drop: the token was refused: {ROLE_HINT} (misconfigured)",
-    403: f"drop: the token was refused: {ROLE_HINT} (misconfigured)",
-    404: "drop: the URL must be the full DCR ingestion URL, not the bare DCE host (misconfigured)",
-    413: "drop: never retried (a 4xx)",
-    415: "drop: never retried (a 4xx)",
-    429: "retry (Retry-After)",
-    500: "retry",
-    502: "retry",
-    503: "retry (Retry-After)",
-    504: "retry",
-}
 
 CONVERTED_DELTA = "delta counter sent as a gauge of the increase (<name>_delta)"
 CONVERTED_AGGREGATE = "aggregate sent as gauges (_min, _max, _sum, _count)"
@@ -153,8 +136,9 @@ def bound(value: float) -> str:
     return repr(value) if value == value else "NaN"
 
 
-class PrometheusSink:
+class PrometheusSink(Sink):
     name = "prometheus"
+    title = "Prometheus receiver"
 
     def __init__(self, url: str, credential, max_samples: int = 2000, clock=time.time):
         self.url = url
@@ -256,26 +240,17 @@ class PrometheusSink:
 
     # --- classification -------------------------------------------------------------------
 
-    def classify(self, request: Request, reply: Reply):
-        failed = transport_outcome(reply)
-        if failed is not None:
-            return failed
-        status = reply.status
-        assert status is not None  # a reply without one has an error: transport_outcome answered
-        if 200 <= status < 300:
-            return Delivered()
-        if status == 400:
-            message = _text(reply.body)
-            if len(request.items) > 1:  # one bad sample rolls back the whole request: isolate it
-                return Resend(f"Prometheus receiver answered 400: {message}", split=True)
-            return Drop(f"Prometheus receiver answered 400: {message}")
-        if status in (401, 403, 404):
-            hint = STATUS_OUTCOMES[status].split(": ", 1)[1]
-            return Drop(f"Prometheus receiver answered {status}: {hint}", misconfigured=True, hint=hint)
-        if status == 429 or status >= 500:
-            return Retry(f"Prometheus receiver answered {status}", retry_after_seconds(reply.headers))
-        return Drop(f"Prometheus receiver answered {status}: {_text(reply.body)}")
+    def _bad_sample(self, request: Request, reply: Reply) -> Outcome:
+        """One bad sample rolls back the whole request: halve it until the bad one is alone."""
+        reason = f"Prometheus receiver answered 400: {self.said(reply.body) or 'no details'}"
+        return Resend(reason, split=True) if len(request.items) > 1 else Drop(reason)
 
-
-def _text(body: bytes) -> str:
-    return body[:300].decode("utf-8", "replace").strip() or "no details"
+    # Where the remote-write receiver's answers differ from plain HTTP; classify() reads it and a test walks it.
+    status_outcomes = outcomes_with({
+        400: _bad_sample,
+        401: Misconfigured(f"the token was refused: {ROLE_HINT} (misconfigured)"),
+        403: Misconfigured(f"the token was refused: {ROLE_HINT} (misconfigured)"),
+        404: Misconfigured("the URL must be the full DCR ingestion URL, not the bare DCE host (misconfigured)"),
+        413: Drop,  # the remote-write spec: never retry a 4xx
+        "3xx": Misconfigured("redirected: set PROMETHEUS_REMOTE_WRITE_URL to the full DCR ingestion URL"),
+    })

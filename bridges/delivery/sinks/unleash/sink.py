@@ -67,18 +67,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridges.delivery.sinks.base import (
-    Delivered,
+    MAX_SAID_CHARS,
     Drop,
     Encoded,
     Limits,
+    Misconfigured,
     Outcome,
     Rejection,
     Reply,
     Request,
     Resend,
-    Retry,
-    retry_after_seconds,
-    transport_outcome,
+    Sink,
+    outcomes_with,
 )
 from bridges.model import CUMULATIVE, MAX_COUNT, Aggregate, Counter, Gauge, Histogram, Metric, Summary
 from bridges.timestamps import format_rfc3339
@@ -93,28 +93,8 @@ CUSTOM_PATH = "/api/client/metrics/custom"
 IMPACT_PATH = "/api/client/metrics"
 MAX_BODY_BYTES = 100_000  # express.json()'s limit is 100 kB (102,400 bytes)
 MAX_SERIES = 1000
-MAX_REASON_CHARS = 300
 INF = float("inf")
 _INF_TEXT = '"+Inf"'  # an infinite bucket bound, as a JSON string
-
-# What each answer means; classify() follows this table and a test walks it.
-STATUS_OUTCOMES = {
-    200: "delivered",
-    202: "delivered",
-    204: "delivered (the server has metrics disabled)",
-    400: "drop: Unleash refused the body (its message is the reason)",
-    401: "drop: the token is missing or unknown (misconfigured)",
-    403: "drop: the token is not a client or backend token (misconfigured)",
-    404: "resend: in auto mode the custom endpoint is gone (8.1+), switch to impact metrics; "
-         "otherwise drop: UNLEASH_URL or UNLEASH_API is wrong (misconfigured)",
-    413: "resend in halves",
-    415: "drop: the body was not sent as JSON (a bridge bug, logged as an error)",
-    429: "retry (Retry-After, else RateLimit-Reset)",
-    500: "retry",
-    502: "retry",
-    503: "retry (Retry-After)",
-    504: "retry",
-}
 
 _CUSTOM_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
 _NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -316,8 +296,9 @@ class _Batch:
         return self.head + entries + self.tail
 
 
-class UnleashSink:
+class UnleashSink(Sink):
     name = "unleash"
+    title = "Unleash"
     limits = Limits(max_body_bytes=MAX_BODY_BYTES, max_items=MAX_SERIES)
 
     def __init__(self, url: str, token: Secret, api: str = AUTO, app_name: str = "metrics-bridge",
@@ -522,44 +503,46 @@ class UnleashSink:
 
     # --- classification -------------------------------------------------------------------
 
-    def classify(self, request: Request, reply: Reply) -> Outcome:
-        failed = transport_outcome(reply)
-        if failed is not None:
-            return failed
-        status = reply.status
-        assert status is not None  # a reply without one has an error: transport_outcome answered
-        said = _said(reply.body)
-        if 200 <= status < 300:
-            return Delivered()
-        if status == 404 and request.url.endswith(CUSTOM_PATH) and self.api == AUTO:
+    def said(self, body: bytes) -> str:
+        """Unleash's JSON message (and its first detail), else the text."""
+        try:
+            answer = json.loads(body)
+            text = str(answer["message"])
+            details = answer.get("details") or []
+            if details and isinstance(details[0], dict) and details[0].get("message") not in (None, text):
+                text += f" ({details[0]['message']})"
+        except (ValueError, KeyError, TypeError, AttributeError):
+            text = " ".join(body.decode("utf-8", "replace").split())
+        return text[:MAX_SAID_CHARS]
+
+    def _not_found(self, request: Request, reply: Reply) -> Outcome:
+        """Auto mode on Unleash 8.1+: the custom endpoint is gone, so switch to impact metrics;
+        otherwise UNLEASH_URL or UNLEASH_API is wrong."""
+        if request.url.endswith(CUSTOM_PATH) and self.api == AUTO:
             self._switch_to_impact()
             return Resend("Unleash has no custom metrics endpoint (8.1 or later): sent as impact metrics instead",
                           split=False)
-        if status in (401, 403, 404):
-            hint = self._misconfiguration(status, request)
-            return Drop(f"Unleash answered {status}: {hint}{said}", misconfigured=True, hint=hint)
-        if status == 413:
-            return Resend(f"Unleash answered 413: the request is too large ({len(request.body)} bytes)", split=True)
-        if status == 415:
-            log.error("unleash answered 415 to a JSON body of %d bytes: a bug in the bridge's Unleash encoder%s",
-                      len(request.body), said)
-            return Drop(f"Unleash answered 415: the body was not taken as JSON (a bridge bug){said}")
-        if status == 429 or status >= 500:
-            return Retry(f"Unleash answered {status}{said}",
-                         retry_after_seconds(reply.headers, "Retry-After", "RateLimit-Reset"))
-        if 300 <= status < 400:
-            hint = "redirected: set UNLEASH_URL to the server's own URL"
-            return Drop(f"Unleash answered {status}: {hint}", misconfigured=True, hint=hint)
-        return Drop(f"Unleash answered {status}{said or ': no details'}")
+        hint = ("no custom metrics endpoint (Unleash 8.1 or later: set UNLEASH_API to impact or auto)"
+                if request.url.endswith(CUSTOM_PATH) else "no client metrics endpoint (check UNLEASH_URL)")
+        said = self.said(reply.body)
+        return Drop(f"Unleash answered 404: {hint}{': ' + said if said else ''}", misconfigured=True, hint=hint)
 
-    def _misconfiguration(self, status: int, request: Request) -> str:
-        if status == 401:
-            return "the token is missing or unknown (check UNLEASH_API_TOKEN)"
-        if status == 403:
-            return "the token is not a client or backend token (check UNLEASH_API_TOKEN)"
-        if request.url.endswith(CUSTOM_PATH):
-            return "no custom metrics endpoint (Unleash 8.1 or later: set UNLEASH_API to impact or auto)"
-        return "no client metrics endpoint (check UNLEASH_URL)"
+    def _not_json(self, request: Request, reply: Reply) -> Outcome:
+        said = self.said(reply.body)
+        also = f": {said}" if said else ""
+        log.error("unleash answered 415 to a JSON body of %d bytes: a bug in the bridge's Unleash encoder%s",
+                  len(request.body), also)
+        return Drop(f"Unleash answered 415: the body was not taken as JSON (a bridge bug){also}")
+
+    # Where Unleash's answers differ from plain HTTP; classify() reads it and a test walks it.
+    status_outcomes = outcomes_with({
+        401: Misconfigured("the token is missing or unknown (check UNLEASH_API_TOKEN)"),
+        403: Misconfigured("the token is not a client or backend token (check UNLEASH_API_TOKEN)"),
+        404: _not_found,
+        415: _not_json,  # the body was not sent as JSON: a bridge bug, logged as an error
+        "3xx": Misconfigured("redirected: set UNLEASH_URL to the server's own URL"),
+    })
+    retry_after_headers = ("Retry-After", "RateLimit-Reset")
 
     def _switch_to_impact(self) -> None:
         """Auto mode, custom endpoint gone: impact metrics from now on (said once per process)."""
@@ -728,17 +711,3 @@ def _iso_ms(time_ns: int) -> str:
     """RFC 3339 UTC with exactly three fraction digits (JavaScript's Date reads milliseconds)."""
     seconds = format_rfc3339(time_ns // 1_000_000_000 * 1_000_000_000)
     return f"{seconds[:-1]}.{time_ns // 1_000_000 % 1000:03d}Z"
-
-
-def _said(body: bytes) -> str:
-    """What Unleash said, short: the JSON message (and first detail), else the text."""
-    try:
-        answer = json.loads(body)
-        text = str(answer["message"])
-        details = answer.get("details") or []
-        if details and isinstance(details[0], dict) and details[0].get("message") not in (None, text):
-            text += f" ({details[0]['message']})"
-    except (ValueError, KeyError, TypeError, AttributeError):
-        text = " ".join(body.decode("utf-8", "replace").split())
-    text = text[:MAX_REASON_CHARS]
-    return f": {text}" if text else ""

@@ -44,14 +44,13 @@ from bridges.delivery.sinks.base import (
     Drop,
     Encoded,
     Limits,
+    Misconfigured,
     Outcome,
     Rejection,
     Reply,
     Request,
-    Resend,
-    Retry,
-    retry_after_seconds,
-    transport_outcome,
+    Sink,
+    outcomes_with,
 )
 from bridges.model import CUMULATIVE, Metric
 from bridges.timestamps import NS_PER_SECOND, format_rfc3339
@@ -65,23 +64,6 @@ MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_AGE_SECONDS = 15 * 60
 MAX_FUTURE_SECONDS = 5 * 60
 CONTENT_TYPES = {"msgpack": "application/msgpack", "json": "application/json", "ndjson": "application/x-ndjson"}
-MAX_REASON_CHARS = 200
-
-# How each answer is classified. Exact statuses first, then the class ("2xx", "3xx", ...) as
-# the fallback; anything else (1xx, a class not listed) is a Drop.
-STATUS_OUTCOMES: dict[int | str, type] = {
-    202: Delivered,  # the documented success
-    403: Drop,  # invalid source token, or a source that does not take metrics: misconfigured
-    406: Drop,  # Better Stack could not parse what we sent: a bug in this encoder
-    408: Retry,  # the request timed out on their side
-    413: Resend,  # over 20 MiB: resend in halves
-    429: Retry,  # rate limited (status undocumented), honouring Retry-After
-    "2xx": Delivered,
-    "3xx": Drop,  # redirects are not followed: BETTERSTACK_URL needs fixing (misconfigured)
-    "4xx": Drop,  # sending the same request again cannot help
-    "5xx": Retry,  # honouring Retry-After
-}
-
 
 def metrics_url(url: str) -> str:
     """The configured URL, with ``/metrics`` appended when it names only a host."""
@@ -89,8 +71,9 @@ def metrics_url(url: str) -> str:
     return url if urlsplit(url).path not in ("", "/") else url + "/metrics"
 
 
-class BetterStackSink:
+class BetterStackSink(Sink):
     name = "betterstack"
+    title = "Better Stack"
 
     def __init__(self, url: str, token: Secret, body_format: str = "msgpack",
                  max_requests_per_minute: int = 500, max_body_bytes: int = MAX_BODY_BYTES):
@@ -171,43 +154,23 @@ class BetterStackSink:
 
     # ---- classify -----------------------------------------------------------------------
 
-    def classify(self, request: Request, reply: Reply) -> Outcome:
-        """``STATUS_OUTCOMES`` picks the outcome; this adds the reason (never the token)."""
-        failed = transport_outcome(reply)
-        if failed is not None:
-            return failed
-        status = reply.status
-        assert status is not None  # a reply without one has an error: transport_outcome answered
-        kind = STATUS_OUTCOMES.get(status) or STATUS_OUTCOMES.get(f"{status // 100}xx", Drop)
-        said = _said(reply.body)
-        if kind is Delivered:
-            return Delivered()
-        if kind is Resend:
-            return Resend(f"HTTP {status}: the request is too large ({len(request.body)} bytes){said}", split=True)
-        if kind is Retry:
-            return Retry(f"HTTP {status}{said}", retry_after_seconds(reply.headers))
-        if status == 403:
-            hint = ("Better Stack refused the source token, or the source does not take metrics "
-                    "(check BETTERSTACK_SOURCE_TOKEN and that the source is a metrics source)")
-            return Drop(f"HTTP 403: {hint}{said}", misconfigured=True, hint=hint)
-        if status == 406:
-            log.error(
-                "betterstack answered HTTP 406%s to a %s request of %d metrics (%d bytes): the bridge sent a body "
-                "Better Stack cannot parse. This is a bug in the bridge's Better Stack encoder; please report it.",
-                said, self.body_format, len(request.items), len(request.body),
-            )
-            return Drop(f"HTTP 406: Better Stack could not parse the body (a bridge bug){said}")
-        if 300 <= status < 400:
-            return Drop(f"HTTP {status}: redirected to {reply.headers.get('Location', '?')}; "
-                        "set BETTERSTACK_URL to the ingesting host", misconfigured=True,
-                        hint="redirected: set BETTERSTACK_URL to the source's ingesting host")
-        return Drop(f"HTTP {status}{said}")
+    def _unparsable(self, request: Request, reply: Reply) -> Outcome:
+        said = self.said(reply.body)
+        log.error(
+            "betterstack answered HTTP 406%s to a %s request of %d metrics (%d bytes): the bridge sent a body "
+            "Better Stack cannot parse. This is a bug in the bridge's Better Stack encoder; please report it.",
+            f": {said}" if said else "", self.body_format, len(request.items), len(request.body),
+        )
+        return Drop(f"Better Stack answered 406: it could not parse the body (a bridge bug){': ' + said if said else ''}")
 
-
-def _said(body: bytes) -> str:
-    """What the backend said, short and printable, for a reason (never our request body)."""
-    text = " ".join(body.decode("utf-8", "replace").split())[:MAX_REASON_CHARS]
-    return f": {text}" if text else ""
+    # Where Better Stack's answers differ from plain HTTP; classify() reads it and a test walks it.
+    status_outcomes = outcomes_with({
+        202: Delivered,  # the documented success
+        403: Misconfigured("Better Stack refused the source token, or the source does not take metrics "
+                           "(check BETTERSTACK_SOURCE_TOKEN and that the source is a metrics source)"),
+        406: _unparsable,  # Better Stack could not parse what we sent: a bug in this encoder
+        "3xx": Misconfigured("redirected: set BETTERSTACK_URL to the source's ingesting host"),
+    })
 
 
 def _metric_object(metric: Metric, conversions: Tally, body_format: str) -> dict:

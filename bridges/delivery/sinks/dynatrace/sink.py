@@ -49,18 +49,18 @@ from itertools import groupby
 from urllib.parse import urlsplit
 
 from bridges.delivery.sinks.base import (
+    MAX_SAID_CHARS,
     Delivered,
     Drop,
     Encoded,
     Limits,
+    Misconfigured,
     Partial,
     Rejection,
     Reply,
     Request,
-    Resend,
-    Retry,
-    retry_after_seconds,
-    transport_outcome,
+    Sink,
+    outcomes_with,
 )
 from bridges.formats.dynatrace import MAX_DIMENSIONS, MAX_LINE_CHARS  # the protocol's limits, one place
 from bridges.model import Aggregate, Counter, Gauge, Histogram, Metric, Summary
@@ -86,22 +86,6 @@ _QUOTED_ESCAPE = re.compile(r'([\\"])')  # in quoted values, as the protocol say
 # separators, on which str.splitlines and other line readers break a line.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 CONTROLS_REPLACED = "{} control characters replaced"
-
-# What each answer means; classify() reads this table and a test walks it.
-STATUS_OUTCOMES = {
-    202: "delivered",
-    400: "partial: invalid lines are refused, the valid ones were taken",
-    401: "drop: the token is wrong (misconfigured)",
-    403: "drop: the token lacks metrics.ingest (misconfigured)",
-    404: "drop: the ingest URL is wrong (misconfigured)",
-    413: "resend in halves",
-    429: "retry (Retry-After)",
-    500: "retry",
-    502: "retry",
-    503: "retry (Retry-After)",
-    504: "retry",
-}
-
 
 @lru_cache(maxsize=4096)
 def metric_key(name: str) -> str | None:
@@ -159,8 +143,9 @@ def number(value: float) -> str:
     return text
 
 
-class DynatraceSink:
+class DynatraceSink(Sink):
     name = "dynatrace"
+    title = "Dynatrace"
     limits = Limits(
         max_body_bytes=1_000_000, max_items=MAX_LINES, max_dimensions=MAX_DIMENSIONS,
         max_age_seconds=PAST_WINDOW_MS / 1000, max_future_seconds=FUTURE_WINDOW_MS / 1000,
@@ -319,33 +304,21 @@ class DynatraceSink:
 
     # --- classification -------------------------------------------------------------------
 
-    def classify(self, request: Request, reply: Reply):
-        failed = transport_outcome(reply)
-        if failed is not None:
-            return failed
-        status = reply.status
-        assert status is not None  # a reply without one has an error: transport_outcome answered
-        if status == 400:
-            return self._partial(request, reply.body)
-        if 200 <= status < 300:
-            return Delivered()
-        if status in (401, 403, 404):
-            hint = STATUS_OUTCOMES[status].split(": ", 1)[1]
-            return Drop(f"Dynatrace answered {status}: {hint}", misconfigured=True, hint=hint)
-        if status == 413:
-            return Resend("Dynatrace answered 413: request too large")
-        if status == 429 or status >= 500:
-            return Retry(f"Dynatrace answered {status}", retry_after_seconds(reply.headers))
-        return Drop(f"Dynatrace answered {status}: {_error_message(reply.body)}")
+    def said(self, body: bytes) -> str:
+        try:
+            return str(json.loads(body)["error"]["message"])[:MAX_SAID_CHARS]
+        except (ValueError, KeyError, TypeError):
+            return super().said(body)
 
-    def _partial(self, request: Request, body: bytes) -> Partial | Drop:
+    def _partial(self, request: Request, reply: Reply) -> Partial | Drop:
         """Map a 400 ValidationResponse back to metrics: listed lines (1-based) by index, the rest counted."""
+        body = reply.body
         try:
             answer = json.loads(body)
             invalid = int(answer.get("linesInvalid") or 0)
             listed = (answer.get("error") or {}).get("invalidLines") or []
         except (ValueError, AttributeError, TypeError):
-            return Drop(f"Dynatrace answered 400: {_error_message(body)}")
+            return Drop(f"Dynatrace answered 400: {self.said(body) or 'no details'}")
         rejected: dict[int, str] = {}
         for entry in listed:
             line = entry.get("line") if isinstance(entry, dict) else None
@@ -353,8 +326,17 @@ class DynatraceSink:
                 rejected.setdefault(owner, f"Dynatrace refused the line: {entry.get('error', '')}"[:300])
         unidentified = max(0, invalid - len(listed))
         if not rejected and not unidentified:
-            return Drop(f"Dynatrace answered 400: {_error_message(body)}")
+            return Drop(f"Dynatrace answered 400: {self.said(body) or 'no details'}")
         return Partial(tuple(Rejection(i, reason) for i, reason in rejected.items()), unidentified)
+
+    # Where Dynatrace's answers differ from plain HTTP; classify() reads it and a test walks it.
+    status_outcomes = outcomes_with({
+        202: Delivered,
+        400: _partial,  # invalid lines are refused, the valid ones were taken
+        401: Misconfigured("the token is wrong (misconfigured)"),
+        403: Misconfigured("the token lacks metrics.ingest (misconfigured)"),
+        404: Misconfigured("the ingest URL is wrong (misconfigured)"),
+    })
 
 
 def _refusal(key: str | None, time_ms: int, now_ms: int) -> str | None:
@@ -381,10 +363,3 @@ def ingest_url(url: str) -> str:
     if urlsplit(url).path.endswith("/metrics/ingest"):
         return url
     return url + INGEST_PATH
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        return str(json.loads(body)["error"]["message"])[:300]
-    except (ValueError, KeyError, TypeError):
-        return body[:300].decode("utf-8", "replace") or "no details"

@@ -1,0 +1,165 @@
+"""Values, tags and timestamps read from what a rule's expressions give.
+
+A metric's value, a tag, a part of a metric's name, a delivery id and a timestamp each come from
+evaluating an expression over a delivery. This module turns such a raw JSON value into what an
+item holds (a number, text, epoch nanoseconds) or refuses it with ``Refuse``, whose message names
+the value in a short preview. It imports no other rule module: the expressions (whose custom
+functions refuse the same way) and the rule engine both build on it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, parse_timestamp
+
+TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
+_PREVIEW_CHARS = 60
+
+
+class Refuse(Exception):
+    """An event or metric that cannot become an item; the message is the reason."""
+
+
+def is_number(value: object) -> bool:
+    """A JSON number as JMESPath sees it: booleans are not numbers."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Number)
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
+# Unambiguous, so a long string of digits is matched in linear time.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def preview(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        text = object.__repr__(value)
+    return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 1] + "…"
+
+
+def kind_of(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number" if isinstance(value, numbers.Number) else type(value).__name__
+
+
+def as_number(raw: object) -> object:
+    """A metric value: numbers as they are, booleans as 1/0, numeric strings parsed."""
+    kind = type(raw)
+    if kind is int or kind is float:
+        return raw
+    if kind is bool:
+        return 1 if raw else 0
+    if isinstance(raw, str):
+        text = raw.strip()
+        if _INTEGER.fullmatch(text):
+            return int(text)
+        if _NUMBER.fullmatch(text):
+            return float(text)
+    elif is_number(raw) and isinstance(raw, (int, float)):
+        return raw
+    raise Refuse(f"{preview(raw)} is {kind_of(raw)}, not a number")
+
+
+def as_text(raw: object) -> str:
+    """A tag value or name part: strings as they are, numbers and booleans as their JSON text."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int):
+        try:
+            return str(raw)
+        except ValueError:  # more digits than Python writes as text
+            raise Refuse("a number too long to write as text") from None
+    if isinstance(raw, float):
+        return repr(raw)
+    raise Refuse(f"{preview(raw)} is {kind_of(raw)}, not text")
+
+
+_SCALES = {"unix": NS_PER_SECOND, "unix_ms": 1_000_000, "unix_us": 1000, "unix_ns": 1}
+
+
+def timestamp_reader(form: str) -> Callable[[object], int]:
+    """Raw value -> epoch ns for a timestamp format; raises Refuse or TimestampError."""
+    if form == "auto":
+        return parse_timestamp
+    if form == "rfc3339":
+        def rfc3339(raw):
+            if not isinstance(raw, str):
+                raise Refuse(f"{preview(raw)} is {kind_of(raw)}; the rfc3339 format reads strings")
+            return parse_timestamp(raw)
+
+        return rfc3339
+    if form in _SCALES:
+        scale = _SCALES[form]
+
+        def epoch(raw):
+            time_ns: int | Decimal
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                time_ns = raw * scale
+            elif (isinstance(raw, float) and math.isfinite(raw)) or (isinstance(raw, str) and _NUMBER.fullmatch(raw.strip())):
+                try:
+                    time_ns = Decimal(repr(raw) if isinstance(raw, float) else raw.strip()) * scale
+                except ArithmeticError:  # beyond what Decimal holds: far outside any valid time
+                    time_ns = -1
+            else:
+                raise Refuse(f"{preview(raw)} is not a number of {form} epoch time")
+            # Checked before rounding: "1e999999999" must not become a billion-digit integer.
+            if not 0 <= time_ns <= MAX_TIME_NS:
+                raise Refuse(f"{preview(raw)} as {form} is outside 1970-01-01 .. 9999-12-31")
+            return round(time_ns)
+
+        return epoch
+
+    def pattern(raw):
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            raise Refuse(f"{preview(raw)} is {kind_of(raw)}; the pattern {form!r} reads strings")
+        try:
+            moment = datetime.strptime(raw, form)
+        except ValueError as exc:
+            raise Refuse(f"{preview(raw)} does not match {form!r}: {exc}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return parse_timestamp(moment)
+
+    return pattern
+
+
+def check_strptime(form: str) -> None:
+    """A pattern is usable when it reads back what it writes (a bad directive fails here, at load)."""
+    sample = datetime(2001, 2, 3, 4, 5, 6, 7000, tzinfo=UTC)
+    try:
+        datetime.strptime(sample.strftime(form), form)
+    except ValueError as exc:
+        raise ValueError(f"{form!r} is not a usable strptime pattern: {exc}") from None
+
+
+def delivery_text(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, (dict, list)):
+        text = json.dumps(raw, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=repr)
+    else:
+        try:
+            text = as_text(raw)
+        except (Refuse, ValueError):
+            text = str(raw)
+    return text or None

@@ -29,7 +29,7 @@ from bridges.formats import azure_monitor, dynatrace, remote_write, unleash  # n
 from bridges.formats.canonical import may_hold_surrogates  # noqa: E402
 from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
-from bridges.webhooks.rule_files import BUILTIN_DIR, load_file  # noqa: E402
+from bridges.webhooks.rule_files import BUILTIN_DIR, load_sources  # noqa: E402
 
 WEBHOOKS = ROOT / "tests" / "testdata" / "webhooks"
 FORMATS = [  # (label, sink label in bench_sinks, format, content type, route parameters)
@@ -95,7 +95,7 @@ def time_mapping(rules, body, headers, repeat: int, normalizer, now_ns: int) -> 
 
 
 def webhook_case(source: str, sample: str) -> tuple:
-    rules = load_file(next(BUILTIN_DIR.glob(f"{source}.*")))
+    rules = load_sources([BUILTIN_DIR])[source]
     body = json.loads((WEBHOOKS / source / f"{sample}.json").read_text())
     headers_file = WEBHOOKS / source / f"{sample}.headers.json"
     headers = {k.lower(): v for k, v in json.loads(headers_file.read_text()).items()} if headers_file.exists() else {}

@@ -66,3 +66,14 @@ def walk_status_table(sink, request, body: bytes = b"", headers: dict | None = N
             assert not getattr(outcome, "misconfigured", False), (key, outcome)
         outcomes[key] = outcome
     return outcomes
+
+
+def load_file(path):
+    """One rule file, read, validated and compiled as start-up does; raises its first MappingError."""
+    from bridges.webhooks.rule_files import check_paths
+
+    loaded, errors = check_paths([Path(path)])
+    if errors:
+        raise errors[0]
+    [rules] = loaded
+    return rules

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
-from support import NOW_NS
+from support import NOW_NS, load_file
 
 from bridges.ingest.normalize import Normalizer
-from bridges.webhooks.rule_files import BUILTIN_DIR, load_file
+from bridges.webhooks.rule_files import BUILTIN_DIR
 from bridges.webhooks.rules import NO_RULE_MATCHED
 
 WEBHOOKS = Path(__file__).parent / "testdata" / "webhooks"

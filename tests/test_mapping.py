@@ -10,7 +10,7 @@ import jmespath
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import NOW_NS
+from support import NOW_NS, load_file
 
 from bridges.formats import Decoded
 from bridges.ingest.normalize import Normalizer
@@ -19,7 +19,6 @@ from bridges.webhooks.rule_files import (
     BUILTIN_DIR,
     MappingError,
     check_paths,
-    load_file,
     load_sources,
 )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
-from support import NOW_NS, drain, outbox_lines, use_bridge
+from support import NOW_NS, drain, load_file, outbox_lines, use_bridge
 
 from bridges import runtime
 from bridges.core import Bridge
@@ -21,7 +21,6 @@ from bridges.settings import load_settings
 from bridges.triggers.http import health, webhook
 from bridges.webhooks.handler import Webhooks
 from bridges.webhooks.idempotency import SqliteStore
-from bridges.webhooks.rule_files import load_file
 
 SECRET = "hook-secret-0123456789"
 RULES = """

@@ -56,15 +56,6 @@ class MappingError(Exception):
 # Loading and checking files
 
 
-def load_file(path: Path | str) -> SourceRules:
-    """Read, validate and compile one rule file; raises the first MappingError."""
-    rules, errors = _check_file(Path(path))
-    if errors:
-        raise errors[0]
-    assert rules is not None  # no errors: compiled
-    return rules
-
-
 def check_paths(paths: Sequence[Path]) -> tuple[list[SourceRules], list[MappingError]]:
     """Every error of every file; a path is a rule file or a folder of them."""
     loaded: list[SourceRules] = []

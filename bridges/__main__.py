@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mappings = commands.add_parser("mappings", help="webhook mapping rules")
     mapping_commands = mappings.add_subparsers(dest="mappings_command", required=True)
-    check = mapping_commands.add_parser("check", help="validate rule files (default: built-in and BRIDGE_MAPPINGS_DIR)")
+    check = mapping_commands.add_parser("check", help="validate rule files and show each source merged (default: built-in and BRIDGE_MAPPINGS_DIR)")
     check.add_argument("paths", nargs="*", help="rule files or folders of them")
 
     check = commands.add_parser("check", help="run the synthetic checks once; print a table and their metrics")
@@ -191,15 +191,17 @@ def _map_payload(args: argparse.Namespace, bridge):
 def _mappings(args: argparse.Namespace) -> int:
     from bridges.settings import load_settings
     from bridges.webhooks.handler import rule_dirs
-    from bridges.webhooks.rule_files import check_paths
+    from bridges.webhooks.rule_files import BUILTIN_DIR, check_layers
 
     paths = [Path(p) for p in args.paths] or rule_dirs(load_settings())
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(2, "no such file or folder", str(missing[0]))
-    loaded, errors = check_paths(paths)
-    for rules in loaded:
-        print(f"ok: {rules.path} (source {rules.source}, {len(rules.rule_names)} rules)")
+    # Given paths extend the built-in rules as BRIDGE_MAPPINGS_DIR does; each merged source
+    # says which rules are built in, replaced, added or disabled.
+    loaded, errors = check_layers(paths, base=BUILTIN_DIR if args.paths else None)
+    for merged in loaded:
+        print("\n".join(merged.describe()))
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -302,9 +302,10 @@ class Bridge:
 
         return Webhooks(self)
 
-    def webhook(self, source: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """POST /api/webhooks/{source}: any JSON webhook through the source's mapping rules."""
-        return self.webhooks.handle(source, body, headers)
+    def webhook(self, source: str, body: bytes, headers: Mapping[str, str], method: str = "POST") -> Reply:
+        """POST /api/webhooks/{source}: any JSON webhook through the source's mapping rules;
+        OPTIONS: the CloudEvents webhook validation."""
+        return self.webhooks.handle(source, body, headers, method)
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""

@@ -69,7 +69,7 @@ def check_declarations(settings: Settings) -> None:
 
 
 def check_mappings(settings: Settings) -> None:
-    """The user's rule files (and the built-in ones they may replace) load, or start-up stops
+    """The user's rule files (and the built-in ones they extend) load, or start-up stops
     naming the file, rule and field. Without BRIDGE_MAPPINGS_DIR only the built-in rules are
     used, which the tests check, so cold starts do not pay for loading them."""
     from bridges.webhooks.handler import load_sources

@@ -109,7 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
             "answer never nears the Functions host's 230-second limit."),
     Setting("BRIDGE_MAPPINGS_DIR", "", optional_folder,
             "Folder of extra webhook mapping rule files (.yaml, .yml, .json); a file for a source that has built-in "
-            "rules replaces them. Checked at start-up."),
+            "rules extends them: its rules are added, one named like a built-in rule replaces it (`disabled: true` "
+            "removes it), its other blocks override key by key. Checked at start-up."),
     Setting("BRIDGE_IDEMPOTENCY_TTL_SECONDS", "259200", positive_number,
             "How long a webhook delivery id is remembered: a repeat within it is answered 200 `{\"duplicate\": true}` "
             "and not sent again (default 3 days, Stripe's retry window)."),

@@ -20,7 +20,8 @@ from bridges.webhooks.rule_files import BUILTIN_DIR
 from bridges.webhooks.rules import NO_RULE_MATCHED
 
 WEBHOOKS = Path(__file__).parent / "testdata" / "webhooks"
-SOURCES = ("alertmanager", "azure-monitor-alerts", "github", "gitlab", "grafana", "stripe")
+SOURCES = ("alertmanager", "azure-devops", "azure-eventgrid", "azure-monitor-alerts", "bitbucket", "github", "gitlab",
+           "grafana", "pagerduty", "sentry", "stripe")
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
@@ -66,14 +67,19 @@ def test_every_builtin_file_loads_and_names_its_source():
 @pytest.mark.parametrize(
     "source, scheme, secrets",
     [("github", "github", ["GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_PREVIOUS"]),
-     ("stripe", "stripe", ["STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS"])],
+     ("stripe", "stripe", ["STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS"]),
+     ("pagerduty", "pagerduty", ["PAGERDUTY_WEBHOOK_SECRET", "PAGERDUTY_WEBHOOK_SECRET_PREVIOUS"]),
+     ("sentry", "sentry", ["SENTRY_CLIENT_SECRET", "SENTRY_CLIENT_SECRET_PREVIOUS"]),
+     ("bitbucket", "bitbucket", ["BITBUCKET_WEBHOOK_SECRET", "BITBUCKET_WEBHOOK_SECRET_PREVIOUS"]),
+     ("azure-devops", "basic-auth", ["AZURE_DEVOPS_WEBHOOK_PASSWORD", "AZURE_DEVOPS_WEBHOOK_PASSWORD_PREVIOUS"]),
+     ("gitlab", "header-token", ["GITLAB_WEBHOOK_TOKEN", "GITLAB_WEBHOOK_TOKEN_PREVIOUS"])],
 )
 def test_signed_sources_name_their_scheme_and_secret_settings(source, scheme, secrets):
     signature = rules_of(source).signature
     assert (signature["scheme"], signature["secrets"]) == (scheme, secrets)
 
 
-@pytest.mark.parametrize("source", ["gitlab", "alertmanager", "grafana", "azure-monitor-alerts"])
+@pytest.mark.parametrize("source", ["alertmanager", "grafana", "azure-monitor-alerts", "azure-eventgrid"])
 def test_unsigned_sources_have_no_signature_block(source):
     assert rules_of(source).signature is None
 

@@ -168,7 +168,7 @@ def test_render_source_says_what_was_skipped_and_names_unknown_sources():
     assert done.returncode == 0 and done.stdout == b""
     assert "skipped: no rule matched: 1" in done.stderr.decode()
     done = run("render", "--source", "nobody", str(WEBHOOKS / "github" / "ping.json"))
-    assert done.returncode == 1 and "known: alertmanager, azure-monitor-alerts" in done.stderr.decode()
+    assert done.returncode == 1 and "known: alertmanager, azure-devops, azure-eventgrid, azure-monitor-alerts" in done.stderr.decode()
 
 
 def test_mappings_check_accepts_the_built_in_rules_and_names_file_rule_and_field_of_a_bad_one(tmp_path):

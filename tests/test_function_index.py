@@ -17,9 +17,9 @@ def indexed():
     return {f.get_function_name(): json.loads(f.get_function_json()) for f in app.get_functions()}
 
 
-def _keyed_post(route: str) -> list[dict]:
+def _keyed_post(route: str, methods: list[str] | None = None) -> list[dict]:
     return [
-        {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["POST"], "authLevel": "FUNCTION",
+        {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": methods or ["POST"], "authLevel": "FUNCTION",
          "route": route},
         {"direction": "OUT", "type": "http", "name": "$return"},
     ]
@@ -41,7 +41,7 @@ def test_every_function_and_its_bindings(indexed):
         "ingest_unleash_custom": _keyed_post("client/metrics/custom"),
         "ingest_unleash_client": _keyed_post("client/metrics"),
         "ingest_azure_monitor": _keyed_post("azure/{*resourceId}"),
-        "webhook": _keyed_post("webhooks/{source}"),
+        "webhook": _keyed_post("webhooks/{source}", ["POST", "OPTIONS"]),  # OPTIONS: the CloudEvents validation
         "health": _anonymous_get("health"),
         "openapi_document": _anonymous_get("openapi.json"),
         "deliver_accepted": [

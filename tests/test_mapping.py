@@ -190,10 +190,14 @@ def test_a_file_that_is_not_yaml_or_json_is_refused(tmp_path):
         load_file(tmp_path / "rules.toml")
 
 
-def test_later_folders_replace_earlier_sources():
+def test_later_folders_extend_earlier_sources():
     sources = load_sources([GOOD, DATA / "override"])
     assert sorted(sources) == ["alerts", "ci", "payments"]
-    assert sources["alerts"].path == DATA / "override" / "alerts.yaml"
+    alerts = sources["alerts"]
+    assert alerts.path == DATA / "override" / "alerts.yaml"
+    assert alerts.rule_names == ("firing alerts", "groups", "every delivery")
+    assert alerts.signature == load_file(GOOD / "alerts.json").signature
+    assert alerts.idempotency == {"expression": "body.groupKey"}
     assert sources["ci"].path == GOOD / "ci.yaml"
 
 
@@ -211,6 +215,225 @@ def test_a_bad_file_stops_start_up_and_a_missing_folder_too(tmp_path):
     assert Path(caught.value.file).parent == BAD
     with pytest.raises(MappingError, match="no such folder"):
         load_sources([tmp_path / "nowhere"])
+
+
+# --- a user's rule file extends the built-in one -------------------------------------------------
+
+EXTEND = DATA / "extend"
+GITHUB_CASES = Path(__file__).parent / "testdata" / "webhooks" / "github"
+RECEIVED = "2026-11-22T10:00:00Z"  # support.NOW_NS: metrics without a timestamp of their own
+BUILTIN_GITHUB = BUILTIN_DIR / "github.yaml"
+
+
+def _with_builtin_github(*folders: Path) -> dict:
+    """What start-up loads (``load_sources``: layers, the later extending the earlier) with the
+    built-in github file alone as the first layer, so the other built-in files do not matter."""
+    loaded, errors = check_paths([BUILTIN_GITHUB, *folders])
+    if errors:
+        raise errors[0]
+    return {rules.source: rules for rules in loaded}
+
+
+def _github_case(stem: str) -> tuple[object, dict, dict]:
+    """(body, headers, expected) of a real GitHub delivery from tests/testdata/webhooks/github/."""
+    case = GITHUB_CASES / f"{stem}.json"
+    return (json.loads(case.read_text()), json.loads(case.with_name(f"{stem}.headers.json").read_text()),
+            json.loads(case.with_name(f"{stem}.expected.json").read_text()))
+
+
+def _metrics(rules, body, headers) -> list[dict]:
+    decoded = rules.apply(body, headers, NOW_NS)
+    assert decoded.refused == []
+    normalized = Normalizer().normalize(decoded.items, NOW_NS)
+    assert normalized.errors == []
+    return [{k: v for k, v in m.to_json().items() if k != "description"} for m in normalized.metrics]
+
+
+def test_a_user_rule_is_added_and_the_built_in_github_rules_still_work_on_real_payloads():
+    builtin = load_file(BUILTIN_GITHUB)
+    github = _with_builtin_github(EXTEND / "adds")["github"]
+    assert github.rule_names == (*builtin.rule_names, "webhook pings")
+    assert (github.signature, github.idempotency) == (builtin.signature, builtin.idempotency)
+    cases = sorted(p.name.removesuffix(".expected.json") for p in GITHUB_CASES.glob("*.expected.json"))
+    assert "push_new_branch" in cases and "workflow_run_completed" in cases
+    for stem in cases:
+        body, headers, expected = _github_case(stem)
+        metrics = _metrics(github, body, headers)
+        if stem == "ping":
+            # the added rule; the built-in defaults (the repository tag) apply to it
+            assert metrics == [*expected["metrics"], {
+                "name": "github.webhook_pings", "counter": {"value": 1, "temporality": "delta"},
+                "tags": {"repository": "Octocoders/Hello-World", "hook": "109948940"}, "dt": RECEIVED}]
+        else:
+            assert metrics == expected["metrics"], stem
+        assert github.delivery_id(body, headers) == expected["delivery_id"]
+
+
+def test_a_same_named_rule_replaces_in_place_disabled_removes_and_blocks_merge_key_by_key():
+    github = _with_builtin_github(EXTEND / "overrides")["github"]
+    assert github.rule_names == ("workflow runs", "pushes", "merged pull requests")
+    assert github.signature == {"scheme": "github", "secrets": ["ACME_GITHUB_SECRET"]}
+    assert github.idempotency == {"header": "X-GitHub-Delivery"}  # not given: the built-in one
+    body, headers, expected = _github_case("push_new_branch")
+    assert _metrics(github, body, headers) == [{
+        "name": "github.pushes", "counter": {"value": 1, "temporality": "delta"},
+        "tags": {"repository": "Codertocat/Hello-World", "team": "platform", "pusher": "Codertocat"},
+        "dt": RECEIVED}]  # the replacing rule reads no timestamp
+    body, headers, expected = _github_case("workflow_run_completed")  # a built-in rule, with the user's default tag
+    assert _metrics(github, body, headers) == [
+        {**metric, "tags": {**metric["tags"], "team": "platform"}} for metric in expected["metrics"]]
+    body, headers, expected = _github_case("pull_request_merged")  # 'pull requests' is gone, 'merged' stays
+    assert [m["name"] for m in expected["metrics"]] == [
+        "github.pull_requests", "github.pull_requests.merged", "github.pull_request.time_to_merge"]
+    assert [m["name"] for m in _metrics(github, body, headers)] == [
+        "github.pull_requests.merged", "github.pull_request.time_to_merge"]
+
+
+def test_a_signature_of_another_scheme_replaces_the_block_and_other_keys_merge(tmp_path):
+    (tmp_path / "github.yaml").write_text("""
+source: github
+description: GitHub, through our proxy
+signature: {scheme: hmac-sha256, secrets: [PROXY_SECRET], header: X-Proxy-Signature}
+idempotency: {expression: body.hook_id}
+defaults: {namespace: acme}
+rules:
+  - {name: webhook pings, metrics: [{name: github.webhook_pings, type: counter}]}
+""")
+    github = _with_builtin_github(tmp_path)["github"]
+    assert github.description == "GitHub, through our proxy"
+    assert github.signature == {"scheme": "hmac-sha256", "secrets": ["PROXY_SECRET"], "header": "X-Proxy-Signature",
+                                "prefix": "", "encoding": "hex"}
+    assert github.idempotency == {"header": "X-GitHub-Delivery", "expression": "body.hook_id"}
+    body, headers, _ = _github_case("ping")
+    [ping] = github.apply(body, headers, NOW_NS).items
+    assert ping["namespace"] == "acme" and ping["tags"] == {"repository": "Octocoders/Hello-World"}
+
+
+def test_a_bad_user_rule_is_named_by_the_user_file_rule_and_field():
+    with pytest.raises(MappingError) as caught:
+        _with_builtin_github(EXTEND / "bad-rule")
+    error = caught.value
+    assert (error.file, error.rule, error.field) == (
+        str(EXTEND / "bad-rule" / "github.yaml"), "commit sizes", "/rules/1/metrics/0/value")
+    assert "not a valid JMESPath expression" in error.message
+
+
+def test_disabling_a_rule_the_built_in_file_does_not_have_is_an_error():
+    with pytest.raises(MappingError) as caught:
+        _with_builtin_github(EXTEND / "disable-unknown")
+    error = caught.value
+    assert (error.file, error.rule, error.field) == (str(EXTEND / "disable-unknown" / "github.yaml"), "push",
+                                                     "/rules/0/disabled")
+    assert f"no rule of this name is in {BUILTIN_GITHUB}" in error.message
+    assert "'pushes'" in error.message  # the names it could have meant
+
+
+def test_a_disabled_rule_has_only_its_name_and_nothing_to_disable_without_a_built_in_file(tmp_path):
+    (tmp_path / "github.yaml").write_text(
+        "source: github\nrules:\n  - {name: pushes, disabled: true, filter: body.ref}\n")
+    with pytest.raises(MappingError) as caught:
+        _with_builtin_github(tmp_path)
+    assert (caught.value.rule, caught.value.field) == ("pushes", "/rules/0/filter")
+    assert "has only 'name' and 'disabled'" in caught.value.message
+    (tmp_path / "github.yaml").write_text("source: github\nrules:\n  - {name: pushes, disabled: false}\n")
+    with pytest.raises(MappingError, match="'metrics' is a required property"):
+        _with_builtin_github(tmp_path)
+    (tmp_path / "github.yaml").unlink()
+    (tmp_path / "shop.yaml").write_text("source: shop\nrules:\n  - {name: orders, disabled: true}\n")
+    with pytest.raises(MappingError) as caught:
+        _with_builtin_github(tmp_path)
+    assert (caught.value.file, caught.value.field) == (str(tmp_path / "shop.yaml"), "/rules/0/disabled")
+    assert "no built-in rule file" in caught.value.message
+
+
+def test_a_user_file_for_a_source_without_a_built_in_file_is_used_as_written():
+    sources = _with_builtin_github(EXTEND / "new-source")
+    assert sources["shop"].path == EXTEND / "new-source" / "shop.yaml"
+    assert sources["shop"].rule_names == ("orders",)
+    assert sources["github"].rule_names == load_file(BUILTIN_GITHUB).rule_names
+
+
+def test_a_signed_github_delivery_through_the_webhook_route_meets_the_merged_rules(settings_env, monkeypatch, tmp_path):
+    """End to end as a user sees it: BRIDGE_MAPPINGS_DIR holds overrides/github.yaml, GitHub
+    signs a real push with the secret the user's file names, the outbox gets the merged rules'
+    metrics."""
+    import hashlib
+    import hmac
+
+    import azure.functions as func
+    from support import drain, outbox_lines, use_bridge
+
+    from bridges.triggers.http import webhook
+    from bridges.webhooks import rule_files
+
+    builtin_dir = tmp_path / "mappings"  # the built-in github file alone: the others are not what this is about
+    builtin_dir.mkdir()
+    (builtin_dir / "github.yaml").write_text(BUILTIN_GITHUB.read_text())
+    monkeypatch.setattr(rule_files, "BUILTIN_DIR", builtin_dir)
+    secret = "acme-github-secret-0123456789"
+    monkeypatch.setenv("ACME_GITHUB_SECRET", secret)
+    bridge = use_bridge({**settings_env, "BRIDGE_MAPPINGS_DIR": str(EXTEND / "overrides"),
+                         "BRIDGE_STATE_DIR": str(tmp_path / "state")})
+
+    def deliver(stem: str, key: str) -> int:
+        raw = (GITHUB_CASES / f"{stem}.json").read_bytes()
+        headers = json.loads((GITHUB_CASES / f"{stem}.headers.json").read_text())
+        headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(key.encode(), raw, hashlib.sha256).hexdigest()
+        request = func.HttpRequest("POST", "http://localhost/api/webhooks/github", headers=headers, body=raw,
+                                   route_params={"source": "github"})
+        return webhook(request).status_code
+
+    assert deliver("push_new_branch", "the-built-in-secret-setting-is-not-named-any-more") == 401
+    assert deliver("push_new_branch", secret) == 202
+    assert deliver("workflow_run_completed", secret) == 202
+    drain(bridge)
+    written = [(m["name"], m.get("tags", {})) for m in outbox_lines(bridge)]
+    assert ("github.pushes", {"repository": "Codertocat/Hello-World", "team": "platform", "pusher": "Codertocat"}) in written
+    assert "github.commits" not in [name for name, _ in written]  # the replacing rule has one metric
+    assert {name for name, tags in written if tags.get("team") == "platform"} >= {
+        "github.workflow_run.duration", "github.workflow_runs"}  # built-in rules, with the user's default tag
+
+
+def test_mappings_check_shows_each_merged_source_and_keeps_its_exit_codes(capsys, monkeypatch, tmp_path):
+    from bridges.__main__ import main
+    from bridges.webhooks import rule_files
+
+    builtin_dir = tmp_path / "mappings"  # two of the built-in files: the others are not what this is about
+    builtin_dir.mkdir()
+    for name in ("github.yaml", "stripe.yaml"):
+        (builtin_dir / name).write_text((BUILTIN_DIR / name).read_text())
+    monkeypatch.setattr(rule_files, "BUILTIN_DIR", builtin_dir)
+    user = EXTEND / "overrides" / "github.yaml"
+    builtin = builtin_dir / "github.yaml"
+    merged = [
+        f"ok: source github (3 rules): {builtin} extended by {user}",
+        f"  rule 'workflow runs': from {builtin}",
+        f"  rule 'pushes': replaced by {user}",
+        f"  rule 'pull requests': disabled by {user}",
+        f"  rule 'merged pull requests': from {builtin}",
+        f"  signature, defaults: overridden by {user}",
+    ]
+    # a folder given is checked on top of the built-in files, as start-up does; only what it touches is shown
+    assert main(["mappings", "check", str(EXTEND / "overrides")]) == 0
+    assert capsys.readouterr().out.splitlines() == merged
+    # by default, the built-in files and BRIDGE_MAPPINGS_DIR: every source, github merged
+    monkeypatch.setenv("BRIDGE_MAPPINGS_DIR", str(EXTEND / "overrides"))
+    assert main(["mappings", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "\n".join(merged) in out and f"ok: {builtin_dir / 'stripe.yaml'} (source stripe, " in out
+    # an added rule, and a source of its own, unmerged
+    assert main(["mappings", "check", str(EXTEND / "adds"), str(EXTEND / "new-source")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  rule 'webhook pings': added by {EXTEND / 'adds' / 'github.yaml'}" in lines
+    assert f"ok: {EXTEND / 'new-source' / 'shop.yaml'} (source shop, 1 rules)" in lines
+    # errors name the user's file and exit 1
+    assert main(["mappings", "check", str(EXTEND / "bad-rule"), str(EXTEND / "new-source")]) == 1
+    out, err = capsys.readouterr()
+    assert "source github" not in out and "source shop" in out
+    assert f"error: {EXTEND / 'bad-rule' / 'github.yaml'}: rule 'commit sizes' at /rules/1/metrics/0/value:" in err
+    # the built-in folder given: checked as it is, nothing added
+    assert main(["mappings", "check", str(builtin_dir)]) == 0
+    assert f"ok: {builtin} (source github, " in capsys.readouterr().out
 
 
 # --- what a payload becomes ----------------------------------------------------------------------

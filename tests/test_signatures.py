@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import NOW_NS
+from support import NOW_NS, load_file
 
+from bridges.webhooks.rule_files import BUILTIN_DIR
 from bridges.webhooks.signatures import SCHEMES, verify
 
 NOW = NOW_NS // 1_000_000_000  # 2026-11-22T10:00:00Z in unix seconds
@@ -163,6 +166,115 @@ def test_generic_hmac_sha256_wants_its_prefix_and_encoding():
     assert verify(rule, {"x-signature": GENERIC_HEX}, GENERIC_BODY, ["generic-secret"], NOW) == "X-Signature header malformed"
 
 
+# PagerDuty, Sentry and Bitbucket publish the rule but no signed example with its secret. These
+# digests were computed outside Python with `openssl dgst -sha256 -hmac <secret>` over the body.
+
+# PagerDuty (developer-docs 04-Signatures.md): one v1 per active secret, comma-separated; any match.
+PD_BODY = b'{"event":{"id":"01DEN4HPBQAL0IXFKZ2YAEUPCQ","event_type":"incident.triggered","resource_type":"incident"}}'
+PD_OLD = "d2e6008d778165399d3680ed8c80afe78c663a4ed3f002b5747894c182b52663"  # key pd-secret-old
+PD_NEW = "1aad51178ee32f7f5b286c1a4eacd3d066a1f6d7f27caf7cb8b1266e57addbb5"  # key pd-secret-new
+
+
+def test_pagerduty_vector_during_a_pagerduty_side_rotation():
+    headers = {"x-pagerduty-signature": f"v1={PD_OLD},v1={PD_NEW}"}
+    for secrets in (["pd-secret-old"], ["pd-secret-new"], ["other", "pd-secret-new"]):
+        assert verify(spec("pagerduty"), headers, PD_BODY, secrets, NOW) is None
+    assert verify(spec("pagerduty"), headers, PD_BODY, ["other"], NOW) == "no signature matched"
+    assert verify(spec("pagerduty"), headers, PD_BODY + b"\n", ["pd-secret-new"], NOW) == "no signature matched"
+
+
+def test_pagerduty_ignores_other_versions_and_unreadable_entries():
+    headers = {"x-pagerduty-signature": f"v2={PD_NEW}, v1=zz, v1={PD_NEW.upper()}"}
+    assert verify(spec("pagerduty"), headers, PD_BODY, ["pd-secret-new"], NOW) is None
+    only_others = {"x-pagerduty-signature": f"v2={PD_NEW},v0={PD_NEW}"}
+    assert verify(spec("pagerduty"), only_others, PD_BODY, ["pd-secret-new"], NOW) == \
+        "X-PagerDuty-Signature header has no v1 signature"
+
+
+# Sentry signs the string it posts, json.dumps of the event (getsentry/sentry AppPlatformEvent.body),
+# with the integration's client secret, bare hex; this body is in that form.
+SENTRY_BODY = (b'{"action": "created", "installation": {"uuid": "a8e5d37a-696c-4c54-adb5-b3f28d64c7de"}, '
+               b'"data": {}, "actor": {"type": "application", "id": "sentry", "name": "Sentry"}}')
+SENTRY_SIG = "025a8ec49ab7038128df7c9aecbfb65abd0e9f34362b0d358c2e604e8f1b28b5"  # key sentry-client-secret
+
+
+def test_sentry_vector_is_checked_over_the_raw_body():
+    headers = {"sentry-hook-signature": SENTRY_SIG, "sentry-hook-timestamp": "1566248318"}
+    assert verify(spec("sentry"), headers, SENTRY_BODY, ["sentry-client-secret"], NOW) is None
+    # The docs' snippet re-serialises the parsed body; the bridge does not, so any other form fails.
+    compact = SENTRY_BODY.replace(b": ", b":").replace(b", ", b",")
+    assert verify(spec("sentry"), headers, compact, ["sentry-client-secret"], NOW) == "no signature matched"
+
+
+BITBUCKET_BODY = b'{"push":{"changes":[]}}'
+BITBUCKET_SIG = "ecb6f059e4514fb78fde3d6a62a365fb264b51df6de59066bc0733deae871f96"  # key bitbucket-secret
+
+
+def test_bitbucket_vector_and_githubs_legacy_sha1_form_is_refused():
+    headers = {"x-hub-signature": "sha256=" + BITBUCKET_SIG}
+    assert verify(spec("bitbucket"), headers, BITBUCKET_BODY, ["bitbucket-secret"], NOW) is None
+    sha1 = {"x-hub-signature": "sha1=" + "0" * 40}
+    assert verify(spec("bitbucket"), sha1, BITBUCKET_BODY, ["bitbucket-secret"], NOW) == "X-Hub-Signature header malformed"
+
+
+# RFC 7617 section 2's example: user "Aladdin", password "open sesame".
+ALADDIN = {"authorization": "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="}
+
+
+def test_basic_auth_rfc7617_vector():
+    assert verify(spec("basic-auth"), ALADDIN, b"{}", ["open sesame"], NOW) is None
+    assert verify(spec("basic-auth", username="Aladdin"), ALADDIN, b"{}", ["open sesame"], NOW) is None
+    assert verify(spec("basic-auth", username="Jafar"), ALADDIN, b"{}", ["open sesame"], NOW) == "no signature matched"
+    assert verify(spec("basic-auth"), ALADDIN, b"{}", ["open sesame!"], NOW) == "no signature matched"
+    # The scheme name is case-insensitive (RFC 7617 section 2, RFC 9110 section 11.1).
+    shouted = {"authorization": "BASIC QWxhZGRpbjpvcGVuIHNlc2FtZQ=="}
+    assert verify(spec("basic-auth"), shouted, b"{}", ["open sesame"], NOW) is None
+
+
+def test_basic_auth_password_may_hold_colons_and_non_ascii():
+    token = base64.b64encode("azure-devops:pa:ss wörd".encode()).decode()
+    headers = {"authorization": f"Basic {token}"}
+    assert verify(spec("basic-auth"), headers, b"{}", ["pa:ss wörd"], NOW) is None
+    assert verify(spec("basic-auth"), headers, b"{}", ["pa"], NOW) == "no signature matched"
+
+
+def test_bearer_or_other_authorization_is_not_basic_credentials():
+    for value in ("Bearer abc.def.ghi", "Digest username=x", "Basic", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="):
+        reason = verify(spec("basic-auth"), {"authorization": value}, b"{}", ["open sesame"], NOW)
+        assert reason in ("Authorization header is not Basic credentials", "Authorization header malformed"), value
+
+
+def test_header_token_is_gitlabs_x_gitlab_token():
+    # GitLab sends the webhook's secret token as it is (gitlabhq doc/user/project/integrations/webhooks.md).
+    rule_ = spec("header-token", header="X-Gitlab-Token")
+    assert verify(rule_, {"x-gitlab-token": "glwt-0123456789abcdef"}, b"{}", ["glwt-0123456789abcdef"], NOW) is None
+    assert verify(rule_, {"x-gitlab-token": "glwt-0123456789abcdeF"}, b"{}", ["glwt-0123456789abcdef"], NOW) == \
+        "no signature matched"
+    assert verify(rule_, {"x-gitlab-token": "glwt"}, b"{}", ["glwt-0123456789abcdef"], NOW) == "no signature matched"
+    assert verify(rule_, {}, b"{}", ["glwt-0123456789abcdef"], NOW) == "X-Gitlab-Token header missing"
+
+
+# --- the built-in rule files' signed samples ---------------------------------------------------------
+
+SAMPLE_SECRET = "webhook-test-secret"  # what tests/testdata/webhooks/README.md says the samples are signed with
+SIGNED_SAMPLES = sorted(
+    case for source in ("pagerduty", "sentry", "bitbucket", "azure-devops", "gitlab")
+    for case in (Path(__file__).parent / "testdata" / "webhooks" / source).glob("*.headers.json")
+)
+
+
+@pytest.mark.parametrize("headers_file", SIGNED_SAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_builtin_samples_carry_valid_credentials_for_their_own_scheme(headers_file):
+    signature = load_file(BUILTIN_DIR / f"{headers_file.parent.name}.yaml").signature
+    body = headers_file.with_name(headers_file.name.replace(".headers.json", ".json")).read_bytes()
+    headers = {name.lower(): value for name, value in json.loads(headers_file.read_text()).items()}
+    assert verify(signature, headers, body, [SAMPLE_SECRET], NOW) is None
+    assert verify(signature, headers, body, ["another-secret", SAMPLE_SECRET], NOW) is None  # rotation
+    assert verify(signature, headers, body, ["another-secret"], NOW) == "no signature matched"
+    if signature["scheme"] not in ("basic-auth", "header-token"):  # plain credentials do not cover the body
+        assert verify(signature, headers, body.replace(b'"', b"'", 1), [SAMPLE_SECRET], NOW) == "no signature matched"
+
+
 # --- every scheme alike: a request this test signs itself ---------------------------------------------
 
 def _hmac(secret: str | bytes, message: bytes) -> bytes:
@@ -195,6 +307,16 @@ def signed(scheme: str, secret: str, body: bytes = BODY, ts: int = NOW) -> dict[
                 "webhook-signature": "v1," + base64.b64encode(digest).decode()}
     if scheme == "shopify":
         return {"x-shopify-hmac-sha256": base64.b64encode(_hmac(secret, body)).decode()}
+    if scheme == "pagerduty":
+        return {"x-pagerduty-signature": "v1=" + _hmac(secret, body).hex()}
+    if scheme == "sentry":
+        return {"sentry-hook-signature": _hmac(secret, body).hex()}
+    if scheme == "bitbucket":
+        return {"x-hub-signature": "sha256=" + _hmac(secret, body).hex()}
+    if scheme == "basic-auth":  # credentials, not a signature: the body plays no part
+        return {"authorization": "Basic " + base64.b64encode(f"bridge:{secret}".encode()).decode()}
+    if scheme == "header-token":
+        return {"x-token": secret}
     assert scheme == "hmac-sha256"
     return {"x-signature": "sha256=" + _hmac(secret, body).hex()}
 
@@ -202,20 +324,36 @@ def signed(scheme: str, secret: str, body: bytes = BODY, ts: int = NOW) -> dict[
 def rule(scheme: str, **extra) -> dict:
     if scheme == "hmac-sha256":
         extra = {"header": "X-Signature", "prefix": "sha256=", **extra}
+    if scheme == "header-token":
+        extra = {"header": "X-Token", **extra}
+    if scheme == "basic-auth":
+        extra = {"username": "bridge", **extra}
     return spec(scheme, **extra)
 
 
 SIGNATURE_HEADER = {"github": "x-hub-signature-256", "stripe": "stripe-signature", "slack": "x-slack-signature",
-                    "standard-webhooks": "webhook-signature", "shopify": "x-shopify-hmac-sha256", "hmac-sha256": "x-signature"}
+                    "standard-webhooks": "webhook-signature", "shopify": "x-shopify-hmac-sha256", "hmac-sha256": "x-signature",
+                    "pagerduty": "x-pagerduty-signature", "sentry": "sentry-hook-signature", "bitbucket": "x-hub-signature",
+                    "basic-auth": "authorization", "header-token": "x-token"}
 DIGEST_START = {"github": len("sha256="), "stripe": len(f"t={NOW},v1="), "slack": len("v0="),
-                "standard-webhooks": len("v1,"), "shopify": 0, "hmac-sha256": len("sha256=")}
+                "standard-webhooks": len("v1,"), "shopify": 0, "hmac-sha256": len("sha256="), "pagerduty": len("v1="),
+                "sentry": 0, "bitbucket": len("sha256="), "basic-auth": len("Basic "), "header-token": 0}
 TIMED = ("stripe", "slack", "standard-webhooks")
+CREDENTIALS = ("basic-auth", "header-token")  # a secret sent as it is: nothing covers the body
 all_schemes = pytest.mark.parametrize("scheme", SCHEMES)
+signing_schemes = pytest.mark.parametrize("scheme", [s for s in SCHEMES if s not in CREDENTIALS])
 timed_schemes = pytest.mark.parametrize("scheme", TIMED)
 
 
 def test_the_supported_schemes():
-    assert SCHEMES == ("github", "stripe", "slack", "standard-webhooks", "shopify", "hmac-sha256")
+    assert SCHEMES == ("github", "stripe", "slack", "standard-webhooks", "shopify", "hmac-sha256", "pagerduty", "sentry",
+                       "bitbucket", "basic-auth", "header-token")
+
+
+@pytest.mark.parametrize("scheme", CREDENTIALS)
+def test_credential_schemes_do_not_cover_the_body(scheme):
+    # What basic-auth and header-token cannot do, stated: the same credentials pass with any body.
+    assert verify(rule(scheme), signed(scheme, SECRET_A), BODY + b"tampered", [SECRET_A], NOW) is None
 
 
 @all_schemes
@@ -223,7 +361,7 @@ def test_an_authentic_request_passes(scheme):
     assert verify(rule(scheme), signed(scheme, SECRET_A), BODY, [SECRET_A], NOW) is None
 
 
-@all_schemes
+@signing_schemes
 def test_one_flipped_body_byte_fails(scheme):
     for index in (0, len(BODY) // 2, len(BODY) - 1):
         tampered = bytearray(BODY)
@@ -322,6 +460,14 @@ MALFORMED = {
     "shopify": {"x-shopify-hmac-sha256": ["not base64!", "AAAA", "sha256=" + "0" * 64, "é" * 44,
                                           "fp5HwmAHEVGQQwJU1KRpk57Ts2YHF6/TLOCczCtB5bs"]},  # unpadded
     "hmac-sha256": {"x-signature": ["sha256=", "sha256:" + "0" * 64, "0" * 64, "sha256=" + "x" * 64]},
+    "pagerduty": {"x-pagerduty-signature": ["v1", "v1=", "v1=" + "0" * 63, "v2=" + "0" * 64, ",,,", "v1:" + "0" * 64,
+                                            "v1=" + "g" * 64, "v1=٣" + "0" * 63, "=" + "0" * 64]},
+    "sentry": {"sentry-hook-signature": ["sha256=" + "0" * 64, "0" * 63, "0" * 65, "z" * 64, "٣" + "0" * 63]},
+    "bitbucket": {"x-hub-signature": ["sha256", "sha256=", "sha1=" + "0" * 40, "sha256=" + "0" * 63, "SHA256=" + "0" * 64,
+                                      "0" * 64]},
+    "basic-auth": {"authorization": ["Basic", "Basic ", "Basic ***", "Basic QWxhZGRpbg==", "Basic QWxhZGRpbjpvcGVu",
+                                     "Bearer QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "Basic é", "Basicx QWxhZGRpbjpvcGVuIHNlc2FtZQ=="]},
+    "header-token": {"x-token": ["x", "é" * 40, "\ud800", "Bearer " + "0" * 40]},
 }
 
 
@@ -340,7 +486,7 @@ def test_reasons_never_contain_the_secret_or_a_signature():
         good = signed(scheme, SECRET_A)
         attempts = [
             (signed(scheme, SECRET_C), BODY),  # wrong secret
-            (good, BODY + b"!"),  # tampered body
+            *([(good, BODY + b"!")] if scheme not in CREDENTIALS else []),  # tampered body
             *([(signed(scheme, SECRET_A, ts=NOW - 3600), BODY)] if scheme in TIMED else []),  # replay
             *(({**good, name: value}, BODY) for name, values in MALFORMED[scheme].items() for value in values),
             *(({k: v for k, v in good.items() if k != name}, BODY) for name in good),
@@ -413,3 +559,39 @@ def test_fuzzed_standard_webhooks_signatures_never_raise(entries, separator):
     headers = {**signed("standard-webhooks", SECRET_A), "webhook-signature": value}
     reason = verify(rule("standard-webhooks"), headers, BODY, [SECRET_A], NOW)
     assert isinstance(reason, str) and reason
+
+
+# --- the schema's side of the new schemes --------------------------------------------------------------
+
+def _checked(signature: dict):
+    from bridges.webhooks.rule_files import check_document
+
+    document = {"source": "s", "signature": signature, "rules": [{"name": "r", "metrics": [{"name": "s.x", "type": "counter"}]}]}
+    return check_document(document, "s.yaml")
+
+
+@pytest.mark.parametrize("signature", [
+    {"scheme": "pagerduty", "secrets": ["PD_SECRET", "PD_SECRET_PREVIOUS"]},
+    {"scheme": "sentry", "secrets": ["SENTRY_CLIENT_SECRET"]},
+    {"scheme": "bitbucket", "secrets": ["BB_SECRET"]},
+    {"scheme": "basic-auth", "secrets": ["ADO_PASSWORD"]},
+    {"scheme": "basic-auth", "username": "azure-devops", "secrets": ["ADO_PASSWORD", "ADO_PASSWORD_PREVIOUS"]},
+    {"scheme": "header-token", "header": "X-Gitlab-Token", "secrets": ["GITLAB_TOKEN"]},
+])
+def test_rule_files_accept_the_new_schemes(signature):
+    rules, errors = _checked(signature)
+    assert errors == [] and rules is not None
+    assert {k: v for k, v in rules.signature.items() if k != "secrets"} == {k: v for k, v in signature.items() if k != "secrets"}
+
+
+@pytest.mark.parametrize("signature, message", [
+    ({"scheme": "header-token", "secrets": ["T"]}, "'header' is a required property"),
+    ({"scheme": "bitbucket", "header": "X-Hub-Signature", "secrets": ["T"]}, "'header' is for the hmac-sha256 and header-token schemes only"),
+    ({"scheme": "header-token", "header": "X-Token", "prefix": "v1=", "secrets": ["T"]}, "'prefix' is for the hmac-sha256 scheme only"),
+    ({"scheme": "pagerduty", "username": "u", "secrets": ["T"]}, "'username' is for the basic-auth scheme only"),
+    ({"scheme": "basic-auth", "username": "a:b", "secrets": ["T"]}, "does not match"),
+    ({"scheme": "sentry", "tolerance_seconds": 60, "secrets": ["T"]}, "'tolerance_seconds' is for the stripe, slack"),
+])
+def test_rule_files_refuse_fields_a_scheme_does_not_take(signature, message):
+    rules, errors = _checked(signature)
+    assert rules is None and errors and message in str(errors[0])

@@ -102,10 +102,13 @@ def ingest_azure_monitor(req: func.HttpRequest) -> func.HttpResponse:
     return _receive(azure_monitor, req)
 
 
-@blueprint.route(route="webhooks/{source}", methods=["POST"])
+@blueprint.route(route="webhooks/{source}", methods=["POST", "OPTIONS"])
 def webhook(req: func.HttpRequest) -> func.HttpResponse:
-    """Any JSON webhook, turned into metrics by the source's mapping rules."""
-    return _answer(lambda bridge: bridge.webhook(req.route_params.get("source", ""), req.get_body(), dict(req.headers)))
+    """Any JSON webhook, turned into metrics by the source's mapping rules; OPTIONS answers the
+    CloudEvents webhook validation (WebHook-Request-Origin), which Event Grid sends to an
+    endpoint subscribed with the CloudEvents schema."""
+    return _answer(lambda bridge: bridge.webhook(
+        req.route_params.get("source", ""), req.get_body(), dict(req.headers), req.method))
 
 
 @blueprint.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -404,10 +404,15 @@ output remoteWriteUrl string = '${functionAppUrl}/api/v1/write'
 @description('Webhook URL per built-in source (mappings/): give these to the third parties, with a function key.')
 output webhookUrls object = {
   alertmanager: '${functionAppUrl}/api/webhooks/alertmanager'
+  'azure-devops': '${functionAppUrl}/api/webhooks/azure-devops'
+  'azure-eventgrid': '${functionAppUrl}/api/webhooks/azure-eventgrid'
   'azure-monitor-alerts': '${functionAppUrl}/api/webhooks/azure-monitor-alerts'
+  bitbucket: '${functionAppUrl}/api/webhooks/bitbucket'
   github: '${functionAppUrl}/api/webhooks/github'
   gitlab: '${functionAppUrl}/api/webhooks/gitlab'
   grafana: '${functionAppUrl}/api/webhooks/grafana'
+  pagerduty: '${functionAppUrl}/api/webhooks/pagerduty'
+  sentry: '${functionAppUrl}/api/webhooks/sentry'
   stripe: '${functionAppUrl}/api/webhooks/stripe'
 }
 

@@ -302,10 +302,12 @@ class Bridge:
 
         return Webhooks(self)
 
-    def webhook(self, source: str, body: bytes, headers: Mapping[str, str], method: str = "POST") -> Reply:
+    def webhook(self, source: str, body: bytes, headers: Mapping[str, str], method: str = "POST",
+                params: Mapping[str, str] | None = None) -> Reply:
         """POST /api/webhooks/{source}: any JSON webhook through the source's mapping rules;
-        OPTIONS: the CloudEvents webhook validation."""
-        return self.webhooks.handle(source, body, headers, method)
+        OPTIONS: the CloudEvents webhook validation. ``params`` (the query parameters) reach only
+        the signature check (a shared secret in the URL, as Event Grid sends it)."""
+        return self.webhooks.handle(source, body, headers, method, params)
 
     def health(self) -> Reply:
         """GET /api/health: version, sinks and configuration problems; never a secret."""

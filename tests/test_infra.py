@@ -801,6 +801,10 @@ def test_workbook_charts_only_metrics_the_bridge_emits(app_settings):
     checks = metrics_of([result], "westeurope", 0)
     assert {m.name for m in own} == {f"bridge_{name}_total" for name in selfmetrics.COUNTS} | {"bridge_delivery_seconds"}
     emitted = {m.name: {k for k, _ in m.tags} for m in own + checks}
+    for sample in (ROOT / "tests" / "testdata" / "webhooks").glob("*/*.expected.json"):
+        expected = json.loads(sample.read_text())
+        for item in expected["metrics"] if isinstance(expected, dict) else expected:  # what the built-in rules emit
+            emitted.setdefault(metric_name(item["name"]), set()).update(item.get("tags", {}))
     namespace = app_settings["AZURE_MONITOR_NAMESPACE"]
     assert namespace == DEFAULTS["AZURE_MONITOR_NAMESPACE"]
     charted = {}
@@ -945,3 +949,101 @@ def test_senders_can_be_restricted_to_their_published_ranges(main, module_templa
     rules = _text(app.property(site, "ipSecurityRestrictions"))
     assert rules.startswith("[for (sender, index) in allowedSenders:") and "action: 'Allow'" in rules
     assert "allowedSenders" in (ROOT / "docs" / "webhooks.md").read_text()  # and the docs say when to use it
+
+
+# --------------------------------------------------------------------------- Event Grid subscription
+
+
+def test_key_vault_events_are_subscribed_only_under_their_parameter(main, module_templates):
+    """subscribeKeyVaultEvents (off by default) adds an Event Grid system topic on the template's
+    Key Vault and a WebHook subscription to the azure-eventgrid route; nothing else creates
+    Event Grid resources."""
+    assert main.value(main.params["subscribeKeyVaultEvents"][0]) is False
+    assert "bool" in _text(main.root).split("param subscribeKeyVaultEvents", 1)[1].split("=", 1)[0]
+    path, body = main.modules["keyVaultEvents"]
+    assert path == "modules/eventgrid.bicep"
+    declaration = next(n for n in _named(main.root) if n.type == "module_declaration"
+                       and _text(_named(n)[0]) == "keyVaultEvents")
+    assert _text(declaration).split("{", 1)[0].rstrip().endswith("= if (subscribeKeyVaultEvents)")
+    params = main.property(body, "params")
+    assert _text(main.property(params, "keyVaultName")) == "keyVault.outputs.name"
+    assert _text(main.property(params, "functionAppName")) == "app.outputs.name"
+    for name, template in module_templates.items():  # Event Grid resources live in that module alone
+        kinds = [kind for _, kind, _ in template.resources if kind.startswith("Microsoft.EventGrid/")]
+        assert not kinds or name == "eventgrid.bicep", name
+    for other, (_, other_body) in main.modules.items():
+        assert other == "keyVaultEvents" or main.modules[other][0] != path
+    given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert given["subscribeKeyVaultEvents"]["value"] == "${SUBSCRIBE_KEY_VAULT_EVENTS=false}"
+    assert "SUBSCRIBE_KEY_VAULT_EVENTS" in DEPLOY_DOC.read_text()
+
+
+def test_the_subscription_delivers_key_vault_expiry_to_the_webhook_route(main, module_templates):
+    events = module_templates["eventgrid.bicep"]
+    topic = _find_resource(events, "Microsoft.EventGrid/systemTopics@")
+    subscription = _find_resource(events, "Microsoft.EventGrid/systemTopics/eventSubscriptions@")
+    kinds = {kind for _, kind, _ in events.resources if kind.startswith("Microsoft.EventGrid/")}
+    assert kinds == {"Microsoft.EventGrid/systemTopics@2025-02-15",
+                     "Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15"}  # the current GA version
+    assert events.value(events.property(topic, "properties", "topicType")) == "Microsoft.KeyVault.vaults"
+    vault = next(symbol for symbol, kind, _ in events.resources if kind.startswith("Microsoft.KeyVault/vaults@"))
+    assert _text(events.property(topic, "properties", "source")) == f"{vault}.id"
+    assert _text(events.property(subscription, "parent")) == next(
+        symbol for symbol, kind, _ in events.resources if kind.startswith("Microsoft.EventGrid/systemTopics@"))
+    props = events.property(subscription, "properties")
+    assert events.value(events.property(props, "eventDeliverySchema")) == "EventGridSchema"
+    assert events.value(events.property(props, "destination", "endpointType")) == "WebHook"
+    assert _text(events.property(props, "filter", "includedEventTypes")) == "includedEventTypes"
+    # The event types are those the built-in rule file's Key Vault rule charts.
+    types = main.var("keyVaultExpiryEventTypes")
+    assert _text(main.property(main.modules["keyVaultEvents"][1], "params", "includedEventTypes")) == (
+        "keyVaultExpiryEventTypes")
+    rule = next(r for r in yaml.safe_load((ROOT / "mappings" / "azure-eventgrid.yaml").read_text())["rules"]
+                if r["name"] == "key vault expiry")
+    assert sorted(types) == sorted(re.findall(r"'(Microsoft\.KeyVault\.[A-Za-z]+)'", rule["filter"]))
+    assert len(types) == 6
+    # The endpoint: the app's host, the webhook route of the azure-eventgrid source, the default
+    # function key in code (what the host checks) and the shared secret in the parameter the
+    # rule file's shared-secret scheme reads.
+    url = _text(events.property(props, "destination", "properties", "endpointUrl"))[1:-1]  # as written
+    app = next(symbol for symbol, kind, _ in events.resources if kind.startswith("Microsoft.Web/sites@"))
+    host = next(symbol for symbol, kind, _ in events.resources if kind.startswith("Microsoft.Web/sites/host@"))
+    assert url == (f"https://${{{app}.properties.defaultHostName}}/${{webhookPath}}"
+                   f"?code=${{uriComponent({host}.listKeys().functionKeys.default)}}${{secretQuery}}")
+    assert events.value(events.property(_find_resource(events, "Microsoft.Web/sites/host@"), "name")) == "default"
+    prefix = json.loads((ROOT / "host.json").read_text())["extensions"]["http"]["routePrefix"]
+    path = main.value(main.property(main.modules["keyVaultEvents"][1], "params", "webhookPath"))
+    assert path == f"{prefix}/webhooks/azure-eventgrid"
+    signature = yaml.safe_load((ROOT / "mappings" / "azure-eventgrid.yaml").read_text())["signature"]
+    assert signature["scheme"] == "shared-secret"
+    assert events.rendered(events.vars["secretQuery"].named_children[-1]) == (
+        f"&{signature['query']}=${{uriComponent(sharedSecret)}}")
+    assert _text(events.vars["secretQuery"]).startswith("empty(sharedSecret) ? '' : ")
+    # The secret comes from the same secret setting the app checks it against.
+    given = _text(main.property(main.modules["keyVaultEvents"][1], "params", "sharedSecret"))
+    assert given == (f"contains(secretSettings, '{signature['secrets'][0]}') ? "
+                     f"secretSettings.{signature['secrets'][0]} : ''")
+    assert "@secure()" in events.params["sharedSecret"][1]
+
+
+def test_neither_the_function_key_nor_the_secret_is_an_output(main, module_templates):
+    events = module_templates["eventgrid.bicep"]
+    assert events.outputs == {}
+    for template in [main, *module_templates.values()]:
+        for name, node in template.outputs.items():
+            text = _text(node)
+            assert "listKeys" not in text and "keyVaultEvents" not in text, (template.path.name, name)
+            assert "sharedSecret" not in text and "EVENTGRID_WEBHOOK_SECRET" not in text, (template.path.name, name)
+
+
+def test_the_dora_charts_are_the_ones_readme_explains():
+    """Every metric the workbook's DORA section charts is named in README's "DORA metrics"
+    section, which says which events give it."""
+    workbook = json.loads(WORKBOOK.read_text())
+    dora = [item for item in workbook["items"] if item["name"].startswith("dora-") and item["type"] == 10]
+    charted = {metric["metric"].partition("--")[2] for item in dora for metric in item["content"]["metrics"]}
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## DORA metrics", 1)[1].split("\n## ", 1)[0]
+    named = {metric_name(name) for name in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section)}
+    assert charted and charted <= named, charted - named
+

@@ -14,6 +14,7 @@ from support import NOW_NS, load_file
 
 from bridges.formats import Decoded
 from bridges.ingest.normalize import Normalizer
+from bridges.timestamps import parse_timestamp
 from bridges.webhooks.expressions import compile_expression
 from bridges.webhooks.rule_files import (
     BUILTIN_DIR,
@@ -271,7 +272,8 @@ def test_a_user_rule_is_added_and_the_built_in_github_rules_still_work_on_real_p
 
 def test_a_same_named_rule_replaces_in_place_disabled_removes_and_blocks_merge_key_by_key():
     github = _with_builtin_github(EXTEND / "overrides")["github"]
-    assert github.rule_names == ("workflow runs", "pushes", "merged pull requests")
+    builtin_names = load_file(BUILTIN_DIR / "github.yaml").rule_names
+    assert github.rule_names == tuple(name for name in builtin_names if name != "pull requests")  # disabled
     assert github.signature == {"scheme": "github", "secrets": ["ACME_GITHUB_SECRET"]}
     assert github.idempotency == {"header": "X-GitHub-Delivery"}  # not given: the built-in one
     body, headers, expected = _github_case("push_new_branch")
@@ -405,12 +407,11 @@ def test_mappings_check_shows_each_merged_source_and_keeps_its_exit_codes(capsys
     monkeypatch.setattr(rule_files, "BUILTIN_DIR", builtin_dir)
     user = EXTEND / "overrides" / "github.yaml"
     builtin = builtin_dir / "github.yaml"
+    how = {"pushes": f"replaced by {user}", "pull requests": f"disabled by {user}"}
+    builtin_names = load_file(builtin).rule_names
     merged = [
-        f"ok: source github (3 rules): {builtin} extended by {user}",
-        f"  rule 'workflow runs': from {builtin}",
-        f"  rule 'pushes': replaced by {user}",
-        f"  rule 'pull requests': disabled by {user}",
-        f"  rule 'merged pull requests': from {builtin}",
+        f"ok: source github ({len(builtin_names) - 1} rules): {builtin} extended by {user}",
+        *(f"  rule '{name}': {how.get(name, f'from {builtin}')}" for name in builtin_names),
         f"  signature, defaults: overridden by {user}",
     ]
     # a folder given is checked on top of the built-in files, as start-up does; only what it touches is shown
@@ -683,6 +684,42 @@ def test_unreadable_timestamps_refuse_the_event(tmp_path, form, raw, words):
     assert decoded.refused[0].message.startswith("timestamp event.t") and words in decoded.refused[0].message
 
 
+@pytest.mark.parametrize("raw, expected", [
+    ("2021-02-23T02:41:37.886Z", "2021-02-23T02:41:37.886Z"),  # GitLab's JSON time
+    ("2016-08-12 15:23:28 UTC", "2016-08-12T15:23:28Z"),  # Ruby's Time#to_s in UTC
+    ("2021-04-28 21:50:00 +0200", "2021-04-28T19:50:00Z"),  # and with the server's offset
+])
+def test_a_list_of_formats_reads_a_field_written_in_several_forms(tmp_path, raw, expected):
+    rules = _one_rule(tmp_path, """
+  - name: r
+    timestamp: {field: event.t, format: [auto, "%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S %z"]}
+    metrics: [{name: m, type: counter}]
+""")
+    decoded = rules.apply({"t": raw}, {}, NOW_NS)
+    assert decoded.refused == []
+    assert Normalizer().normalize(decoded.items, NOW_NS).metrics[0].time_ns == parse_timestamp(expected)
+
+
+def test_a_time_no_format_of_the_list_reads_refuses_the_event_naming_them(tmp_path):
+    rules = _one_rule(tmp_path, """
+  - name: r
+    timestamp: {field: event.t, format: [unix, "%d.%m.%Y"]}
+    metrics: [{name: m, type: counter}]
+""")
+    decoded = rules.apply({"t": "yesterday"}, {}, NOW_NS)
+    assert decoded.items == [] and "matches none of the formats 'unix', '%d.%m.%Y'" in decoded.refused[0].message
+
+
+def test_a_bad_pattern_in_a_list_of_formats_is_named_by_its_place(tmp_path):
+    with pytest.raises(MappingError) as caught:
+        _one_rule(tmp_path, """
+  - name: r
+    timestamp: {field: event.t, format: [auto, "%Q"]}
+    metrics: [{name: m, type: counter}]
+""")
+    assert caught.value.field == "/rules/0/timestamp/format/1" and "'Q' is a bad directive" in caught.value.message
+
+
 def test_without_a_timestamp_the_time_of_receipt_applies(tmp_path):
     rules = _one_rule(tmp_path, "  - {name: r, metrics: [{name: m, type: counter}]}\n")
     item = rules.apply({}, {}, NOW_NS).items[0]
@@ -803,6 +840,8 @@ def _expressions():
         | st.builds(lambda f, e: f"{f}({e})", st.sampled_from(["lower", "upper", "length", "epoch_seconds", "abs",
                                                                "to_string", "type"]), inner)
         | st.builds(lambda a, b: f"divide({a}, {b})", inner, inner)
+        | st.builds(lambda a, b: f"[{a}, {b}]", inner, inner)
+        | st.builds(lambda a, b: f"contains([{a}, 'a'], {b})", inner, inner)
         | st.builds(lambda a, b: f"{a}.{b}", _paths(), _paths())
         | _paths().map(lambda p: f"{p}[*].a"),
         max_leaves=6,
@@ -838,7 +877,7 @@ def test_plain_paths_take_the_fast_path(text, document):
 def test_fast_path_covers_the_usual_rule_expressions():
     for text in ["event.a.b", 'headers."x-github-event"', "body.alerts[0].labels.alertname",
                  "headers.\"x-event\" == 'push' && body.action == 'completed'", "!event.draft || event.merged",
-                 "seconds_between(event.start, event.end)", "`1`"]:
+                 "seconds_between(event.start, event.end)", "`1`", "contains(['a', 'b'], event.type || event.eventType)"]:
         assert compile_expression(text).fast, text
     assert not compile_expression("body.alerts[?status == 'firing'] | length(@)").fast
 

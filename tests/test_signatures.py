@@ -340,14 +340,15 @@ DIGEST_START = {"github": len("sha256="), "stripe": len(f"t={NOW},v1="), "slack"
                 "sentry": 0, "bitbucket": len("sha256="), "basic-auth": len("Basic "), "header-token": 0}
 TIMED = ("stripe", "slack", "standard-webhooks")
 CREDENTIALS = ("basic-auth", "header-token")  # a secret sent as it is: nothing covers the body
-all_schemes = pytest.mark.parametrize("scheme", SCHEMES)
-signing_schemes = pytest.mark.parametrize("scheme", [s for s in SCHEMES if s not in CREDENTIALS])
+HEADER_SCHEMES = tuple(s for s in SCHEMES if s != "shared-secret")  # shared-secret reads the query: at the end
+all_schemes = pytest.mark.parametrize("scheme", HEADER_SCHEMES)
+signing_schemes = pytest.mark.parametrize("scheme", [s for s in HEADER_SCHEMES if s not in CREDENTIALS])
 timed_schemes = pytest.mark.parametrize("scheme", TIMED)
 
 
 def test_the_supported_schemes():
     assert SCHEMES == ("github", "stripe", "slack", "standard-webhooks", "shopify", "hmac-sha256", "pagerduty", "sentry",
-                       "bitbucket", "basic-auth", "header-token")
+                       "bitbucket", "basic-auth", "header-token", "shared-secret")
 
 
 @pytest.mark.parametrize("scheme", CREDENTIALS)
@@ -482,7 +483,7 @@ def test_malformed_headers_fail_with_a_reason(scheme):
 
 def test_reasons_never_contain_the_secret_or_a_signature():
     reasons = []
-    for scheme in SCHEMES:
+    for scheme in HEADER_SCHEMES:
         good = signed(scheme, SECRET_A)
         attempts = [
             (signed(scheme, SECRET_C), BODY),  # wrong secret
@@ -526,7 +527,7 @@ header_values = any_text | digestish | st.sampled_from([""] + [v for vs in MALFO
 
 
 @FUZZ
-@given(scheme=st.sampled_from(SCHEMES), data=st.data(), body=st.binary(max_size=64),
+@given(scheme=st.sampled_from(HEADER_SCHEMES), data=st.data(), body=st.binary(max_size=64),
        now=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40))
 def test_fuzzed_header_values_never_raise(scheme, data, body, now):
     names = sorted(signed(scheme, SECRET_A)) + ["x-other"]
@@ -595,3 +596,224 @@ def test_rule_files_accept_the_new_schemes(signature):
 def test_rule_files_refuse_fields_a_scheme_does_not_take(signature, message):
     rules, errors = _checked(signature)
     assert rules is None and errors and message in str(errors[0])
+
+
+# --- shared-secret: a secret in the query string (Event Grid) or a header --------------------------------
+
+def test_shared_secret_reads_its_query_parameter_and_never_code():
+    rule_ = spec("shared-secret", query="secret")
+    assert verify(rule_, {}, BODY, [SECRET_A], NOW, {"code": "key", "secret": SECRET_A}) is None
+    assert verify(rule_, {}, BODY, [SECRET_A, SECRET_B], NOW, {"secret": SECRET_B}) is None  # rotation
+    assert verify(rule_, {}, BODY + b"x", [SECRET_A], NOW, {"SECRET": SECRET_A}) is None  # nothing covers the body
+    assert verify(rule_, {}, BODY, [SECRET_A, SECRET_B], NOW, {"secret": SECRET_C}) == "no signature matched"
+    for params in ({}, None, {"secret": ""}, {"secret": "  "}, {"code": SECRET_A}, {"x-token": SECRET_A}):
+        assert verify(rule_, {"secret": SECRET_A}, BODY, [SECRET_A], NOW, params) == "query parameter secret missing"
+    assert verify(rule_, {}, BODY, [], NOW, {"secret": SECRET_A}) == "no signing secret is configured"
+    reason = verify(rule_, {}, BODY, [SECRET_A], NOW, {"secret": SECRET_C, "code": SECRET_B})
+    assert SECRET_A not in reason and SECRET_B not in reason and SECRET_C not in reason
+
+
+def test_shared_secret_needs_its_query_parameter_and_never_the_function_key():
+    for bad in ({}, {"header": "X-Token"}, {"query": "code"}, {"query": "CODE"}, {"query": ""}):
+        with pytest.raises(ValueError):
+            verify(spec("shared-secret", **bad), {}, BODY, [SECRET_A], NOW, {"code": SECRET_A, "secret": SECRET_A})
+
+
+@pytest.mark.parametrize("signature", [
+    {"scheme": "shared-secret", "query": "secret", "secrets": ["EVENTGRID_WEBHOOK_SECRET"]},
+    {"scheme": "shared-secret", "query": "token", "secrets": ["S", "S_PREVIOUS"]},
+    {"scheme": "header-token", "header": "X-Bridge-Secret", "secrets": ["S", "S_PREVIOUS"]},  # Event Grid's header form
+])
+def test_rule_files_accept_a_shared_secret_in_the_query_or_a_header(signature):
+    rules, errors = _checked(signature)
+    assert errors == [] and rules is not None and rules.signature["scheme"] == signature["scheme"]
+
+
+@pytest.mark.parametrize("signature, message", [
+    ({"scheme": "shared-secret", "secrets": ["T"]}, "'query' is a required property"),
+    ({"scheme": "shared-secret", "query": "secret", "header": "X-Secret", "secrets": ["T"]},
+     "'header' is for the hmac-sha256 and header-token schemes only"),
+    ({"scheme": "shared-secret", "query": "code", "secrets": ["T"]}, "never code"),
+    ({"scheme": "shared-secret", "query": "Code", "secrets": ["T"]}, "never code"),
+    ({"scheme": "shared-secret", "query": "a b", "secrets": ["T"]}, "does not match"),
+    ({"scheme": "header-token", "header": "X-Token", "query": "secret", "secrets": ["T"]}, "'query' is for the shared-secret"),
+    ({"scheme": "github", "query": "secret", "secrets": ["T"]}, "'query' is for the shared-secret"),
+])
+def test_rule_files_refuse_a_shared_secret_block_without_a_usable_query_parameter(signature, message):
+    rules, errors = _checked(signature)
+    assert rules is None and errors and message in str(errors[0])
+
+
+# --- the vendors' own libraries: what they sign the bridge accepts, what the bridge accepts they accept ---
+# stripe (stripe-python), standardwebhooks (the Standard Webhooks reference library) and slack_sdk (Slack's
+# Python SDK), pinned in requirements-dev.txt. The libraries' verifiers read the clock themselves (slack_sdk
+# takes a Clock), so those checks sign at the real time and give the bridge the same `now`.
+
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+
+import standardwebhooks  # noqa: E402
+import stripe  # noqa: E402
+from slack_sdk.signature import Clock, SignatureVerifier  # noqa: E402
+
+STRIPE_SAMPLES = sorted((Path(__file__).parent / "testdata" / "webhooks" / "stripe").glob("*.json"))
+STRIPE_BODIES = [p.read_bytes() for p in STRIPE_SAMPLES if not p.name.endswith(".expected.json")]
+NON_ASCII_BODY = '{"id":"evt_1","object":"event","type":"customer.updated","data":{"object":{"name":"Zoë Ångström ✓"}}}'.encode()
+LIBRARY_BODIES = [*STRIPE_BODIES, NON_ASCII_BODY, BODY]
+
+
+@pytest.mark.parametrize("body", LIBRARY_BODIES, ids=range(len(LIBRARY_BODIES)))
+def test_stripe_library_signed_header_is_accepted(body):
+    # stripe-python's own generator ("Useful for signing payloads in unit tests") over the body as text.
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), "whsec_test_secret", timestamp=NOW)
+    headers = {"stripe-signature": header}
+    assert verify(spec("stripe"), headers, body, ["whsec_test_secret"], NOW) is None
+    assert verify(spec("stripe"), headers, body, ["whsec_other", "whsec_test_secret"], NOW) is None  # rotation
+    assert verify(spec("stripe"), headers, body, ["whsec_other"], NOW) == "no signature matched"
+    assert verify(spec("stripe"), headers, body, ["whsec_test_secret"], NOW + 301) == "timestamp outside the 300 s tolerance"
+
+
+def test_stripe_library_agrees_with_the_published_style_vector():
+    header = stripe.WebhookSignature.generate_signature_header(STRIPE_BODY.decode(), "whsec_test_secret", timestamp=STRIPE_TS)
+    assert header == f"t={STRIPE_TS},v1={STRIPE_V1}"
+
+
+def _stripe_library_accepts(body: bytes, header: str, secret: str) -> bool:
+    try:
+        stripe.Webhook.construct_event(body, header, secret, tolerance=300)
+    except stripe.SignatureVerificationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("body", STRIPE_BODIES + [NON_ASCII_BODY], ids=range(len(STRIPE_BODIES) + 1))
+def test_what_the_bridge_accepts_stripe_construct_event_accepts(body):
+    now = int(time.time())
+    secret, rolled = "whsec_test_secret", "whsec_test_secret_rolled_key"
+    one = signed("stripe", secret, body, ts=now)["stripe-signature"]
+    during_roll = f"{one},v1={signed('stripe', rolled, body, ts=now)['stripe-signature'].split('v1=')[1]},v0={'0' * 64}"
+    for header in (one, during_roll):
+        for key in (secret, rolled) if header is during_roll else (secret,):
+            assert verify(spec("stripe"), {"stripe-signature": header}, body, [key], now) is None
+            assert _stripe_library_accepts(body, header, key)
+    event = stripe.Webhook.construct_event(body, one, secret)
+    assert event.id == json.loads(body)["id"]
+    # And what both refuse: another secret, another body, a replay an hour later.
+    assert verify(spec("stripe"), {"stripe-signature": one}, body, ["whsec_other"], now) is not None
+    assert not _stripe_library_accepts(body, one, "whsec_other")
+    tampered = body.replace(b'"', b"'", 1)
+    assert verify(spec("stripe"), {"stripe-signature": one}, tampered, [secret], now) is not None
+    assert not _stripe_library_accepts(tampered, one, secret)
+    old = signed("stripe", secret, body, ts=now - 3600)["stripe-signature"]
+    assert verify(spec("stripe"), {"stripe-signature": old}, body, [secret], now) is not None
+    assert not _stripe_library_accepts(body, old, secret)
+    # Stripe's library checks only the past; the bridge also refuses a timestamp from the future.
+    ahead = signed("stripe", secret, body, ts=now + 3600)["stripe-signature"]
+    assert verify(spec("stripe"), {"stripe-signature": ahead}, body, [secret], now) == "timestamp outside the 300 s tolerance"
+
+
+SW_LIBRARY_SECRETS = [SECRET_A, SW_SECRET, SW_SECRET.removeprefix("whsec_")]
+
+
+@pytest.mark.parametrize("secret", SW_LIBRARY_SECRETS, ids=["whsec_A", "whsec_published", "bare_published"])
+@pytest.mark.parametrize("body", [SW_BODY, NON_ASCII_BODY, BODY], ids=["published", "non_ascii", "plain"])
+def test_standardwebhooks_library_signature_is_accepted(secret, body):
+    library = standardwebhooks.Webhook(secret)
+    signature = library.sign("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", datetime.fromtimestamp(NOW, tz=UTC), body)
+    headers = {"webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "webhook-timestamp": str(NOW), "webhook-signature": signature}
+    assert verify(spec("standard-webhooks"), headers, body, [secret], NOW) is None
+    assert verify(spec("standard-webhooks"), headers, body, [SECRET_B, secret], NOW) is None  # rotation
+    assert verify(spec("standard-webhooks"), headers, body, [SECRET_B], NOW) == "no signature matched"
+    # A sender signing with two secrets during its own rotation: space-separated entries, either matches.
+    two = f"{standardwebhooks.Webhook(SECRET_B).sign('msg_2KWPBgLlAfxdpx2AI54pPJ85f4W', datetime.fromtimestamp(NOW, tz=UTC), body)} {signature}"
+    assert verify(spec("standard-webhooks"), {**headers, "webhook-signature": two}, body, [secret], NOW) is None
+
+
+def test_standardwebhooks_library_reproduces_the_published_vector():
+    ts = datetime.fromtimestamp(SW_TS, tz=UTC)
+    assert standardwebhooks.Webhook(SW_SECRET).sign(SW_HEADERS["webhook-id"], ts, SW_BODY) == SW_HEADERS["webhook-signature"]
+
+
+def _sw_library_accepts(secret: str, body: bytes, headers: dict) -> bool:
+    try:
+        standardwebhooks.Webhook(secret).verify(body, headers, json_parse=False)
+    except standardwebhooks.WebhookVerificationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("secret", SW_LIBRARY_SECRETS, ids=["whsec_A", "whsec_published", "bare_published"])
+def test_what_the_bridge_accepts_standardwebhooks_verify_accepts(secret):
+    now = int(time.time())
+    for body in (SW_BODY, NON_ASCII_BODY, BODY):
+        headers = signed("standard-webhooks", secret, body, ts=now)
+        assert verify(spec("standard-webhooks"), headers, body, [secret], now) is None
+        assert _sw_library_accepts(secret, body, headers)
+        assert standardwebhooks.Webhook(secret).verify(body, headers) == json.loads(body)
+        # Refused by both: another secret, another body, a replay and a timestamp from the future.
+        assert verify(spec("standard-webhooks"), headers, body, [SECRET_C], now) is not None
+        assert not _sw_library_accepts(SECRET_C, body, headers)
+        assert verify(spec("standard-webhooks"), headers, body + b" ", [secret], now) is not None
+        assert not _sw_library_accepts(secret, body + b" ", headers)
+        for skew in (-3600, 3600):
+            moved = signed("standard-webhooks", secret, body, ts=now + skew)
+            assert verify(spec("standard-webhooks"), moved, body, [secret], now) == "timestamp outside the 300 s tolerance"
+            assert not _sw_library_accepts(secret, body, moved)
+
+
+class _FixedClock(Clock):
+    def __init__(self, now: float):
+        self._now = now
+
+    def now(self) -> float:
+        return self._now
+
+
+def test_slack_sdk_accepts_the_published_vector_and_the_bridge_agrees():
+    verifier = SignatureVerifier(SLACK_SECRET, clock=_FixedClock(SLACK_TS + 42))
+    assert verifier.generate_signature(timestamp=str(SLACK_TS), body=SLACK_BODY) == SLACK_HEADERS["x-slack-signature"]
+    assert verifier.is_valid_request(SLACK_BODY, SLACK_HEADERS)
+    assert verify(spec("slack"), SLACK_HEADERS, SLACK_BODY, [SLACK_SECRET], SLACK_TS + 42) is None
+
+
+@pytest.mark.parametrize("body", [SLACK_BODY, NON_ASCII_BODY, BODY, b""], ids=["slash_command", "non_ascii", "json", "empty"])
+def test_a_request_signed_per_slacks_docs_verifies_with_slack_sdk(body):
+    # `signed("slack", ...)` computes "v0=" + hex HMAC-SHA256(secret, "v0:<ts>:<body>") as Slack's docs say.
+    headers = signed("slack", SLACK_SECRET, body, ts=NOW)
+    assert SignatureVerifier(SLACK_SECRET, clock=_FixedClock(NOW)).is_valid_request(body, headers)
+    # And slack_sdk's own signature is what the bridge accepts.
+    library = SignatureVerifier(SLACK_SECRET).generate_signature(timestamp=str(NOW), body=body)
+    assert library == headers["x-slack-signature"]
+    assert verify(spec("slack"), {**headers, "x-slack-signature": library}, body, [SLACK_SECRET], NOW) is None
+
+
+@pytest.mark.parametrize("skew", [-86400, -301, -300, -299, -1, 0, 1, 299, 300, 301, 86400])
+def test_the_bridge_accepts_exactly_what_slack_sdk_accepts_around_the_5_minute_window(skew):
+    headers = signed("slack", SLACK_SECRET, SLACK_BODY, ts=NOW + skew)
+    variants = [
+        (headers, SLACK_BODY, SLACK_SECRET),
+        (headers, SLACK_BODY + b"&x=1", SLACK_SECRET),  # body changed
+        (headers, SLACK_BODY, "another-signing-secret"),  # wrong secret
+        ({**headers, "x-slack-request-timestamp": str(NOW + skew + 1)}, SLACK_BODY, SLACK_SECRET),  # time changed
+        ({"x-slack-signature": headers["x-slack-signature"]}, SLACK_BODY, SLACK_SECRET),  # no timestamp
+    ]
+    for variant_headers, body, secret in variants:
+        library = SignatureVerifier(secret, clock=_FixedClock(NOW)).is_valid_request(body, variant_headers)
+        bridge = verify(spec("slack"), variant_headers, body, [secret], NOW)
+        assert (bridge is None) == library, (skew, variant_headers, bridge)
+    assert (verify(spec("slack"), headers, SLACK_BODY, [SLACK_SECRET], NOW) is None) == (abs(skew) <= 300)
+
+
+@pytest.mark.parametrize("value", ["x", "é" * 40, "\ud800", "Bearer " + SECRET_A, SECRET_A + " " + SECRET_B, SECRET_A[:-1]])
+def test_shared_secret_refuses_anything_but_an_active_secret(value):
+    reason = verify(spec("shared-secret", query="secret"), {}, BODY, [SECRET_A, SECRET_B], NOW, {"secret": value})
+    assert reason == "no signature matched"
+
+
+@FUZZ
+@given(params=st.dictionaries(st.sampled_from(["secret", "Secret", "code", "x"]), header_values, max_size=4))
+def test_fuzzed_query_parameters_never_raise(params):
+    reason = verify(spec("shared-secret", query="secret"), {}, BODY, [SECRET_A], NOW, params)
+    assert reason is None or isinstance(reason, str)
+    if reason is None:
+        assert next(v for k, v in params.items() if k.lower() == "secret").strip() == SECRET_A

@@ -204,9 +204,9 @@ def test_a_batch_of_event_grid_events_is_every_event(bridge, hooks):
         "azure.storage.blobs.created", "azure.storage.blobs.created_bytes", "azure.storage.blobs.deleted"]
 
 
-def test_health_lists_event_grid_as_protected_by_the_function_key(bridge, hooks):
+def test_health_lists_event_grid_as_protected_by_the_function_key_until_its_secret_is_set(bridge, hooks):
     answer = json.loads(health(func.HttpRequest("GET", "http://localhost/api/health", body=b"")).get_body())
-    assert answer["webhooks"]["azure-eventgrid"] == {"signature": "none (the function key only)"}
+    assert answer["webhooks"]["azure-eventgrid"] == {"signature": "not checked: set EVENTGRID_WEBHOOK_SECRET"}
 
 
 # --- CloudEvents -----------------------------------------------------------------------------
@@ -300,3 +300,115 @@ def test_the_cloudevents_validation_request_over_the_local_runner(tmp_path):
         body, headers = eventgrid_case("subscription_validation")
         validated = requests.post(f"{url}?code={key}", data=body, headers=headers, timeout=10)
         assert (validated.status_code, validated.json()) == (200, {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
+
+
+# --- Event Grid's shared secret in the endpoint URL (the shared-secret scheme) ---------------------
+
+EVENTGRID_SECRET = "eg-0123456789abcdef0123456789abcdef"
+EVENTGRID_PREVIOUS = "eg-previous-fedcba9876543210"
+
+
+@pytest.fixture
+def guarded(bridge, hooks) -> Webhooks:
+    """The built-in azure-eventgrid source with its secret settings set (a rotation: both)."""
+    bridge.webhooks = Webhooks(bridge, sources=hooks.sources, store=hooks.store, environ={
+        "EVENTGRID_WEBHOOK_SECRET": EVENTGRID_SECRET, "EVENTGRID_WEBHOOK_SECRET_PREVIOUS": EVENTGRID_PREVIOUS})
+    return bridge.webhooks
+
+
+def send_with_query(source: str, body: bytes, headers: dict[str, str], params: dict[str, str],
+                    method: str = "POST") -> func.HttpResponse:
+    """As Event Grid posts to a subscription's endpoint URL: every query parameter of that URL
+    (the function key's code, and the shared secret) on every request."""
+    return webhook(func.HttpRequest(method, f"https://bridge.example/api/webhooks/{source}?{urlencode(params)}",
+                                    headers=headers, body=body, route_params={"source": source}, params=params))
+
+
+def test_event_grid_with_the_secret_in_the_query_string_is_validated_and_delivered(bridge, guarded):
+    params = {"code": "function-key", "secret": EVENTGRID_SECRET}
+    body, headers = eventgrid_case("subscription_validation")
+    assert answer_of(send_with_query("azure-eventgrid", body, headers, params)) == (
+        200, {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
+    body, headers = eventgrid_case("blob_created")
+    status, answer = answer_of(send_with_query("azure-eventgrid", body, headers, params))
+    assert (status, answer["accepted"], answer["rejected"]) == (202, 2, 0)
+    body, headers = eventgrid_case("key_vault_secret_near_expiry")  # the previous secret, during a rotation
+    status, answer = answer_of(send_with_query("azure-eventgrid", body, headers, {"secret": EVENTGRID_PREVIOUS,
+                                                                                  "code": "function-key"}))
+    assert (status, answer["accepted"]) == (202, 2)
+    answer = json.loads(health(func.HttpRequest("GET", "http://localhost/api/health", body=b"")).get_body())
+    assert answer["webhooks"]["azure-eventgrid"] == {"signature": "shared-secret, checked"}
+
+
+@pytest.mark.parametrize("params", [
+    {"code": "function-key"},  # no secret
+    {"code": "function-key", "secret": ""},
+    {"code": "function-key", "secret": EVENTGRID_SECRET + "x"},
+    {"code": "function-key", "secret": EVENTGRID_SECRET.upper()},
+    {"code": EVENTGRID_SECRET},  # the function key's parameter is never the secret
+    {"Code": EVENTGRID_SECRET, "code": "function-key"},
+    {"code": "function-key", "secrets": EVENTGRID_SECRET},  # another parameter
+], ids=["missing", "empty", "longer", "other-case", "as-code", "as-Code", "other-name"])
+def test_event_grid_without_the_right_secret_is_401_and_nothing_is_delivered(bridge, guarded, params, caplog):
+    for case in ("subscription_validation", "blob_created"):
+        body, headers = eventgrid_case(case)
+        with caplog.at_level("DEBUG"):
+            assert answer_of(send_with_query("azure-eventgrid", body, headers, params)) == (401, {"error": "unauthorized"})
+        # Nor is anything sent in the query string written to the log: not the secret, not the key.
+        assert "signature check failed" in caplog.text
+        for value in params.values():
+            assert not value or value not in caplog.text
+        assert EVENTGRID_SECRET not in caplog.text and "function-key" not in caplog.text
+    assert drain(bridge) == []
+
+
+def test_a_secret_in_a_header_is_not_the_query_parameter(bridge, guarded):
+    """The rule reads ``?secret=``; the same value in a header (or in the body) proves nothing."""
+    body, headers = eventgrid_case("blob_created")
+    sent = send_with_query("azure-eventgrid", body, {**headers, "secret": EVENTGRID_SECRET},
+                           {"code": "function-key"})
+    assert answer_of(sent)[0] == 401
+
+
+def test_the_query_parameter_name_is_read_case_insensitively(bridge, guarded):
+    body, headers = eventgrid_case("blob_created")
+    status, _ = answer_of(send_with_query("azure-eventgrid", body, headers, {"code": "k", "Secret": EVENTGRID_SECRET}))
+    assert status == 202
+
+
+def test_the_cloudevents_validation_request_passes_with_the_secret_in_the_url(bridge, guarded):
+    """OPTIONS (CloudEvents schema) grants delivery and delivers nothing: it is answered before
+    the secret check, so it passes whatever the query string; every POST is checked."""
+    ask = {"WebHook-Request-Origin": "eventgrid.azure.net"}
+    for params in ({"code": "function-key", "secret": EVENTGRID_SECRET}, {"code": "function-key"}):
+        response = send_with_query("azure-eventgrid", b"", ask, params, method="OPTIONS")
+        assert response.status_code == 200 and response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    body = json.dumps(PUSHED).encode()
+    cloudevent = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
+    assert answer_of(send_with_query("azure-eventgrid", body, cloudevent, {"code": "function-key"}))[0] == 401
+    status, answer = answer_of(send_with_query("azure-eventgrid", body, cloudevent,
+                                               {"code": "function-key", "secret": EVENTGRID_SECRET}))
+    assert (status, answer["accepted"]) == (202, 2)
+
+
+def test_event_grid_with_the_key_and_the_secret_in_the_url_over_the_local_runner(tmp_path):
+    """The runner passes the query parameters to the function as the Functions host does: the
+    key in ``code`` is checked by the host, the secret by the bridge; neither is logged."""
+    env = {"BRIDGE_STATE_DIR": str(tmp_path), "EVENTGRID_WEBHOOK_SECRET": EVENTGRID_SECRET}
+    with running_bridge("--require-keys", env=env) as (base, lines):
+        key = (tmp_path / "function-key").read_text().strip()
+        url = f"{base}/api/webhooks/azure-eventgrid"
+        body, headers = eventgrid_case("subscription_validation")
+        validated = requests.post(f"{url}?{urlencode({'code': key, 'secret': EVENTGRID_SECRET})}", data=body,
+                                  headers=headers, timeout=10)
+        assert (validated.status_code, validated.json()) == (200, {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
+        assert requests.post(f"{url}?{urlencode({'secret': EVENTGRID_SECRET})}", data=body, headers=headers,
+                             timeout=10).status_code == 401  # no function key: the host refuses it
+        for params in ({"code": key}, {"code": key, "secret": "not-the-secret"}):
+            refused = requests.post(f"{url}?{urlencode(params)}", data=body, headers=headers, timeout=10)
+            assert (refused.status_code, refused.json()) == (401, {"error": "unauthorized"})
+        body, headers = eventgrid_case("blob_created")
+        delivered = requests.post(f"{url}?code={key}&secret={EVENTGRID_SECRET}", data=body, headers=headers, timeout=10)
+        assert (delivered.status_code, delivered.json()["accepted"]) == (202, 2)
+    output = "\n".join(lines)
+    assert EVENTGRID_SECRET not in output and key not in output

@@ -261,3 +261,25 @@ def test_concurrent_duplicates_deliver_once_with_the_azure_table_store(bridge, r
     assert order("azure-same-id") == (200, {"duplicate": True})
     drain(bridge)
     assert [m["name"] for m in outbox_lines(bridge)].count("shop.orders") == 1
+
+
+def test_health_lists_every_built_in_source_with_its_signature_status(tmp_path):
+    """Each built-in rule file is a source in health: signed ones name the setting to set, or say
+    they are checked once it is; unsigned ones say the function key is all that protects them."""
+    from bridges.webhooks.rule_files import BUILTIN_DIR, load_sources
+
+    builtin = load_sources([BUILTIN_DIR])
+    bridge = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox"), "BRIDGE_STATE_DIR": str(tmp_path)}))
+    first_secrets = {name: rules.signature["secrets"][0] for name, rules in builtin.items() if rules.signature}
+    bridge.webhooks = Webhooks(bridge, sources=builtin, environ={})
+    unset = bridge.health().body["webhooks"]
+    bridge.webhooks = Webhooks(bridge, sources=builtin, environ={setting: "s3cret-value" for setting in first_secrets.values()})
+    checked = bridge.health().body["webhooks"]
+    assert set(unset) == set(checked) == set(builtin)
+    for name, rules in builtin.items():
+        if rules.signature:
+            assert unset[name] == {"signature": f"not checked: set {first_secrets[name]}"}
+            assert checked[name] == {"signature": f"{rules.signature['scheme']}, checked"}
+        else:
+            assert unset[name] == checked[name] == {"signature": "none (the function key only)"}
+    assert "s3cret-value" not in json.dumps(checked)

@@ -106,9 +106,10 @@ def ingest_azure_monitor(req: func.HttpRequest) -> func.HttpResponse:
 def webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Any JSON webhook, turned into metrics by the source's mapping rules; OPTIONS answers the
     CloudEvents webhook validation (WebHook-Request-Origin), which Event Grid sends to an
-    endpoint subscribed with the CloudEvents schema."""
+    endpoint subscribed with the CloudEvents schema. The query parameters go to the signature
+    check (a shared secret in the URL, as Event Grid sends it); nothing else reads or logs them."""
     return _answer(lambda bridge: bridge.webhook(
-        req.route_params.get("source", ""), req.get_body(), dict(req.headers), req.method))
+        req.route_params.get("source", ""), req.get_body(), dict(req.headers), req.method, dict(req.params)))
 
 
 @blueprint.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -170,11 +170,22 @@ def _compile_node(node: _TreeNode) -> tuple[Callable[[object], object], bool]:
         # Each child reads what the one before it gave (e.g. ``(!a).b``, ``f(a).b``).
         compiled = [_compile_node(child) for child in children]
         return _chain([fn for fn, _ in compiled]), all(fast for _, fast in compiled)
+    if kind == "multi_select_list":  # ``[a, 'b']``, e.g. the list of event types a filter looks in
+        compiled = [_compile_node(child) for child in children]
+        return _select_list([fn for fn, _ in compiled]), all(fast for _, fast in compiled)
     if kind == "function_expression" and all(child["type"] != "expref" for child in children):
         compiled = [_compile_node(child) for child in children]
         return _call(node["value"], [fn for fn, _ in compiled]), all(fast for _, fast in compiled)
     visit = _INTERPRETER.visit
     return (lambda value: visit(node, value)), False
+
+
+def _select_list(items: list[Callable[[object], object]]) -> Callable[[object], object]:
+    """jmespath's multi_select_list: null for a null value, else each item's result."""
+    def select(value):
+        return None if value is None else [item(value) for item in items]
+
+    return select
 
 
 def _path_steps(node: _TreeNode) -> list | None:

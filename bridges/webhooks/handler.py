@@ -151,7 +151,10 @@ class Webhooks:
                 answer[name] = {"signature": f"not checked: set {setting}"}
         return answer
 
-    def handle(self, source: str, body: bytes, headers: Mapping[str, str], method: str = "POST") -> Reply:
+    def handle(self, source: str, body: bytes, headers: Mapping[str, str], method: str = "POST",
+               params: Mapping[str, str] | None = None) -> Reply:
+        """``params``, the query parameters, reach the signature check only (shared-secret's
+        ``query`` form); none of them, the function key's ``code`` above all, is ever logged."""
         headers = {k.lower(): v for k, v in headers.items()}
         rules = self.sources.get(source.lower())
         if rules is None:
@@ -162,7 +165,7 @@ class Webhooks:
             body = self.bridge.inflate(body, headers.get("content-encoding"))
         except BodyError as exc:
             return Reply(exc.status, exc.to_json())
-        if not self._authentic(rules, headers, body):
+        if not self._authentic(rules, headers, body, params or {}):
             return Reply(401, {"error": "unauthorized"})
         try:
             payload = webhook_payload(body, headers.get("content-type"), headers)
@@ -196,7 +199,8 @@ class Webhooks:
             self.store.complete(rules.source, delivery_id)
         return reply
 
-    def _authentic(self, rules: SourceRules, headers: Mapping[str, str], body: bytes) -> bool:
+    def _authentic(self, rules: SourceRules, headers: Mapping[str, str], body: bytes,
+                   params: Mapping[str, str]) -> bool:
         if not rules.signature:
             return True
         secrets = self.secrets(rules)
@@ -204,7 +208,8 @@ class Webhooks:
             return True  # reported by health: "not checked: set <SETTING>"
         from bridges.webhooks.signatures import verify
 
-        failure = verify(rules.signature, headers, body, [s.reveal() for s in secrets], self.bridge.clock() / 1e9)
+        failure = verify(rules.signature, headers, body, [s.reveal() for s in secrets], self.bridge.clock() / 1e9,
+                         params)
         if failure:
             log.warning("webhook %s: signature check failed: %s", rules.source, failure)
             return False

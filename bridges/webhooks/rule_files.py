@@ -491,11 +491,14 @@ def _compile_file(document: dict, path: Path | str,
         if "timestamp" in spec:
             timestamp = compiled(spec["timestamp"]["field"], at + ["timestamp", "field"], rule_name, file)
             time_format = spec["timestamp"].get("format", "auto")
-            if time_format not in TIMESTAMP_FORMATS:
-                try:
-                    check_strptime(time_format)
-                except ValueError as exc:
-                    errors.append(MappingError(file, str(exc), rule_name, json_pointer(at + ["timestamp", "format"])))
+            forms = time_format if isinstance(time_format, list) else [time_format]
+            for index, form in enumerate(forms):
+                if form not in TIMESTAMP_FORMATS:
+                    try:
+                        check_strptime(form)
+                    except ValueError as exc:
+                        pointer = at + ["timestamp", "format"] + ([index] if isinstance(time_format, list) else [])
+                        errors.append(MappingError(file, str(exc), rule_name, json_pointer(pointer)))
         rule_tags = {**default_tags, **compiled_tags(spec.get("tags", {}), at + ["tags"], rule_name, file)}
         namespace = spec.get("namespace", defaults.get("namespace"))
         metrics = []

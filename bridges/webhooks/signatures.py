@@ -1,9 +1,9 @@
 """Is a webhook authentic? Checks the `signature` block of a rule file against one request.
 
-`verify(spec, headers, body, secrets, now_s)` answers None when a signature made with one of
-the active secrets (one, or two during a rotation) matches, or for the credential schemes
-(basic-auth, header-token) when the credentials sent are one of them, else a short reason for
-the log.
+`verify(spec, headers, body, secrets, now_s, params)` answers None when a signature made with one
+of the active secrets (one, or two during a rotation) matches, or for the credential schemes
+(basic-auth, header-token, shared-secret) when the credentials sent are one of them, else a short
+reason for the log. `params` are the request's query parameters (only shared-secret reads them).
 A reason names headers and the tolerance only: never a secret, the expected signature or the
 received one. The HTTP layer turns any reason into a bare 401.
 
@@ -24,6 +24,7 @@ Wire formats (checked against each provider's documentation and official librari
 | hmac-sha256       | spec["header"]: spec["prefix"] + digest     | body                     | hex/base64 |
 | basic-auth        | Authorization: Basic base64(<user>:<pass>)  | (no signature: the password is the secret)   |
 | header-token      | spec["header"]: <the secret itself>         | (no signature: the token is the secret)      |
+| shared-secret     | ?<spec["query"]>=<the secret itself>        | (no signature: the value is the secret)      |
 
 The HMAC schemes are HMAC-SHA256. The key is the secret's UTF-8 bytes, except for
 standard-webhooks, where the secret is "whsec_" + base64 of the key. A standard-webhooks secret
@@ -63,7 +64,18 @@ Sources of the newer schemes (read 2026-12):
   such as Azure DevOps (the Web Hooks consumer's HTTP headers) and PagerDuty (a subscription's
   `custom_headers`, 01-Overview.md) can add to every delivery.
 
-For the two credential schemes the received value and every secret are hashed with SHA-256 and
+- shared-secret: for senders that cannot sign, above all Azure Event Grid, whose documented
+  protection for a webhook is "client secret as a query parameter": a secret in the endpoint
+  URL's query string, sent on every delivery and on the validation handshake, accepting the old and
+  the new value during a rotation (learn.microsoft.com/azure/event-grid/security-authentication,
+  ../shared/CONTRACTS.md 12.1); or a static delivery header marked secret (Event Grid's custom
+  delivery properties, learn.microsoft.com/azure/event-grid/delivery-properties), which is the
+  header-token scheme (`header: X-Bridge-Secret`), not duplicated here. The block names the
+  `query` parameter (e.g. `secret`). The query parameter is looked up by name, case-insensitively
+  (the Functions host's query collection is); `code`, the function key the Functions host
+  checks, is never read as the secret: the schema refuses `query: code` and so does this check.
+
+For the three credential schemes the received value and every secret are hashed with SHA-256 and
 the digests compared with hmac.compare_digest, so that the comparison takes the same time
 whatever the lengths and wherever the first difference lies.
 
@@ -96,11 +108,13 @@ NO_MATCH = "no signature matched"
 
 
 def verify(spec: Mapping[str, Any], headers: Mapping[str, str], body: bytes, secrets: Sequence[str],
-           now_s: float) -> str | None:
+           now_s: float, params: Mapping[str, str] | None = None) -> str | None:
     """None when the request is signed with one of `secrets`, else a reason that reveals nothing.
+    `params` are the query parameters (shared-secret's `query` form reads one of them).
 
     Raises ValueError for a spec the loader should have refused (unknown scheme or encoding,
-    hmac-sha256 or header-token without a header): that is a programming error, not a bad request.
+    hmac-sha256 or header-token without a header, shared-secret without its query parameter or
+    naming the function key's `code`): a programming error, not a bad request.
     """
     scheme = spec.get("scheme")
     check = _CHECKS.get(scheme) if isinstance(scheme, str) else None
@@ -109,6 +123,8 @@ def verify(spec: Mapping[str, Any], headers: Mapping[str, str], body: bytes, sec
     usable = [s for s in secrets if isinstance(s, str) and s]
     if not usable:
         return "no signing secret is configured"
+    if scheme == "shared-secret":
+        return _shared_secret(spec, headers, bytes(body), usable, now_s, params or {})
     return check(spec, headers, bytes(body), usable, now_s)
 
 
@@ -286,6 +302,25 @@ def _header_token(spec, headers, body, secrets, now_s):
     return _match(list(map(_sha256, _utf8_keys(secrets))), [received])
 
 
+FUNCTION_KEY_PARAMETER = "code"  # the Functions host's own: never a secret of ours
+
+
+def _shared_secret(spec, headers, body, secrets, now_s, params=None):
+    """The secret sent as it is in the query parameter ``spec["query"]`` (of ``params``). A secret
+    in a header is the header-token scheme's."""
+    name = spec.get("query")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a shared-secret check needs the query parameter that holds the secret")
+    name = name.strip()
+    if name.lower() == FUNCTION_KEY_PARAMETER:
+        raise ValueError("the query parameter 'code' holds the function key, never a shared secret")
+    value = _query(params or {}, name)
+    if value is None:
+        return f"query parameter {name} missing"
+    received = _sha256(value.encode("utf-8", "surrogatepass"))
+    return _match(list(map(_sha256, _utf8_keys(secrets))), [received])
+
+
 _CHECKS: dict[str, Callable[..., str | None]] = {
     "github": _github,
     "stripe": _stripe,
@@ -298,6 +333,7 @@ _CHECKS: dict[str, Callable[..., str | None]] = {
     "bitbucket": _bitbucket,
     "basic-auth": _basic_auth,
     "header-token": _header_token,
+    "shared-secret": _shared_secret,  # called by verify with the query parameters
 }
 SCHEMES = tuple(_CHECKS)  # the keys above, in that order
 
@@ -310,6 +346,18 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return value.strip()
+
+
+def _query(params: Mapping[str, str], name: str) -> str | None:
+    """The query parameter's value (its name compared case-insensitively), or None when it is
+    absent, empty or not text. ``code`` is never looked at."""
+    wanted = name.lower()
+    for key, value in params.items():
+        if isinstance(key, str) and key.lower() == wanted and key.lower() != FUNCTION_KEY_PARAMETER:
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            return None
+    return None
 
 
 def _hex_digest(value: str, prefix: str = "") -> bytes | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, parse_timestamp
+from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, TimestampError, parse_timestamp
 
 TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
 _PREVIEW_CHARS = 60
@@ -95,8 +95,11 @@ def as_text(raw: object) -> str:
 _SCALES = {"unix": NS_PER_SECOND, "unix_ms": 1_000_000, "unix_us": 1000, "unix_ns": 1}
 
 
-def timestamp_reader(form: str) -> Callable[[object], int]:
-    """Raw value -> epoch ns for a timestamp format; raises Refuse or TimestampError."""
+def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
+    """Raw value -> epoch ns for a timestamp format, or for the first of a list of formats that
+    reads it (a sender that writes one field in several forms); raises Refuse or TimestampError."""
+    if isinstance(form, list):
+        return _first_of([timestamp_reader(one) for one in form], form)
     if form == "auto":
         return parse_timestamp
     if form == "rfc3339":
@@ -141,6 +144,18 @@ def timestamp_reader(form: str) -> Callable[[object], int]:
         return parse_timestamp(moment)
 
     return pattern
+
+
+def _first_of(readers: list[Callable[[object], int]], forms: list[str]) -> Callable[[object], int]:
+    def first(raw):
+        for reader in readers:
+            try:
+                return reader(raw)
+            except (Refuse, TimestampError):
+                continue
+        raise Refuse(f"{preview(raw)} matches none of the formats {', '.join(map(repr, forms))}")
+
+    return first
 
 
 def check_strptime(form: str) -> None:

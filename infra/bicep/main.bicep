@@ -11,7 +11,9 @@
 //   Prometheus), wired into the remote-write sink;
 // - every app setting the code reads (bridges/settings.py SETTINGS), with the documented
 //   defaults except where noted;
-// - a workbook of the bridge's own metrics, the delivery queue and the synthetic checks.
+// - a workbook of the bridge's own metrics, the delivery queue and the synthetic checks;
+// - optionally (subscribeKeyVaultEvents, after the first deployment) an Event Grid system topic
+//   on the Key Vault whose expiry events go to the azure-eventgrid webhook (modules/eventgrid.bicep).
 //
 // Deploy with `azd up` (azure.yaml), or:
 //   az deployment sub create --location <region> --template-file infra/bicep/main.bicep \
@@ -130,6 +132,11 @@ param extraSettings object = {}
 
 @description('Access restrictions: the only senders allowed to reach the app, as CIDR ranges (140.82.112.0/20) or service tags (AzureEventGrid, ActionGroup). They apply to every route, health included, so list every sender (GitHub publishes its webhook ranges as "hooks" at https://api.github.com/meta). Empty: no restriction; function keys and signatures still apply.')
 param allowedSenders array = []
+
+// ------------------------------------------------------------------ Event Grid
+
+@description('Subscribe the bridge to the Key Vault\'s Event Grid system topic: its secrets, keys and certificates near expiry or expired reach /api/webhooks/azure-eventgrid (function key and, with EVENTGRID_WEBHOOK_SECRET in secretSettings, ?secret= in the endpoint URL). Event Grid validates the endpoint when the subscription is created, so the app must already run the code: turn this on after the first deployment (docs/deploying.md).')
+param subscribeKeyVaultEvents bool = false
 
 // ------------------------------------------------------------------ names
 
@@ -369,6 +376,32 @@ module app 'modules/function-app.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     appSettings: appSettings
+  }
+}
+
+// The Key Vault events the built-in azure-eventgrid rules chart (mappings/azure-eventgrid.yaml,
+// rule "key vault expiry"), delivered to its webhook route in the Event Grid schema.
+var keyVaultExpiryEventTypes = [
+  'Microsoft.KeyVault.SecretNearExpiry'
+  'Microsoft.KeyVault.SecretExpired'
+  'Microsoft.KeyVault.KeyNearExpiry'
+  'Microsoft.KeyVault.KeyExpired'
+  'Microsoft.KeyVault.CertificateNearExpiry'
+  'Microsoft.KeyVault.CertificateExpired'
+]
+
+module keyVaultEvents 'modules/eventgrid.bicep' = if (subscribeKeyVaultEvents) {
+  name: 'keyvault-events'
+  scope: rg
+  params: {
+    name: 'evgt-${resourceToken}'
+    location: location
+    tags: tags
+    keyVaultName: keyVault.outputs.name
+    functionAppName: app.outputs.name
+    webhookPath: 'api/webhooks/azure-eventgrid'
+    includedEventTypes: keyVaultExpiryEventTypes
+    sharedSecret: contains(secretSettings, 'EVENTGRID_WEBHOOK_SECRET') ? secretSettings.EVENTGRID_WEBHOOK_SECRET : ''
   }
 }
 

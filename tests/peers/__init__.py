@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,23 @@ def unavailable(reason: str, install_hint: str = INSTALL_HINT) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI=true, so this is a failure)", pytrace=False)
     pytest.skip(f"{reason}; {install_hint}")
+
+
+def npm_package(folder: Path, version: str, needed: str) -> Path:
+    """An npm package scripts/install-peers.sh installed as data (its folder under node_modules),
+    at the pinned version and holding ``needed``; else ``unavailable``."""
+    import json
+
+    problem = None
+    if not (folder / needed).is_file():
+        problem = f"{folder.name} is not installed at {folder} (no {needed})"
+    else:
+        installed = json.loads((folder / "package.json").read_text()).get("version")
+        if installed != version:
+            problem = f"{folder.name} {installed} is installed, not the pinned {version}"
+    if problem:
+        unavailable(problem)
+    return folder
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -30,6 +30,7 @@ from bridges.setting_rows import (
     boolean,
     choice,
     folder,
+    name_list,
     optional_file,
     optional_folder,
     optional_text,
@@ -128,6 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
             "NCRONTAB schedule of the polling function; each run polls the sources whose own schedule is due."),
     Setting("BRIDGE_LOCATION", "", plain_text,
             "The location tag of check metrics (default: REGION_NAME, which Azure sets, else `local`)."),
+    Setting("BRIDGE_OTLP_RESOURCE_ATTRIBUTES", "service.name,service.namespace,deployment.environment", name_list,
+            "Comma list of OTLP resource attributes kept as tags on every data point of POST /api/v1/metrics (a data "
+            "point attribute of the same name wins); other resource attributes are dropped."),
     *(setting for sink in SINKS for setting in sink.settings),
     Setting("AZURE_CLIENT_ID", "", optional_text,
             "Client id of the user-assigned managed identity (or of the service principal); empty: system-assigned."),
@@ -189,6 +193,7 @@ class Settings:
     sources: str
     sources_schedule: str
     location: str
+    otlp_resource_attributes: tuple[str, ...]
     azure_client_id: str | None
     azure_tenant_id: str | None
     azure_client_secret: Secret | None

@@ -8,6 +8,7 @@ import pytest
 from support import use_bridge  # first: it puts the repository on sys.path
 
 from bridges import runtime  # noqa: E402
+from bridges.formats import remote_write  # noqa: E402
 from bridges.settings import binding_defaults  # noqa: E402
 
 pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.azurite", "peers.functions_worker"]  # real peers as fixtures
@@ -25,6 +26,7 @@ def _isolated_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield
     runtime.use(None)
+    remote_write.KNOWN.clear()  # remote-write metadata is remembered per process: not from test to test
 
 
 @pytest.fixture

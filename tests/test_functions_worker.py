@@ -198,6 +198,12 @@ def _check_openapi(answer) -> None:
     assert answer.json()["openapi"].startswith("3.1") and "/api/metrics" in answer.json()["paths"]
 
 
+def _check_status(status: int):
+    def check(answer) -> None:
+        assert answer.status == status, answer
+    return check
+
+
 def _check_empty(status: int):
     def check(answer) -> None:
         assert (answer.status, answer.body) == (status, b""), answer
@@ -244,6 +250,12 @@ HTTP_CASES = {  # id -> (function, request, route parameters, check)
     "azure-monitor": ("ingest_azure_monitor", lambda: _post(f"azure/{RESOURCE}/metrics", _azure_document(),
                                                             "application/json", **{"Content-Encoding": "gzip"}),
                       {"resourceId": f"{RESOURCE}/metrics"}, _check_empty(200)),
+    "otlp": ("ingest_otlp", lambda: _post("v1/metrics", (TESTDATA / "inputs" / "otlp" / "all_kinds.binpb").read_bytes(),
+                                          "application/x-protobuf"), {}, _check_status(200)),
+    "influx-v2": ("ingest_influx_v2", lambda: _post("v2/write", f"cpu,host=a usage=1.5 {time.time_ns()}".encode(),
+                                                    "text/plain; charset=utf-8"), {}, _check_empty(204)),
+    "influx-v1": ("ingest_influx_v1", lambda: _post("write", f"cpu,host=b usage=2i {time.time_ns()}".encode(),
+                                                    "text/plain"), {}, _check_empty(204)),
     "webhook-alertmanager": ("webhook", lambda: _post(
         "webhooks/alertmanager", (TESTDATA / "webhooks" / "alertmanager" / "firing_and_resolved.json").read_bytes(),
         "application/json"), {"source": "alertmanager"}, _check_webhook),

@@ -440,6 +440,7 @@ def _write_request(data, entries: list, metadata: list) -> bytes:
 @given(st.data(), st.lists(_SERIES, max_size=8), _METADATA, st.booleans())
 def test_decode_reads_series_as_the_protobuf_runtime_does(data, entries, metadata, twice):
     entries = entries + entries[:2]  # label sets that repeat, read from the cache
+    remote_write.KNOWN.clear()  # each example knows only its own metadata
     protobuf = _write_request(data, entries, metadata)
     series, by_name = _runtime_series(protobuf)
     request = remote_write._parse(protobuf, "WriteRequestSeriesAsBytes")
@@ -487,3 +488,161 @@ def test_a_family_part_sent_twice_loses_neither_sample():
                                   {}, 1 << 20)
     metrics = Normalizer().normalize(decoded.items, 0).metrics
     assert sorted((m.name, m.point.value) for m in metrics) == [("h_count", 3.0), ("h_sum", 1.5), ("h_sum", 2.5)]
+
+
+# --- metadata kept across requests ----------------------------------------------------------
+# Prometheus sends HELP, TYPE and UNIT in metadata-only requests of their own; the process
+# remembers them (bounded) and applies them to later samples of the family.
+
+
+@pytest.fixture(autouse=True)
+def _knowing_no_family():
+    """Every test here starts, and leaves the process, with no family's metadata remembered."""
+    remote_write.KNOWN.clear()
+    yield
+    remote_write.KNOWN.clear()
+
+
+def _metadata(family: str, kind: str, help: str = "", unit: str = "") -> dict:
+    return {"type": kind, "metric_family_name": family, "help": help, "unit": unit}
+
+
+def test_metadata_of_one_request_applies_to_the_samples_of_the_next():
+    ms = AT // 1_000_000
+    only_metadata = decode({"metadata": [
+        _metadata("jobs_done", "COUNTER", "Jobs finished.", "jobs"),
+        _metadata("wait_seconds", "HISTOGRAM", "Time waited in the queue.", "seconds"),
+        _metadata("run_seconds", "SUMMARY", "Run times."),
+        _metadata("shape_bucket", "GAUGE", "Named like buckets, but a gauge."),
+    ]})
+    assert (only_metadata.items, only_metadata.refused) == ([], [])  # answered 204, and remembered
+    samples = decode({"timeseries": [
+        series(("__name__", "jobs_done"), samples=[(5, ms)]),
+        series(("__name__", "wait_seconds_bucket"), ("le", "1"), samples=[(2, ms)]),
+        series(("__name__", "wait_seconds_bucket"), ("le", "+Inf"), samples=[(3, ms)]),
+        series(("__name__", "wait_seconds_sum"), samples=[(2.5, ms)]),
+        series(("__name__", "wait_seconds_count"), samples=[(3, ms)]),
+        series(("__name__", "run_seconds_sum"), samples=[(9, ms)]),
+        series(("__name__", "run_seconds_count"), samples=[(4, ms)]),
+        series(("__name__", "shape_bucket"), ("le", "1"), samples=[(7, ms)]),
+    ]})
+    by_name = {m.name: m for m in normalized(samples)}
+    assert (by_name["jobs_done"].point, by_name["jobs_done"].description, by_name["jobs_done"].unit) == (
+        Counter(5), "Jobs finished.", "jobs")  # COUNTER without _total: only the metadata says so
+    wait = by_name["wait_seconds"]
+    assert (wait.point, wait.description, wait.unit) == (
+        Histogram(3, 2.5, (Bucket(1.0, 2),)), "Time waited in the queue.", "seconds")
+    assert by_name["run_seconds"].point == Summary(4, 9.0, ())  # no quantiles: a summary only by its metadata
+    assert by_name["run_seconds"].description == "Run times."
+    assert (by_name["shape_bucket"].point, by_name["shape_bucket"].description) == (
+        Gauge(7), "Named like buckets, but a gauge.")
+    assert samples.origins == ["timeseries[0]", "timeseries[1,2,3,4]", "timeseries[5,6]", "timeseries[7]"]
+    # Without the earlier metadata the same request says less: the naming rules alone.
+    remote_write.KNOWN.clear()
+    alone = {m.name: m for m in normalized(decode(body_of({"timeseries": [
+        series(("__name__", "jobs_done"), samples=[(5, ms)]), series(("__name__", "run_seconds_sum"), samples=[(9, ms)]),
+        series(("__name__", "run_seconds_count"), samples=[(4, ms)])]})))}
+    assert (alone["jobs_done"].point, alone["jobs_done"].description) == (Gauge(5), None)
+    assert set(alone) == {"jobs_done", "run_seconds_sum", "run_seconds_count"}
+
+
+def test_a_request_s_own_metadata_wins_and_teaches_the_next():
+    ms = AT // 1_000_000
+    decode({"metadata": [_metadata("depth", "GAUGE", "Remembered help.", "items")]})
+    same_request = decode({"timeseries": [series(("__name__", "depth"), samples=[(1, ms)])],
+                           "metadata": [_metadata("depth", "GAUGE", "This request's help.")]})
+    assert same_request.items[0]["description"] == "This request's help." and "unit" not in same_request.items[0]
+    later = decode({"timeseries": [series(("__name__", "depth"), samples=[(2, ms)])]})
+    assert (later.items[0]["description"], later.items[0].get("unit")) == ("This request's help.", None)
+
+
+def test_a_later_metadata_update_replaces_the_earlier():
+    ms = AT // 1_000_000
+    request = {"timeseries": [series(("__name__", "tasks"), samples=[(4, ms)])]}
+    decode({"metadata": [_metadata("tasks", "COUNTER", "Tasks run.", "tasks")]})
+    [first] = normalized(decode(request))
+    assert (first.point, first.description, first.unit) == (Counter(4), "Tasks run.", "tasks")
+    decode({"metadata": [_metadata("tasks", "GAUGE", "Tasks running now.")]})
+    [second] = normalized(decode(request))
+    assert (second.point, second.description, second.unit) == (Gauge(4), "Tasks running now.", None)
+
+
+def test_the_bound_holds_and_the_least_recently_used_family_is_forgotten():
+    ms = AT // 1_000_000
+    known = remote_write.KnownFamilies(max_families=2)
+
+    def described(name: str) -> str | None:
+        request = body_of({"timeseries": [series(("__name__", name), samples=[(1, ms)])]})
+        return remote_write.decode(request, TYPE, {}, LIMIT, known).items[0].get("description")
+
+    for name in ("a", "b"):
+        remote_write.decode(body_of({"metadata": [_metadata(name, "GAUGE", f"{name} help")]}), TYPE, {}, LIMIT, known)
+    assert described("a") == "a help"  # a used: b is now the least recently used
+    remote_write.decode(body_of({"metadata": [_metadata("c", "GAUGE", "c help")]}), TYPE, {}, LIMIT, known)
+    assert len(known) == 2 and known.get("b") is None
+    assert (described("a"), described("b"), described("c")) == ("a help", None, "c help")
+    assert remote_write.KNOWN.max_families == remote_write.MAX_KNOWN_FAMILIES
+
+
+def test_what_is_remembered_stays_bounded_whatever_is_sent():
+    ms = AT // 1_000_000
+    known = remote_write.KnownFamilies(max_families=100)
+    flood = [_metadata(f"family_{i}", "GAUGE", "h" * 5000, "u") for i in range(1000)]
+    flood += [_metadata("n" * 300, "COUNTER", "Too long a name to be any metric's."),
+              _metadata("odd_unit", "GAUGE", "A unit no metric can carry.", "u" * 65)]
+    remote_write.decode(body_of({"metadata": flood}), TYPE, {}, 10**8, known)
+    assert len(known) == 100 and known.get("family_899") is None
+    assert known.get("family_999") == remote_write.Known(remote_write.METRIC_TYPES.index("GAUGE"),
+                                                         "h" * remote_write.MAX_DESCRIPTION_CHARS, "u")
+    assert known.get("n" * 300) is None and known.get("odd_unit") is None
+    decode({"metadata": [_metadata("odd_unit", "GAUGE", "Fine at first.", "s")]})
+    decode({"metadata": [_metadata("odd_unit", "GAUGE", "Then a bad unit.", "u" * 65)]})
+    assert remote_write.KNOWN.get("odd_unit") is None  # forgotten, not kept as it was
+    later = decode({"timeseries": [series(("__name__", "odd_unit"), samples=[(1, ms)])]})
+    assert "description" not in later.items[0]
+
+
+def test_concurrent_requests_share_the_metadata_safely():
+    """Threads each alternate a request with metadata for a new family and samples of the family
+    they described before; every sample finds its description, and the bound holds throughout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ms = AT // 1_000_000
+    threads, rounds = 8, 60
+    roomy, tight = remote_write.KnownFamilies(max_families=threads * rounds), remote_write.KnownFamilies(max_families=16)
+
+    def run(thread: int) -> list:
+        seen = []
+        for number in range(rounds):
+            family = f"t{thread}_f{number}"
+            request = {"metadata": [_metadata(family, "COUNTER", f"help of {family}", "s")]}
+            if number:
+                request["timeseries"] = [series(("__name__", f"t{thread}_f{number - 1}"), samples=[(number, ms)])]
+            body = body_of(request)
+            for known in (roomy, tight):
+                decoded = remote_write.decode(body, TYPE, {}, LIMIT, known)
+                assert len(known) <= known.max_families
+                if known is roomy:
+                    seen += [(item["name"], item.get("description"), "counter" in item) for item in decoded.items]
+        return seen
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(run, range(threads)))
+    for thread, seen in enumerate(results):
+        assert seen == [(f"t{thread}_f{n}", f"help of t{thread}_f{n}", True) for n in range(rounds - 1)]
+    assert len(roomy) == threads * rounds and len(tight) == 16
+
+
+def test_metadata_only_requests_reach_the_sink_with_later_samples(bridge):
+    ms = AT // 1_000_000
+    metadata = body_of({"metadata": [_metadata("queue_wait_seconds", "HISTOGRAM", "Time in the queue.", "seconds")]})
+    assert (bridge.receive(remote_write, metadata, TYPE, "snappy").status, drain(bridge)) == (204, [])
+    samples = body_of({"timeseries": [
+        series(("__name__", "queue_wait_seconds_bucket"), ("le", "+Inf"), samples=[(2, ms)]),
+        series(("__name__", "queue_wait_seconds_sum"), samples=[(0.5, ms)]),
+        series(("__name__", "queue_wait_seconds_count"), samples=[(2, ms)])]})
+    assert bridge.receive(remote_write, samples, TYPE, "snappy").status == 204
+    drain(bridge)
+    [written] = outbox_lines(bridge)
+    assert (written["name"], written["description"], written["unit"], written["histogram"]["count"]) == (
+        "queue_wait_seconds", "Time in the queue.", "seconds", 2)

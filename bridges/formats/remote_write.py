@@ -32,10 +32,23 @@ the point's time, exactly (0 is 1970, as for Prometheus). Staleness markers (the
 refused, as the canonical model holds finite numbers. A series without samples (e.g. native
 histograms, which 1.0 does not define) is skipped and counted.
 
-Types (1.0 carries none, so they are recovered; ``prometheus_items`` does it):
-- metadata in the same request, when present, decides a family's type (COUNTER, GAUGE,
-  HISTOGRAM/GAUGEHISTOGRAM, SUMMARY; INFO, STATESET and UNKNOWN read as gauges) and gives the
-  description (help) and unit; OpenMetrics counters' metadata names the family without ``_total``.
+Types (1.0 carries none, so they are recovered):
+- metadata decides a family's type (COUNTER, GAUGE, HISTOGRAM/GAUGEHISTOGRAM, SUMMARY; INFO,
+  STATESET and UNKNOWN read as gauges) and gives the description (help, cut to 1024 characters)
+  and unit; OpenMetrics counters' metadata names the family without ``_total``. The request's
+  own metadata first; else what earlier requests sent: Prometheus sends its metadata in
+  requests of their own (every ``metadata_config.send_interval``, 1 minute by default), so each
+  process remembers type, help and unit per family (``KnownFamilies``, ``KNOWN``), updated by
+  every request's metadata (metadata-only or not; the latest wins) and applied to later samples
+  of the family. It is bounded: at most MAX_KNOWN_FAMILIES (10,000) families, least recently
+  sent or used forgotten first (a large Prometheus sends a few thousand families; a forgotten one
+  is learnt again at the next send); help kept cut, names and units no metric can carry not kept,
+  so memory stays bounded whatever a sender sends: about 55 MB at worst (every family with the
+  longest name, help and unit, all in 4-byte characters), about 3 MB for 10,000 typical ones.
+  A sample that arrives before its family's first metadata reads by naming alone; a request
+  refused whole teaches nothing. The reading stays pure (it sees only the merged metadata):
+  ``decode`` looks up and updates the cache it is given (default ``KNOWN``) once per request,
+  under its lock, as the host may run requests at once; tests give their own or clear ``KNOWN``.
 - otherwise Prometheus naming, per (family, other labels, timestamp):
   ``<x>_bucket{le}`` with ``<x>_sum`` and ``<x>_count`` -> ONE histogram (per-bucket counts from the
   cumulative ones; the ``+Inf`` bucket is the count); ``<x>{quantile}`` with ``<x>_sum`` and
@@ -50,7 +63,7 @@ named ``*_total``, delta counters, histograms, summaries with quantiles and aggr
 as they were sent (tags as sanitized there). What the wire cannot say does not come back: a
 cumulative counter not named ``*_total`` returns as a gauge, a summary without quantiles as
 gauges ``_sum`` and ``_count``, times to the millisecond; unit, description, namespace and Azure
-target are not sent.
+target are not sent (the sink writes no metadata).
 
 ``answer``: 204 with no body when nothing was refused; otherwise 400 ``{"error": "<n> samples
 refused: <first reasons>"}`` (the spec: 400 for invalid samples, not to be retried; the valid
@@ -60,6 +73,8 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -215,8 +230,12 @@ _PLAIN = ("COUNTER", "GAUGE", "INFO", "STATESET")  # metadata types of single-se
 _PARTS = ("_sum", "_count", "_min", "_max")
 
 
-def decode(body: bytes, content_type: str | None, params: Mapping[str, str], max_bytes: int) -> Decoded:
-    """A remote-write request as canonical items, types recovered (see the module docstring)."""
+def decode(body: bytes, content_type: str | None, params: Mapping[str, str], max_bytes: int,
+           known: KnownFamilies | None = None) -> Decoded:
+    """A remote-write request as canonical items, types recovered (see the module docstring).
+
+    ``known``: the family metadata earlier requests sent (default: this process's ``KNOWN``),
+    updated with this request's and applied to its families that it sends none for."""
     from google.protobuf.message import DecodeError
 
     _check_content_type(content_type)
@@ -228,7 +247,88 @@ def decode(body: bytes, content_type: str | None, params: Mapping[str, str], max
         _parse(data)
         raise
     metadata = {m.metric_family_name: m for m in request.metadata}
+    metadata = (KNOWN if known is None else known).exchange(metadata, {labels.name for labels, _ in series})
     return _decoded(series, metadata)
+
+
+MAX_KNOWN_FAMILIES = 10_000  # families whose metadata a process remembers: a few Prometheus servers' worth
+MAX_FAMILY_NAME_CHARS = 255  # the canonical schema's longest name: a longer family has no valid metric
+MAX_UNIT_CHARS = 64  # the canonical schema's longest unit
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """One family's metadata as remembered: read as a request's ``MetricMetadata`` is."""
+
+    type: int
+    help: str
+    unit: str
+
+
+class KnownFamilies:
+    """Type, help and unit per metric family, from every request's metadata, for later requests
+    that carry none: Prometheus sends its metadata in requests of its own, every
+    ``metadata_config.send_interval`` (1 minute by default), apart from the samples.
+
+    At most ``max_families`` families, the least recently sent or used forgotten first (a
+    forgotten family is learnt again at the next metadata send); help is kept cut to
+    MAX_DESCRIPTION_CHARS, and an entry whose family name or unit no valid metric can carry is
+    not kept (it forgets what that family had), so memory stays bounded whatever a sender
+    sends. One lock around each request's look-up and update: the host may run requests at once.
+    """
+
+    def __init__(self, max_families: int = MAX_KNOWN_FAMILIES) -> None:
+        self.max_families = max_families
+        self._families: OrderedDict[str, Known] = OrderedDict()  # least recently sent or used first
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._families)
+
+    def get(self, family: str) -> Known | None:
+        with self._lock:
+            return self._families.get(family)
+
+    def clear(self) -> None:
+        """Forget every family (tests start from nothing)."""
+        with self._lock:
+            self._families.clear()
+
+    def exchange(self, metadata: dict, names: Iterable[str]) -> dict:
+        """The request's ``metadata`` (family -> MetricMetadata) plus what is known of the other
+        families its series ``names`` may belong to; the request's metadata is then remembered.
+        The request's own metadata always wins."""
+        families = self._families
+        if not families and not metadata:  # nothing known, nothing to learn (a racing update is as if later)
+            return metadata
+        wanted = {family for name in names for family in _families_of(name) if family not in metadata}
+        with self._lock:
+            merged = dict(metadata)
+            for family in wanted:
+                entry = families.get(family)
+                if entry is not None:
+                    families.move_to_end(family)
+                    merged[family] = entry
+            for family, entry in metadata.items():
+                if not family:
+                    continue
+                if len(family) > MAX_FAMILY_NAME_CHARS or len(entry.unit) > MAX_UNIT_CHARS:
+                    families.pop(family, None)
+                    continue
+                families[family] = Known(entry.type, entry.help[:MAX_DESCRIPTION_CHARS], entry.unit)
+                families.move_to_end(family)
+            while len(families) > self.max_families:
+                families.popitem(last=False)
+        return merged
+
+
+KNOWN = KnownFamilies()  # this process's: one per worker process, as the label-set caches
+_FAMILY_SUFFIXES = ("_bucket", "_sum", "_count", "_min", "_max", "_total")
+
+
+def _families_of(name: str) -> tuple[str, ...]:
+    """The families a series name may belong to: itself, and its name without a family suffix."""
+    return (name, *(name[: -len(suffix)] for suffix in _FAMILY_SUFFIXES if name.endswith(suffix) and len(name) > len(suffix)))
 
 
 def _decoded(series: Sequence[tuple[_LabelSet, list]], metadata: dict) -> Decoded:

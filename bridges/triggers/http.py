@@ -49,9 +49,12 @@ def _answer(handle: Callable[[Bridge], Reply]) -> func.HttpResponse:
     return to_response(handle(bridge))
 
 
-def _receive(fmt, req: func.HttpRequest) -> func.HttpResponse:
+def _receive(fmt, req: func.HttpRequest, query: tuple[str, ...] = ()) -> func.HttpResponse:
+    """A vendor format's request; the decoder gets the route parameters and the query parameters
+    named in ``query`` (only those: the query also holds the function key and vendors' passwords)."""
+    params = {**{name: req.params[name] for name in query if name in req.params}, **req.route_params}
     return _answer(lambda bridge: bridge.receive(
-        fmt, req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding"), req.route_params))
+        fmt, req.get_body(), req.headers.get("content-type"), req.headers.get("content-encoding"), params))
 
 
 @blueprint.route(route="metrics", methods=["POST"])
@@ -75,6 +78,33 @@ def ingest_remote_write(req: func.HttpRequest) -> func.HttpResponse:
     from bridges.formats import remote_write
 
     return _receive(remote_write, req)
+
+
+@blueprint.route(route="v1/metrics", methods=["POST"])
+def ingest_otlp(req: func.HttpRequest) -> func.HttpResponse:
+    """OTLP/HTTP metrics (protobuf or JSON): an OpenTelemetry SDK's or Collector's endpoint base `/api`."""
+    from bridges.formats import otlp
+
+    # One format instance per request (it notes the request's encoding), with the setting's attributes.
+    return _answer(lambda bridge: bridge.receive(
+        otlp.Otlp(bridge.settings.otlp_resource_attributes), req.get_body(), req.headers.get("content-type"),
+        req.headers.get("content-encoding"), req.route_params))
+
+
+@blueprint.route(route="v2/write", methods=["POST"])
+def ingest_influx_v2(req: func.HttpRequest) -> func.HttpResponse:
+    """InfluxDB line protocol at the v2 write API (Telegraf outputs.influxdb_v2, influxdb-client)."""
+    from bridges.formats import influx
+
+    return _receive(influx.V2, req, query=("precision",))
+
+
+@blueprint.route(route="write", methods=["POST"])
+def ingest_influx_v1(req: func.HttpRequest) -> func.HttpResponse:
+    """InfluxDB line protocol at the 1.x write API (Telegraf outputs.influxdb)."""
+    from bridges.formats import influx
+
+    return _receive(influx.V1, req, query=("precision",))
 
 
 @blueprint.route(route="client/metrics/custom", methods=["POST"])

@@ -319,6 +319,7 @@ var bridgeSettings = {
   BRIDGE_DELIVERY_DEADLINE_SECONDS: '60'
   BRIDGE_IDEMPOTENCY_TTL_SECONDS: '259200'
   BRIDGE_IDEMPOTENCY_TABLE: idempotencyTableName
+  BRIDGE_OTLP_RESOURCE_ATTRIBUTES: 'service.name,service.namespace,deployment.environment'
   BRIDGE_CHECKS: empty(checks) ? '' : string(checks)
   CHECKS_SCHEDULE: checksSchedule
   BRIDGE_SOURCES: empty(sources) ? '' : string(sources)

@@ -25,7 +25,7 @@ from benchmarks.bench_ingest import ROUNDS, payload, seconds  # noqa: E402
 from benchmarks.bench_sinks import SINKS  # noqa: E402
 from benchmarks.common import best_and_median, report  # noqa: E402
 from bridges.delivery.sinks import build_sinks  # noqa: E402
-from bridges.formats import azure_monitor, dynatrace, remote_write, unleash  # noqa: E402
+from bridges.formats import azure_monitor, dynatrace, influx, otlp, remote_write, unleash  # noqa: E402
 from bridges.formats.canonical import may_hold_surrogates  # noqa: E402
 from bridges.ingest.normalize import Normalizer  # noqa: E402
 from bridges.settings import load_settings  # noqa: E402
@@ -39,14 +39,63 @@ FORMATS = [  # (label, sink label in bench_sinks, format, content type, route pa
     ("prometheus remote-write", "prometheus", remote_write, "application/x-protobuf", {}),
     ("unleash custom", "unleash custom", unleash.CUSTOM, "application/json", {}),
     ("unleash impact", "unleash impact", unleash.CLIENT, "application/json", {}),
+    ("influx line protocol", "influx", influx.V2, "text/plain; charset=utf-8", {}),
+    ("otlp protobuf", "otlp protobuf", otlp.Otlp(), "application/x-protobuf", {}),
+    ("otlp json", "otlp json", otlp.Otlp(), "application/json", {}),
 ]
 MAX_BYTES = 20 * 1024 * 1024
 
 
+def influx_lines(metrics: list, now_ns: int) -> list[bytes]:
+    """The gauges and counters as line protocol, one field per line, bodies of 5,000 lines (as
+    Telegraf batches): what no sink sends, so written here."""
+    def escape(text: str, chars: str) -> str:
+        for char in "\\" + chars:
+            text = text.replace(char, "\\" + char)
+        return text
+
+    lines = [
+        escape(m.name, ", ") + "".join(f",{escape(k, ',= ')}={escape(v, ',= ')}" for k, v in m.tags if k and v)
+        + f" value={float(m.point.value)!r} {now_ns}"
+        for m in metrics if m.kind in ("gauge", "counter")
+    ]
+    return ["\n".join(lines[i:i + 5000]).encode() for i in range(0, len(lines), 5000)]
+
+
+def otlp_request(metrics: list, now_ns: int, as_json: bool) -> list[bytes]:
+    """The gauges and counters as one OTLP ExportMetricsServiceRequest (protobuf or JSON)."""
+    from google.protobuf.json_format import MessageToJson
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    request = ExportMetricsServiceRequest()
+    scope = request.resource_metrics.add().scope_metrics.add()
+    for m in metrics:
+        if m.kind not in ("gauge", "counter"):
+            continue
+        entry = scope.metrics.add(name=m.name)
+        if m.kind == "gauge":
+            point = entry.gauge.data_points.add()
+        else:
+            entry.sum.is_monotonic = True
+            entry.sum.aggregation_temporality = 2  # cumulative
+            point = entry.sum.data_points.add()
+        point.as_double = float(m.point.value)
+        point.time_unix_nano = now_ns
+        for key, value in m.tags:
+            point.attributes.add(key=key).value.string_value = value
+    return [MessageToJson(request, indent=None).encode() if as_json else request.SerializeToString()]
+
+
 def bodies_for(sink_label: str, metrics: list, now_ns: int) -> list[bytes]:
     """The request bodies the sink would send, with their Content-Encoding undone the way the
-    pipeline undoes it (gzip) or left for the decoder (snappy)."""
+    pipeline undoes it (gzip) or left for the decoder (snappy); for the formats no sink sends,
+    bodies written here."""
     import gzip
+
+    if sink_label == "influx":
+        return influx_lines(metrics, now_ns)
+    if sink_label.startswith("otlp"):
+        return otlp_request(metrics, now_ns, as_json=sink_label.endswith("json"))
 
     [(_, name, settings)] = [entry for entry in SINKS if entry[0] == sink_label]
     [sink] = build_sinks(load_settings({**settings, "BRIDGE_SINKS": name}))

@@ -438,3 +438,157 @@ def test_poll_with_an_unknown_name_or_no_sources_exits_2(poll_env, capsys, monke
     monkeypatch.delenv("BRIDGE_SOURCES")
     assert main(["poll"]) == 2
     assert "BRIDGE_SOURCES_FILE" in capsys.readouterr().err
+
+
+# --- format: prometheus (scrapes) ---------------------------------------------------------------
+
+TEXT_EXPOSITION = b"""# HELP jobs_processed_total Jobs done.
+# TYPE jobs_processed_total counter
+jobs_processed_total{queue="mail"} 42 1795000000000
+jobs_processed_total{queue="sms",empty=""} 7
+# HELP queue_depth Waiting jobs.
+# TYPE queue_depth gauge
+queue_depth 3
+queue_depth{queue="broken"} NaN
+# TYPE legacy_thing untyped
+legacy_thing 1.5
+# HELP latency_seconds Request latency.
+# TYPE latency_seconds histogram
+latency_seconds_bucket{le="0.1"} 2
+latency_seconds_bucket{le="1"} 5
+latency_seconds_bucket{le="+Inf"} 6
+latency_seconds_sum 4.5
+latency_seconds_count 6
+# TYPE rpc_seconds summary
+rpc_seconds{quantile="0.5"} 0.2
+rpc_seconds{quantile="0.9"} NaN
+rpc_seconds_sum 10
+rpc_seconds_count 40
+"""
+OPENMETRICS_BODY = b"""# TYPE build info
+build_info{version="1.2"} 1
+# TYPE wait_seconds histogram
+# UNIT wait_seconds seconds
+# HELP wait_seconds Time waited.
+wait_seconds_bucket{le="0.5"} 1 1795000000.250
+wait_seconds_bucket{le="+Inf"} 3 1795000000.250
+wait_seconds_count 3 1795000000.250
+wait_seconds_sum 2.5 1795000000.250
+wait_seconds_created 1794000000.0 1795000000.250
+# TYPE sent_bytes counter
+# UNIT sent_bytes bytes
+sent_bytes_total 1024
+sent_bytes_created 1794000000.0
+# EOF
+"""
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+class ExpositionServer(FakeReceiver):
+    def answer(self, request) -> Answer:
+        if request.path == "/metrics":
+            return Answer(200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, TEXT_EXPOSITION)
+        if request.path == "/openmetrics":
+            return Answer(200, {"Content-Type": OPENMETRICS_TYPE}, OPENMETRICS_BODY)
+        if request.path == "/broken-openmetrics":  # no # EOF
+            return Answer(200, {"Content-Type": OPENMETRICS_TYPE}, OPENMETRICS_BODY.replace(b"# EOF\n", b""))
+        if request.path == "/garbage":
+            return Answer(200, {"Content-Type": "text/plain"}, b"this is {not an exposition\n")
+        return Answer(404)
+
+
+@pytest.fixture
+def exposition():
+    with ExpositionServer() as running:
+        yield running
+
+
+def scrape(name: str, url: str, **extra) -> dict:
+    return {"name": name, "url": url, "format": "prometheus", **extra}
+
+
+def scraped_lines(settings_env: dict, *entries: dict) -> tuple[list, list[dict]]:
+    bridge = polling_bridge(settings_env, *entries, BRIDGE_LOCATION="westeurope")
+    polls, _ = bridge.poll_sources()
+    drain(bridge)
+    return polls, outbox_lines(bridge)
+
+
+def by_name(lines: list[dict], source_metrics: bool = False) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for line in lines:
+        if source_metrics or not line["name"].startswith("poll_"):
+            found.setdefault(line["name"], []).append(line)
+    return found
+
+
+def test_a_text_exposition_is_scraped_with_every_kind(exposition, settings_env):
+    polls, lines = scraped_lines(settings_env, scrape("app", exposition.url + "/metrics"))
+    assert poll_states(lines) == {"app": (1, None)}
+    assert exposition.received[0].headers["accept"] == (
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    metrics = by_name(lines)
+    assert sorted(metrics) == ["jobs_processed_total", "latency_seconds", "legacy_thing", "queue_depth", "rpc_seconds"]
+    jobs = {m["tags"]["queue"]: m for m in metrics["jobs_processed_total"]}
+    assert jobs["mail"]["counter"] == {"value": 42, "temporality": "cumulative"}
+    assert jobs["mail"]["dt"].startswith("2026-11-18T11:06:40")  # the sample's own timestamp (ms)
+    assert metrics["queue_depth"][0]["dt"] != jobs["mail"]["dt"]  # no timestamp: the poll's time
+    assert jobs["mail"]["description"] == "Jobs done."
+    assert jobs["sms"]["tags"] == {"queue": "sms"}  # an empty label is no label
+    assert [m["gauge"]["value"] for m in metrics["queue_depth"]] == [3]  # the NaN one is left out
+    assert metrics["legacy_thing"][0]["gauge"] == {"value": 1.5}
+    assert metrics["latency_seconds"][0]["histogram"] == {
+        "count": 6, "sum": 4.5, "buckets": [{"upper_limit": 0.1, "count": 2}, {"upper_limit": 1.0, "count": 3}]}
+    assert metrics["rpc_seconds"][0]["summary"] == {"count": 40, "sum": 10.0,
+                                                    "quantiles": [{"quantile": 0.5, "value": 0.2}]}
+
+
+def test_an_openmetrics_body_keeps_units_and_timestamps_in_seconds(exposition, settings_env):
+    polls, lines = scraped_lines(settings_env, scrape("om", exposition.url + "/openmetrics"))
+    assert poll_states(lines) == {"om": (1, None)}
+    metrics = by_name(lines)
+    assert sorted(metrics) == ["build_info", "sent_bytes_total", "wait_seconds"]
+    wait = metrics["wait_seconds"][0]
+    assert (wait["unit"], wait["description"]) == ("seconds", "Time waited.")
+    assert wait["histogram"] == {"count": 3, "sum": 2.5, "buckets": [{"upper_limit": 0.5, "count": 1}]}
+    assert wait["dt"] == "2026-11-18T11:06:40.250Z"  # the samples' own timestamp, in seconds
+    assert metrics["sent_bytes_total"][0]["counter"]["value"] == 1024
+    assert metrics["sent_bytes_total"][0]["unit"] == "bytes"
+    assert metrics["build_info"][0]["tags"] == {"version": "1.2"}
+
+
+def test_keep_and_drop_choose_families_by_fnmatch_pattern(exposition, settings_env):
+    _, lines = scraped_lines(settings_env,
+                             scrape("app", exposition.url + "/metrics", keep=["*_seconds", "jobs_processed_total"],
+                                    drop=["rpc_*"]))
+    assert sorted(by_name(lines)) == ["jobs_processed_total", "latency_seconds"]
+
+
+def test_a_broken_exposition_is_a_parse_failure(exposition, settings_env):
+    polls, lines = scraped_lines(settings_env, scrape("garbage", exposition.url + "/garbage"),
+                                 scrape("no-eof", exposition.url + "/broken-openmetrics"),
+                                 scrape("fine", exposition.url + "/metrics"))
+    assert poll_states(lines) == {"garbage": (0, "parse"), "no-eof": (0, "parse"), "fine": (1, None)}
+    messages = {p.source.name: p.message for p in polls}
+    assert messages["garbage"].startswith("the response is not a Prometheus exposition")
+    assert "EOF" in messages["no-eof"]
+
+
+def test_a_scrape_needs_no_mapping_and_keep_needs_a_scrape(exposition):
+    env = {"BRIDGE_SOURCES": sources_setting(scrape("app", exposition.url + "/metrics"))}
+    assert declared(env)[0].rules is None
+    with pytest.raises(SettingsError):
+        declared({"BRIDGE_SOURCES": sources_setting(source("status", exposition.url, keep=["x"]))})
+    with pytest.raises(SettingsError):
+        declared({"BRIDGE_SOURCES": sources_setting(scrape("app", exposition.url, mapping=RULES))})
+
+
+def test_the_real_prometheus_own_metrics_are_scraped(prometheus_peer, settings_env):
+    polls, lines = scraped_lines(settings_env, scrape("prometheus", prometheus_peer.url + "/metrics"))
+    assert poll_states(lines) == {"prometheus": (1, None)}, polls[0].message
+    metrics = by_name(lines)
+    requests = metrics["prometheus_http_requests_total"]
+    assert all("counter" in m for m in requests)
+    assert requests[0]["description"].startswith("Counter of HTTP requests")
+    durations = metrics["prometheus_http_request_duration_seconds"]
+    assert any(m["histogram"]["buckets"] for m in durations)

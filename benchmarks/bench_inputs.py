@@ -143,8 +143,8 @@ def time_mapping(rules, body, headers, repeat: int, normalizer, now_ns: int) -> 
     return best_and_median([seconds(run) for _ in range(ROUNDS)])
 
 
-def webhook_case(source: str, sample: str) -> tuple:
-    rules = load_sources([BUILTIN_DIR])[source]
+def webhook_case(source: str, sample: str, sources: dict | None = None) -> tuple:
+    rules = (sources or load_sources([BUILTIN_DIR]))[source]
     body = json.loads((WEBHOOKS / source / f"{sample}.json").read_text())
     headers_file = WEBHOOKS / source / f"{sample}.headers.json"
     headers = {k.lower(): v for k, v in json.loads(headers_file.read_text()).items()} if headers_file.exists() else {}
@@ -207,7 +207,7 @@ def every_sample_case(normalizer: Normalizer, now_ns: int, floor_us: float) -> l
     for case in sorted(WEBHOOKS.glob("*/*.json")):
         if case.name.endswith((".headers.json", ".expected.json")) or case.parent.name not in sources:
             continue
-        rules, body, headers = webhook_case(case.parent.name, case.stem)
+        rules, body, headers = webhook_case(case.parent.name, case.stem, sources)  # the files read once
         produced = len(rules.apply(body, headers, now_ns).items)
         if not produced:
             continue

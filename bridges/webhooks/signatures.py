@@ -284,7 +284,7 @@ def _basic_auth(spec, headers, body, secrets, now_s):
     user, colon, password = credentials.partition(b":")
     if not colon:
         return "Authorization header malformed"
-    matched = _match(list(map(_sha256, _utf8_keys(secrets))), [_sha256(password)]) is None
+    matched = _plain_secret_match(secrets, password) is None
     username = spec.get("username")
     if username is not None:  # compared even when the password failed: no early exit
         matched &= hmac.compare_digest(_sha256(username.encode("utf-8", "surrogatepass")), _sha256(user))
@@ -298,8 +298,7 @@ def _header_token(spec, headers, body, secrets, now_s):
     value = _header(headers, name.strip().lower())
     if value is None:
         return f"{name} header missing"
-    received = _sha256(value.encode("utf-8", "surrogatepass"))
-    return _match(list(map(_sha256, _utf8_keys(secrets))), [received])
+    return _plain_secret_match(secrets, value.encode("utf-8", "surrogatepass"))
 
 
 FUNCTION_KEY_PARAMETER = "code"  # the Functions host's own: never a secret of ours
@@ -317,8 +316,7 @@ def _shared_secret(spec, headers, body, secrets, now_s, params=None):
     value = _query(params or {}, name)
     if value is None:
         return f"query parameter {name} missing"
-    received = _sha256(value.encode("utf-8", "surrogatepass"))
-    return _match(list(map(_sha256, _utf8_keys(secrets))), [received])
+    return _plain_secret_match(secrets, value.encode("utf-8", "surrogatepass"))
 
 
 _CHECKS: dict[str, Callable[..., str | None]] = {
@@ -399,6 +397,12 @@ def _sha256(data: bytes) -> bytes:
 
 def _hmacs(keys: Sequence[bytes], message: bytes) -> list[bytes]:
     return [hmac.new(key, message, hashlib.sha256).digest() for key in keys]
+
+
+def _plain_secret_match(secrets: Sequence[str], received: bytes) -> str | None:
+    """A secret sent as it is (a password, a token): compared as SHA-256 digests, so the
+    comparison's time says nothing about the secret's length."""
+    return _match(list(map(_sha256, _utf8_keys(secrets))), [_sha256(received)])
 
 
 def _match(expected: Sequence[bytes], received: Sequence[bytes]) -> str | None:

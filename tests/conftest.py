@@ -11,7 +11,7 @@ from bridges import runtime  # noqa: E402
 from bridges.formats import remote_write  # noqa: E402
 from bridges.settings import binding_defaults  # noqa: E402
 
-pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.azurite", "peers.functions_worker"]  # real peers as fixtures
+pytest_plugins = ["peers.unleash", "peers.prometheus", "peers.node_exporter", "peers.azurite", "peers.functions_worker"]  # real peers as fixtures
 
 
 @pytest.fixture(autouse=True)

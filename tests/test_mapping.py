@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 from pathlib import Path
@@ -842,6 +843,7 @@ def _expressions():
         | st.builds(lambda a, b: f"divide({a}, {b})", inner, inner)
         | st.builds(lambda a, b: f"[{a}, {b}]", inner, inner)
         | st.builds(lambda a, b: f"contains([{a}, 'a'], {b})", inner, inner)
+        | inner.map(lambda e: f"contains(['a', '', 'b'], {e})")  # string literals only: a set lookup
         | st.builds(lambda a, b: f"{a}.{b}", _paths(), _paths())
         | _paths().map(lambda p: f"{p}[*].a"),
         max_leaves=6,
@@ -951,3 +953,57 @@ def test_extreme_values_are_refused_not_raised(tmp_path):
     infinite = rules.apply({"t": 1, "v": "1e999"}, {}, NOW_NS)
     assert math.isinf(infinite.items[0]["gauge"]["value"])
     assert Normalizer().normalize(infinite.items, NOW_NS).rejected >= 1
+
+
+_PATTERN_PIECES = st.sampled_from(["%Y", "%m", "%d", "%H", "%M", "%S", "%f", "%z", "%%", "-", ":", " ", "  ", "T",
+                                   "UTC", ".", "/", "%b", "%y"])
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_PATTERN_PIECES, min_size=1, max_size=9).map("".join), st.datetimes(timezones=st.timezones()),
+       st.text(alphabet="0123456789 :-+TZz.UTCutc/", max_size=30), st.booleans())
+def test_numeric_patterns_read_times_as_strptime_does(form, moment, junk, written):
+    """Patterns of numeric directives are read by a quicker reader than strptime; for any text,
+    written by strftime or not, it gives strptime's time or fails where strptime fails."""
+    from bridges.webhooks.values import _numeric_strptime
+
+    quick = _numeric_strptime(form)
+    if quick is None:
+        return  # strptime reads this pattern itself
+    try:
+        text = moment.strftime(form) if written else junk
+    except ValueError:
+        return
+
+    def outcome(read):
+        try:
+            return "read", read(text, form)
+        except ValueError as exc:
+            return "refused", str(exc) if "match" in str(exc) or "unconverted" in str(exc) else "invalid"
+
+    assert outcome(quick) == outcome(datetime.datetime.strptime)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(KEYS).map(_identifier) | _paths(), st.sampled_from(["'a'", "''", "'x-y'"]),
+                          st.sampled_from(["==", "contains"]), st.booleans()), min_size=1, max_size=4),
+       st.lists(st.dictionaries(st.sampled_from(KEYS), st.sampled_from(["a", "", "x-y", "b", 0, None]) | _json,
+                                max_size=4) | _json, max_size=3))
+def test_rules_passed_over_by_their_guard_give_what_their_filters_give(tmp_path_factory, filters, events):
+    """Rules whose filter starts by comparing a key with literals are passed over by that guard,
+    the key read once per event for every rule: the delivery's items and refusals are the same
+    as when every filter runs."""
+    rules = []
+    for n, (path, literal, form, more) in enumerate(filters):
+        key = "event" + (path if path.startswith("[") else "." + path)
+        test = f"{key} == {literal}" if form == "==" else f"contains([{literal}, 'b'], {key})"
+        test += " && event.a != `null`" if more else ""
+        rules.append(f"  - {{name: r{n}, events: body, filter: {json.dumps(test)}, "
+                     f"metrics: [{{name: m{n}, type: gauge, value: event.a}}]}}\n")
+    path = tmp_path_factory.mktemp("guards")
+    guarded = _one_rule(path, "".join(rules))
+    unguarded = _one_rule(path, "".join(rules))
+    for rule in unguarded._rules:
+        assert rule.guard is not None
+        rule.guard = None
+    assert guarded.apply(events, {}, NOW_NS) == unguarded.apply(events, {}, NOW_NS)

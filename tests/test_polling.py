@@ -592,3 +592,93 @@ def test_the_real_prometheus_own_metrics_are_scraped(prometheus_peer, settings_e
     assert requests[0]["description"].startswith("Counter of HTTP requests")
     durations = metrics["prometheus_http_request_duration_seconds"]
     assert any(m["histogram"]["buckets"] for m in durations)
+
+
+def exposed(body: bytes, content_type: str) -> list[dict]:
+    """One scrape read with prometheus_client's parser alone, as the lines a sink should get: one per
+    series (a histogram's or summary's per label set), HELP as description, no sample timestamps."""
+    if content_type.split(";")[0].strip() == "application/openmetrics-text":
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    else:
+        from prometheus_client.parser import text_string_to_metric_families
+    lines: dict[tuple, dict] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        help_ = {"description": family.documentation} if family.documentation else {}
+        for sample in family.samples:
+            assert sample.timestamp is None
+            tags = {k: v for k, v in sample.labels.items() if k not in ("le", "quantile") and v}
+            if family.type in ("counter", "gauge", "untyped", "unknown"):
+                if sample.name.endswith("_created") and family.type == "counter":
+                    continue
+                point = ({"counter": {"value": sample.value, "temporality": "cumulative"}} if family.type == "counter"
+                         else {"gauge": {"value": sample.value}})
+                lines[sample.name, tuple(sorted(tags.items()))] = {"name": sample.name, "tags": tags, **point, **help_}
+                continue
+            assert family.type in ("histogram", "summary"), family.type
+            line = lines.setdefault((family.name, tuple(sorted(tags.items()))),
+                                    {"name": family.name, "tags": tags, family.type: {"parts": []}, **help_})
+            suffix = sample.name.removeprefix(family.name)
+            if suffix in ("_sum", "_count"):
+                line[family.type][suffix[1:]] = sample.value
+            elif suffix == "_bucket":
+                line[family.type]["parts"].append((float(sample.labels["le"]), sample.value))
+            else:
+                line[family.type]["parts"].append((float(sample.labels["quantile"]), sample.value))
+    for line in lines.values():
+        if "histogram" in line:  # cumulative le buckets to per-bucket counts, +Inf being the count
+            parts, previous, buckets = sorted(line["histogram"].pop("parts")), 0, []
+            for le, cumulative in parts[:-1]:
+                buckets.append({"upper_limit": le, "count": cumulative - previous})
+                previous = cumulative
+            line["histogram"]["buckets"] = buckets
+        if "summary" in line:
+            line["summary"]["quantiles"] = [{"quantile": q, "value": v} for q, v in sorted(line["summary"].pop("parts"))]
+    return sorted(lines.values(), key=series_key)
+
+
+def series_key(line: dict) -> tuple:
+    return line["name"], sorted(line["tags"].items())
+
+
+@pytest.mark.parametrize("accept", [None, "text/plain;version=0.0.4"], ids=["negotiated", "text-0.0.4"])
+def test_node_exporter_metrics_reach_the_sink_as_it_exposed_them(node_exporter_peer, settings_env, accept):
+    """The bridge's Accept prefers OpenMetrics (node_exporter 1.5 answers 0.0.4 text to it all the
+    same); an Accept header declared on the source asks for 0.0.4. Either way, what reaches the sink is
+    what prometheus_client's own parser reads in that very scrape: every family, HELP, types."""
+    from bridges.scheduled.probe import fetch
+
+    scrapes = []
+
+    def recording(url, **options):
+        response = fetch(url, **options)
+        scrapes.append((options["headers"], response))
+        return response
+
+    entry = scrape("node", node_exporter_peer.metrics_url, **({"headers": {"Accept": accept}} if accept else {}))
+    bridge = polling_bridge(settings_env, entry)
+    bridge.fetcher = recording
+    polls, _ = bridge.poll_sources()
+    drain(bridge)
+    lines = outbox_lines(bridge)
+    assert poll_states(lines) == {"node": (1, None)}, polls[0].message
+
+    [(sent, response)] = scrapes
+    assert sent["Accept"] == accept or "application/openmetrics-text" in sent["Accept"]
+    scraped = [line for line in lines if not line["name"].startswith("poll_")]
+    assert {line["dt"] for line in scraped} == {by_name(lines, True)["poll_up"][0]["dt"]}  # no own timestamps
+    kept = ("name", "tags", "counter", "gauge", "histogram", "summary", "description", "unit")
+    got = sorted(({"tags": {}, **{k: v for k, v in line.items() if k in kept}} for line in scraped), key=series_key)
+    expected = exposed(response.body, response.headers.get("content-type", ""))
+    assert [line["name"] for line in got] == [line["name"] for line in expected]
+    assert got == expected
+
+    metrics = by_name(lines)  # what a user of node_exporter looks for
+    assert metrics["node_context_switches_total"][0]["counter"]["temporality"] == "cumulative"
+    assert metrics["node_load1"][0]["description"] == "1m load average."
+    [gc] = metrics["go_gc_duration_seconds"]
+    assert [q["quantile"] for q in gc["summary"]["quantiles"]] == [0, 0.25, 0.5, 0.75, 1]
+    waits = {m["tags"]["queue"]: m["histogram"] for m in metrics["batch_wait_seconds"]}  # the textfile collector's
+    assert waits == {"mail": {"count": 6, "sum": 4.5, "buckets": [{"upper_limit": 0.1, "count": 2},
+                                                                  {"upper_limit": 1.0, "count": 3}]},
+                     "sms": {"count": 1, "sum": 0.5, "buckets": [{"upper_limit": 0.1, "count": 0},
+                                                                 {"upper_limit": 1.0, "count": 1}]}}

@@ -16,6 +16,7 @@ A metric's name is a template (``parse_template``): literal text and ``{expressi
 """
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,38 @@ def compile_expression(text: str) -> Expression:
     return Expression(text, evaluate, fast)
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What a filter first asks: does ``key`` give one of ``values``? (``key == 'push' && ...``,
+    ``contains(['a', 'b'], key)``.) Rules over the same events often ask it of the same key, so
+    it is evaluated once per event and a rule whose answer is no is passed over without running
+    its filter, which would give false. ``shape`` is the key's parsed form: equal shapes, the
+    same key."""
+
+    shape: str
+    key: Callable[[object], object]
+    values: frozenset
+
+
+def guard_of(text: str) -> Guard | None:
+    """The guard of a filter that starts with a comparison of one key to string literals."""
+    node = jmespath.compile(text).parsed
+    if node["type"] == "and_expression":
+        node = node["children"][0]
+    key, values = None, None
+    if node["type"] == "comparator" and node["value"] == "eq":
+        right = node["children"][1]
+        if right["type"] == "literal" and isinstance(right["value"], str):
+            key, values = node["children"][0], [right["value"]]
+    elif node["type"] == "function_expression" and node["value"] == "contains":
+        values = _string_literals(node["children"][0])
+        key = node["children"][1] if values is not None else None
+    if key is None or values is None:
+        return None
+    evaluate, _ = _compile_node(key)
+    return Guard(json.dumps(key, sort_keys=True), evaluate, frozenset(values))
+
+
 def _check_functions(node: _TreeNode, text: str) -> None:
     """jmespath finds unknown functions and wrong argument counts only when it runs; we say so at load."""
     if node.get("type") == "function_expression":
@@ -173,11 +206,39 @@ def _compile_node(node: _TreeNode) -> tuple[Callable[[object], object], bool]:
     if kind == "multi_select_list":  # ``[a, 'b']``, e.g. the list of event types a filter looks in
         compiled = [_compile_node(child) for child in children]
         return _select_list([fn for fn, _ in compiled]), all(fast for _, fast in compiled)
+    if kind == "function_expression" and node["value"] == "contains" and _string_literals(children[0]) is not None:
+        (listed, _), (inner, fast) = _compile_node(children[0]), _compile_node(children[1])
+        general = _call("contains", [listed, inner])
+        return _contains_one_of(frozenset(_string_literals(children[0]) or ()), inner, general), fast
     if kind == "function_expression" and all(child["type"] != "expref" for child in children):
         compiled = [_compile_node(child) for child in children]
         return _call(node["value"], [fn for fn, _ in compiled]), all(fast for _, fast in compiled)
     visit = _INTERPRETER.visit
     return (lambda value: visit(node, value)), False
+
+
+def _string_literals(node: _TreeNode) -> list[str] | None:
+    """The strings of a list written out as string literals (``['a', 'b']``), else None."""
+    if node["type"] != "multi_select_list":
+        return None
+    values = [child.get("value") for child in node["children"] if child["type"] == "literal"]
+    if len(values) != len(node["children"]) or not all(isinstance(value, str) for value in values):
+        return None
+    return values
+
+
+def _contains_one_of(strings: frozenset, subject: Callable[[object], object],
+                     general: Callable[[object], object]) -> Callable[[object], object]:
+    """``contains(['a', 'b'], x)``, the filters' "one of these event types": a set lookup. Only
+    a string can equal a string, so anything else is not contained (jmespath's answer too).
+    Against null the list itself is null (a type error): the general call says so."""
+    def contains(value):
+        if value is None:
+            return general(value)
+        found = subject(value)
+        return found in strings if isinstance(found, str) else False
+
+    return contains
 
 
 def _select_list(items: list[Callable[[object], object]]) -> Callable[[object], object]:

@@ -28,7 +28,7 @@ from jmespath import exceptions as jmespath_errors
 
 from bridges.formats import Decoded, Refused
 from bridges.timestamps import TimestampError
-from bridges.webhooks.expressions import Expression, is_false
+from bridges.webhooks.expressions import Expression, Guard, is_false
 from bridges.webhooks.values import Refuse, as_number, as_text, delivery_text, kind_of, preview, timestamp_reader
 
 NO_RULE_MATCHED = "no rule matched"
@@ -137,6 +137,7 @@ class CompiledRule:
         "events_text",
         "filter",
         "filter_text",
+        "guard",
         "metrics",
         "name",
         "origin",
@@ -147,8 +148,9 @@ class CompiledRule:
         "time_text",
     )
 
-    def __init__(self, name, events, filter_, timestamp, time_format, tags, metrics):
+    def __init__(self, name, events, filter_, timestamp, time_format, tags, metrics, guard: Guard | None = None):
         self.name = name
+        self.guard = guard
         self.origin = f"rule '{name}'"
         self.events = events.evaluate if events else None
         self.events_text = events.text if events else None
@@ -199,6 +201,7 @@ class SourceRules:
     _idempotency: dict | None
     _rules: tuple
     _delivery_expression: Expression | None
+    _reads_headers: bool = True
 
     @property
     def signature(self) -> dict | None:
@@ -223,11 +226,16 @@ class SourceRules:
 
         ``now_ns`` is not needed here: items without a timestamp carry no ``dt`` so the
         Normalizer's time of receipt applies."""
-        context = {"body": body, "headers": _lower_headers(headers), "event": body, "source": self.source}
+        lowered = _lower_headers(headers) if self._reads_headers else {}
+        # One context for the whole delivery: "event" is set to each event in turn (expressions
+        # keep no reference to it) and back to the body before each rule's events expression.
+        context = {"body": body, "headers": lowered, "event": body, "source": self.source}
         result = _Result()
+        guards: dict = {}
         for rule in self._rules:
+            context["event"] = body
             try:
-                self._apply_rule(rule, body, context, result)
+                self._apply_rule(rule, body, context, result, guards)
             except Exception as exc:  # a last guard: a rule that fails unexpectedly refuses itself
                 result.refused.append(Refused(rule.origin, f"cannot be evaluated: {_error_text(exc)}"))
         skipped = {}
@@ -237,13 +245,12 @@ class SourceRules:
             skipped[VALUE_IS_NULL] = result.nulls
         return Decoded(result.items, origins=result.origins, refused=result.refused, skipped=skipped)
 
-    def _apply_rule(self, rule: CompiledRule, body: object, base: dict, result: _Result) -> None:
-        context = base
+    def _apply_rule(self, rule: CompiledRule, body: object, context: dict, result: _Result, guards: dict) -> None:
         if rule.events is None:
             events = (body,)
         else:
             try:
-                events = rule.events(base)
+                events = rule.events(context)
             except Exception as exc:
                 result.refused.append(Refused(rule.origin, f"events {rule.events_text}: {_error_text(exc)}"))
                 return
@@ -254,9 +261,9 @@ class SourceRules:
                     rule.origin, f"events {rule.events_text} gave {kind_of(events)}, not an array: {preview(events)}"))
                 return
         for index, event in enumerate(events):
-            if rule.events is not None:
-                context = {**base, "event": event}
-            where = f"{rule.origin} event {index}"
+            context["event"] = event
+            if rule.guard is not None and not _may_match(rule.guard, event, context, guards):
+                continue
             try:
                 if rule.filter is not None:
                     try:
@@ -269,8 +276,9 @@ class SourceRules:
                 base_tags: dict = {}
                 _evaluate_tags(rule.tags, context, base_tags)
             except Refuse as exc:
-                result.refused.append(Refused(where, str(exc)))
+                result.refused.append(Refused(f"{rule.origin} event {index}", str(exc)))
                 continue
+            where = f"{rule.origin} event {index}"
             for metric in rule.metrics:
                 try:
                     item = metric.item(context, base_tags, dt)
@@ -302,6 +310,28 @@ class SourceRules:
             except Exception:  # an id that cannot be read is no id; the delivery still counts
                 return None
         return None
+
+
+_UNSET = object()
+
+
+def _may_match(guard: Guard, event: object, context: dict, guards: dict) -> bool:
+    """False when the rule's filter would be false by its guard, whose key is evaluated once per
+    event for every rule that asks it (``guards``: id of the event -> the event, kept so the id
+    stays its own, and the answers by key). A key that cannot be evaluated says maybe: the
+    filter then says what is wrong."""
+    seen = guards.get(id(event))
+    if seen is None:
+        seen = guards[id(event)] = (event, {})
+    answers: dict = seen[1]
+    value = answers.get(guard.shape, _UNSET)
+    if value is _UNSET:
+        try:
+            value = guard.key(context)
+        except Exception:
+            return True
+        answers[guard.shape] = value
+    return isinstance(value, str) and value in guard.values
 
 
 def _lower_headers(headers: Mapping[str, str] | None) -> dict:

@@ -1,0 +1,105 @@
+"""A real node_exporter (Debian package ``prometheus-node-exporter``) as a scrape target for tests.
+
+Fixture (session-scoped): ``node_exporter_peer`` -> NodeExporterPeer with ``metrics_url``. It runs
+its own exporter on a free loopback port with only a few collectors (loadavg, stat, textfile), so a
+scrape is fast and its families are always the same: those, its own go_*, process_* and promhttp_*
+families (go_gc_duration_seconds is a summary), and from the textfile collector the histogram
+TEXTFILE holds. Stopped at teardown. Not installed: skipped with the reason (failed when CI=true);
+install it with `bash scripts/install-peers.sh`.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from peers import PeerUnavailable, free_port, serve_peer, stop_process
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+COLLECTORS = ("loadavg", "stat", "textfile")
+# Read by the textfile collector and exposed again by the exporter: a histogram it has no collector for.
+TEXTFILE = """# HELP batch_wait_seconds Time a batch waited.
+# TYPE batch_wait_seconds histogram
+batch_wait_seconds_bucket{queue="mail",le="0.1"} 2
+batch_wait_seconds_bucket{queue="mail",le="1"} 5
+batch_wait_seconds_bucket{queue="mail",le="+Inf"} 6
+batch_wait_seconds_sum{queue="mail"} 4.5
+batch_wait_seconds_count{queue="mail"} 6
+batch_wait_seconds_bucket{queue="sms",le="0.1"} 0
+batch_wait_seconds_bucket{queue="sms",le="1"} 1
+batch_wait_seconds_bucket{queue="sms",le="+Inf"} 1
+batch_wait_seconds_sum{queue="sms"} 0.5
+batch_wait_seconds_count{queue="sms"} 1
+"""
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class NodeExporterPeer:
+    url: str
+    version: str
+    log_path: str
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "".join(Path(self.log_path).read_text(errors="replace").splitlines(True)[-lines:])
+        except OSError:
+            return ""
+
+
+def run_node_exporter():
+    """Generator: start node_exporter, yield a NodeExporterPeer, stop it and remove its files."""
+    binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    if binary is None:
+        raise PeerUnavailable("neither `prometheus-node-exporter` nor `node_exporter` is on PATH")
+    version = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True, timeout=10)
+    version_line = (version.stdout or version.stderr).split("\n")[0]
+    workdir = Path(tempfile.mkdtemp(prefix="node-exporter-peer-"))
+    (workdir / "textfile").mkdir()
+    (workdir / "textfile" / "batches.prom").write_text(TEXTFILE)
+    port = free_port(HOST)
+    log_path = workdir / "node_exporter.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [binary, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
+             f"--collector.textfile.directory={workdir / 'textfile'}", f"--web.listen-address={HOST}:{port}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    peer = NodeExporterPeer(f"http://{HOST}:{port}", version_line, str(log_path))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise PeerUnavailable(f"node_exporter exited with {proc.returncode}:\n{peer.log_tail()}")
+            try:
+                with _NO_PROXY_OPENER.open(peer.metrics_url, timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise PeerUnavailable(f"node_exporter not answering /metrics within {START_TIMEOUT:.0f} s:\n"
+                                      f"{peer.log_tail()}")
+            time.sleep(0.1)
+        yield peer
+    finally:
+        stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def node_exporter_peer():
+    """A running node_exporter with a few collectors, on a free loopback port."""
+    yield from serve_peer(run_node_exporter, "node_exporter peer")

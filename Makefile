@@ -36,6 +36,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/bench_checks.py
 	$(BIN)/python benchmarks/bench_hostile.py
 	$(BIN)/python benchmarks/bench_queued.py
+	$(BIN)/python benchmarks/bench_routing.py
 
 clean:
 	rm -rf $(VENV) .bridge .peers .pytest_cache .hypothesis .ruff_cache .mypy_cache

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bridges serve|validate|render|send|check|poll|mappings|deadletter|functions``.
+"""Command line: ``python -m bridges serve|validate|render|send|check|poll|mappings|routes|deadletter|functions``.
 
 Exit codes: 0 success, 1 something was rejected or failed, 2 bad usage or settings.
 """
@@ -46,12 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                         help="a request header the rules read (with --source), e.g. 'X-GitHub-Event: push'")
     render.add_argument("--raw", action="store_true", help="write the request bodies' bytes instead of a readable form")
+    render.add_argument("--explain", action="store_true",
+                        help="print per metric which route matched, the sinks it goes to and what each sink's "
+                             "processors did (BRIDGE_ROUTES_FILE or BRIDGE_ROUTES)")
     _payload_arguments(render)
 
     mappings = commands.add_parser("mappings", help="webhook mapping rules")
     mapping_commands = mappings.add_subparsers(dest="mappings_command", required=True)
     check = mapping_commands.add_parser("check", help="validate rule files and show each source merged (default: built-in and BRIDGE_MAPPINGS_DIR)")
     check.add_argument("paths", nargs="*", help="rule files or folders of them")
+
+    from bridges.routing.command import add_routes_parser
+
+    add_routes_parser(commands)
 
     check = commands.add_parser("check", help="run the synthetic checks once; print a table and their metrics")
     check.add_argument("--name", action="append", default=[], help="only this check (repeatable)")
@@ -127,14 +134,24 @@ def _render(args: argparse.Namespace) -> int:
     from bridges.formats.canonical import encode_ndjson
     from bridges.settings import environment, load_settings
 
-    if not args.sink and not args.source:
-        print("error: say --sink SINK, --source SOURCE, or both", file=sys.stderr)
+    if not args.sink and not args.source and not args.explain:
+        print("error: say --sink SINK, --source SOURCE, --explain, or --sink or --source with --explain", file=sys.stderr)
         return 2
     settings = load_settings({**environment(), "BRIDGE_SINKS": args.sink} if args.sink else None)
     bridge = Bridge(settings)
-    result = _map_payload(args, bridge) if args.source else _parse_payload(args, bridge)
-    if result is None:
+    if args.source:
+        result, origin_of = _map_payload(args, bridge) or (None, None)
+    else:
+        result = _parse_payload(args, bridge)
+        origin_of = result and (lambda i: f"item /{result.indexes[i]}")
+    if result is None or origin_of is None:
         return 1
+    if args.explain:
+        from bridges.routing.command import explain
+
+        route = f"webhook {args.source.lower()}" if args.source else "ingest"
+        print("\n".join(explain(bridge.router, result.metrics, route, origin_of, bridge.clock())))
+        return 1 if result.rejected else 0
     if not args.sink:
         sys.stdout.buffer.write(encode_ndjson(result.metrics))
         print(f"{len(result.metrics)} metrics", file=sys.stderr)
@@ -156,7 +173,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _map_payload(args: argparse.Namespace, bridge):
-    """A webhook payload through its source's rules, normalized; refusals and skips printed."""
+    """A webhook payload through its source's rules, normalized, and each metric's origin (rule
+    and event); refusals and skips printed. None when the payload or source is unusable."""
     from bridges.webhooks.handler import load_sources, webhook_payload
 
     sources = load_sources(bridge.settings)
@@ -185,7 +203,7 @@ def _map_payload(args: argparse.Namespace, bridge):
     for reason, count in sorted(decoded.skipped.items()):
         print(f"skipped: {reason}: {count}", file=sys.stderr)
     result.rejected += len(decoded.refused)
-    return result
+    return result, lambda i: decoded.origin(result.indexes[i])
 
 
 def _mappings(args: argparse.Namespace) -> int:
@@ -300,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             from bridges.local.server import serve
 
             return serve(args.host, args.port, args.app, args.require_keys)
+        if args.command == "routes":
+            from bridges.routing.command import routes_main
+
+            return routes_main(args)
         if args.command == "deadletter":
             from bridges.retry.deadletter_command import deadletter_main
 

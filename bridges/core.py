@@ -30,6 +30,7 @@ from bridges.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from bridges.model import Metric
+    from bridges.routing import Router
     from bridges.scheduled.checks import Check, CheckResult
     from bridges.scheduled.polling import Poll, Source
     from bridges.webhooks.handler import Webhooks
@@ -81,6 +82,14 @@ def misconfigured(exc: SettingsError) -> Reply:
     return Reply(503, {"status": "misconfigured", "version": __version__, "problems": [str(exc)],
                        "error": f"the app's settings are not valid: {exc}; fix the app setting"},
                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def refused_as(fmt: InputFormat, reply: Reply) -> Reply:
+    """A refusal of the bridge's own (503 not kept or misconfigured, 413) in the format's shape,
+    its headers (Retry-After) kept: a vendor's client reads its own error bodies."""
+    assert isinstance(reply.body, dict)  # such replies carry their error
+    status, answer, headers = fmt.refuse(BodyError(reply.status, reply.body["error"]))
+    return Reply(status, answer, {**headers, **reply.headers})
 
 
 def _too_large(exc: MetricTooLarge, where: Callable[[int], str]) -> Reply:
@@ -177,9 +186,7 @@ class Bridge:
             return Reply(*fmt.refuse(exc))
         outcome = self.process(decoded, _name(fmt))
         if isinstance(outcome, Reply):
-            assert outcome.body is not None  # process() answers a refusal with its error
-            status, answer, headers = fmt.refuse(BodyError(outcome.status, outcome.body["error"]))
-            return Reply(status, answer, {**headers, **outcome.headers})
+            return refused_as(fmt, outcome)
         return Reply(*fmt.answer(outcome))
 
     def process(self, decoded: Decoded, route: str) -> Outcome | Reply:
@@ -216,9 +223,21 @@ class Bridge:
             self._delivery_queue = open_queue(self.settings.delivery_queue, environment(), self.settings.state_dir)
         return self._delivery_queue
 
+    @cached_property
+    def router(self) -> Router:
+        """The routing declaration (BRIDGE_ROUTES_FILE or BRIDGE_ROUTES) compiled once, with its
+        cardinality guards and counts; without one every sink gets every metric. A bad one raises
+        SettingsError (start-up reports it as it does every bad setting)."""
+        from bridges.routing import routes_of
+
+        return routes_of(self.settings)
+
     def _deliver(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
         """Keep the metrics on the delivery queue (``{"queued": N}``), or with BRIDGE_DELIVERY
-        inline deliver to every sink: the per-sink reports, each rejection named by its origin."""
+        inline deliver to every sink: the per-sink reports, each rejection named by its origin.
+        With routes declared, each metric is routed (and processed for each sink) first."""
+        if self.router.declared:
+            return self._deliver_routed(metrics, origin_of, route)
         if self.settings.delivery == "queued":
             from bridges.delivery.queued import enqueue
 
@@ -228,6 +247,34 @@ class Bridge:
         reports = self.delivery.deliver(metrics, self.clock())
         self.observe(reports, len(metrics), route)
         return {name: report.to_json(origin_of) for name, report in reports.items()}
+
+    def _deliver_routed(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
+        """Route once, before delivery: each sink gets its own share, queued as envelopes named
+        for it, or delivered inline (a report's indexes point into that share). The answer's
+        ``routing`` says how many each sink was sent, how many no route matched and how many a
+        sink's keep/drop removed (health counts them too)."""
+        from bridges.routing import Origin
+
+        now_ns = self.clock()
+        routed = self.router.route(metrics, Origin.of_each(route, origin_of), self.delivery.sink_names, now_ns)
+        counted: dict[str, Any] = {"routing": {"sinks": {name: len(share) for name, share in routed.per_sink.items()},
+                                               "unrouted": routed.unrouted, "dropped": routed.dropped}}
+        if routed.unrouted:
+            log.warning("%s: %d metrics matched no route and go to no sink (BRIDGE_ROUTES)", route, routed.unrouted)
+        if self.settings.delivery == "queued":
+            from bridges.delivery.queued import enqueue
+
+            messages = enqueue(self.delivery_queue, metrics, now_ns, shares=routed)
+            log.info("%s: %d metrics routed to %s, queued in %d messages", route, len(metrics),
+                     ", ".join(f"{name} ({len(share)})" for name, share in routed.per_sink.items()) or "no sink", messages)
+            return {"queued": len(metrics), **counted}
+        reports = self.delivery.deliver((), now_ns, per_sink=routed.per_sink)
+        self.observe(reports, len(metrics), route)
+        def origin_in(places: list[int]) -> Callable[[int], object]:
+            return lambda i: origin_of(places[i])
+
+        answer = {name: report.to_json(origin_in(routed.indexes[name])) for name, report in reports.items()}
+        return {**answer, **counted}
 
     def observe(self, reports: dict, accepted: int, route: str) -> None:
         """Log (and, with BRIDGE_SELF_METRICS, send) what each sink made of this request."""
@@ -328,9 +375,9 @@ class Bridge:
         else:
             delivery = self._delivery_status(queues.delivery_poison, problems)
             retry = retry_status(queues.retry, queues.deadletter, queues.poison)
+        webhooks, routing = self._webhook_status(problems), self._routing_status(problems)  # may add problems
         answer = {"status": "degraded" if problems else "ok", "version": __version__, "sinks": sinks,
-                  "problems": problems, "delivery": delivery, "retry": retry,
-                  "webhooks": self._webhook_status(problems)}
+                  "problems": problems, "delivery": delivery, "retry": retry, "webhooks": webhooks, "routing": routing}
         return Reply(200, answer)
 
     def _delivery_status(self, poison, problems: list, unusable: str | None = None) -> dict:
@@ -354,6 +401,20 @@ class Bridge:
             problems.append(f"delivery queue {name}: {status['poison']['depth']} messages in {poison_name(name)} "
                             "(python -m bridges deadletter list --delivery-poison)")
         return {"mode": "queued", **status}
+
+    def _routing_status(self, problems: list) -> dict:
+        """Whether routes are declared, and since start: metrics no route matched, and per sink
+        those its keep/drop removed, renames refused and tag sets folded by its cardinality guard
+        (by metric name). Routes to sinks that are not enabled are problems."""
+        try:
+            router = self.router
+        except SettingsError as exc:
+            problems.append(str(exc))
+            return {"declared": False, "error": str(exc)}
+        if not router.declared:
+            return {"declared": False}
+        problems.extend(router.problems(self.delivery.sink_names))
+        return {"declared": True, **router.health()}
 
     def _webhook_status(self, problems: list) -> dict:
         from bridges.webhooks.rule_files import MappingError

@@ -53,14 +53,18 @@ def problem() -> SettingsError | None:
 
 
 def check_declarations(settings: Settings) -> None:
-    """Declared checks and polled sources load (files valid, secret settings set), or start-up
-    stops naming the setting, file and field. Nothing is read when none are declared."""
+    """Declared checks, polled sources and routes load (files valid, secret settings set), or
+    start-up stops naming the setting, file and field. Nothing is read when none are declared."""
     from bridges.settings import environment
 
     if settings.checks_file is not None or settings.checks.strip():
         from bridges.scheduled.checks import load_checks
 
         load_checks(settings, environment())
+    if settings.routes_file is not None or settings.routes.strip():
+        from bridges.routing import routes_of
+
+        routes_of(settings)
     if settings.sources_file is not None or settings.sources.strip():
         from bridges.scheduled.polling import load_sources
         from bridges.webhooks.handler import load_sources as load_rule_files

@@ -127,6 +127,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BRIDGE_SOURCES", "", plain_text, "The same sources as inline JSON, instead of a file."),
     Setting("SOURCES_SCHEDULE", "0 * * * * *", schedule_text,
             "NCRONTAB schedule of the polling function; each run polls the sources whose own schedule is due."),
+    Setting("BRIDGE_ROUTES_FILE", "", optional_file,
+            "JSON or YAML file of routes (schemas/routes.schema.json): which sinks get which metrics, and what each "
+            "sink's processors (keep/drop, rename, tags, cardinality guard) do to them. Empty: every sink gets every "
+            "metric. Check one with `python -m bridges routes check`."),
+    Setting("BRIDGE_ROUTES", "", plain_text, "The same routes as inline JSON, instead of a file."),
     Setting("BRIDGE_LOCATION", "", plain_text,
             "The location tag of check metrics (default: REGION_NAME, which Azure sets, else `local`)."),
     Setting("BRIDGE_OTLP_RESOURCE_ATTRIBUTES", "service.name,service.namespace,deployment.environment", name_list,
@@ -192,6 +197,8 @@ class Settings:
     sources_file: Path | None
     sources: str
     sources_schedule: str
+    routes_file: Path | None
+    routes: str
     location: str
     otlp_resource_attributes: tuple[str, ...]
     azure_client_id: str | None

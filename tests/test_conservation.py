@@ -115,9 +115,31 @@ def report(title: str, verdicts, extra: str = "") -> None:
 # ------------------------------------------------------------------------------------- 1
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "azurite"])
+# Routes for the third run: even seqs to Dynatrace and Better Stack, odd ones to Unleash and Azure
+# Monitor (renamed there), and every point to Prometheus and the outbox (``continue``).
+ROUTES = {
+    "routes": [
+        {"name": "everything", "sinks": ["outbox", "prometheus"], "continue": True},
+        {"name": "even", "match": {"tags": {"seq": {"regex": "[0-9]*[02468]"}}}, "sinks": ["dynatrace", "betterstack"]},
+        {"name": "odd", "sinks": ["unleash", "azure_monitor"]},
+    ],
+    "sinks": {"azure_monitor": {"rename": {"prefix": "routed."}}, "dynatrace": {"add_tags": {"team": "chaos"}}},
+}
+
+
+def routed_to(sink: str, seqs: set[int]) -> set[int]:
+    """The seqs ROUTES sends to a sink."""
+    if sink in ("outbox", "prometheus"):
+        return seqs
+    return {seq for seq in seqs if (seq % 2 == 0) == (sink in ("dynatrace", "betterstack"))}
+
+
+@pytest.mark.parametrize("backend, routes", [("sqlite", None), ("azurite", None), ("sqlite", ROUTES)],
+                         ids=["sqlite", "azurite", "sqlite-routed"])
 @pytest.mark.parametrize("path", ["queued", "inline"])
-def test_conservation_under_chaos(path, backend, identity, tmp_path, monkeypatch, request):
+def test_conservation_under_chaos(path, backend, routes, identity, tmp_path, monkeypatch, request):
+    """With routes declared, the same holds per sink for what was routed to it: each point routed
+    to a sink is delivered, rejected or dead-lettered there exactly once, and no other point is."""
     started = time.monotonic()
     clock = OffsetClock()
     suffix = uuid.uuid4().hex[:8]
@@ -153,6 +175,7 @@ def test_conservation_under_chaos(path, backend, identity, tmp_path, monkeypatch
             "BRIDGE_RETRY_BASE_SECONDS": "0.01",
             "BRIDGE_RETRY_CAP_SECONDS": "0.05",
             "BRIDGE_RETRY_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+            **({"BRIDGE_ROUTES": json.dumps(routes)} if routes else {}),
         })
         sinks = build_sinks(settings)
         bridge = Bridge(settings, delivery=Delivery(
@@ -182,8 +205,11 @@ def test_conservation_under_chaos(path, backend, identity, tmp_path, monkeypatch
 
         records = dead_letters(dead_q)
         dead = dead_by_sink(records)
-        verdicts = [account(name, ledger.accepted, fake.delivered, fake.ghosts, ledger.rejected.get(name, {}),
+        expected = {name: routed_to(name, ledger.accepted) if routes else ledger.accepted for name in fakes}
+        verdicts = [account(name, expected[name], fake.delivered, fake.ghosts, ledger.rejected.get(name, {}),
                             dead.get(name, {})) for name, fake in fakes.items()]
+        if routes and path == "inline":  # the answers said what each sink was sent
+            assert dict(ledger.routed) == {"outbox": POINTS, **{name: len(expected[name]) for name in fakes}}
         outbox = outbox_seqs(settings.outbox_dir)
         reasons = Counter(r.reason.split(":")[0] for r in records)
         queued = "" if delivery_stats is None else (

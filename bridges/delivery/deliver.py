@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -144,8 +144,13 @@ class Delivery:
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
 
+    @property
+    def sink_names(self) -> list[str]:
+        return [sink.name for sink in self.sinks]
+
     def deliver(self, metrics: Sequence[Metric], now_ns: int, handoff: RetryHandoff | None = None,
-                only: str | None = None) -> dict[str, SinkReport]:
+                only: str | None = None, per_sink: Mapping[str, Sequence[Metric]] | None = None,
+                ) -> dict[str, SinkReport]:
         """Per-sink reports; raises DeliveryError when metrics could be neither delivered nor kept.
 
         ``handoff`` replaces the stage's own for this call (the retry worker decides itself what
@@ -158,14 +163,21 @@ class Delivery:
         one per request, and never holds up the others' next batches. A delivery to ``only``
         one sink (the retry function's, one envelope bounded by the deadline) tries every
         request: it is how a quiet sink is found answering again.
+
+        ``per_sink``: each sink's own metrics instead (routes declared); a sink with none is
+        not called, and its report's indexes point into its own list.
         """
         handoff = handoff or self.handoff
-        sinks = [s for s in self.sinks if only is None or s.name == only]
+        sinks = [s for s in self.sinks if (only is None or s.name == only) and (per_sink is None or per_sink.get(s.name))]
+
+        def share(sink) -> Sequence[Metric]:
+            return metrics if per_sink is None else per_sink[sink.name]
+
         probe = only is not None
         if len(sinks) == 1:
-            outcomes = [self._guarded(sinks[0], metrics, now_ns, handoff, probe)]
+            outcomes = [self._guarded(sinks[0], share(sinks[0]), now_ns, handoff, probe)]
         else:
-            outcomes = list(self._pool.map(lambda s: self._guarded(s, metrics, now_ns, handoff, probe), sinks))
+            outcomes = list(self._pool.map(lambda s: self._guarded(s, share(s), now_ns, handoff, probe), sinks))
         reports = {}
         for sink, (report, failure) in zip(sinks, outcomes, strict=True):
             if failure is not None:

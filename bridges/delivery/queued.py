@@ -8,7 +8,9 @@ hands a Python queue function one message per invocation), takes up to
 ``BRIDGE_DELIVERY_BATCH - 1`` more from the same queue, waiting up to
 ``BRIDGE_DELIVERY_LINGER_SECONDS`` for them, merges their metrics and delivers them once to every
 sink: a thousand small webhooks become a few requests per backend, and Azure Monitor's one-minute
-pre-aggregation works across them. host.json runs one invocation per queue and instance
+pre-aggregation works across them. With routes declared (BRIDGE_ROUTES, ``bridges.routing``) the
+metrics are routed and processed before they are kept, and each sink's share is kept as
+envelopes named for it (attempt 0): the delivery function gives each sink its own share. host.json runs one invocation per queue and instance
 (``batchSize`` 1, ``newBatchThreshold`` 0), so batches are not split between rival invocations;
 the platform adds instances as the queue grows.
 
@@ -25,12 +27,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridges.delivery import selfmetrics
 from bridges.delivery.deliver import Delivery, DeliveryError, SinkReport
 from bridges.model import Metric
 from bridges.queues import Message, Queue, StaleReceipt
-from bridges.retry.envelopes import EVERY_SINK, Envelope, EnvelopeError, envelopes_for, metrics_of
+from bridges.retry.envelopes import EVERY_SINK, Envelope, EnvelopeError, MetricTooLarge, envelopes_for, metrics_of
+
+if TYPE_CHECKING:
+    from bridges.routing import Routed
 
 log = logging.getLogger(__name__)
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount (a test keeps them equal)
@@ -38,13 +44,21 @@ MAX_RECEIVE = 32  # Azure Storage's most messages per receive
 FIRST_PAUSE, MAX_PAUSE = 0.05, 0.4  # seconds between receives while lingering on an empty queue
 
 
-def enqueue(queue: Queue, metrics: Sequence[Metric], now_ns: int) -> int:
-    """Keep accepted metrics on the delivery queue; returns how many messages that took.
+def enqueue(queue: Queue, metrics: Sequence[Metric], now_ns: int, shares: Routed | None = None) -> int:
+    """Keep accepted metrics on the delivery queue (``shares``: each sink's, routed, instead);
+    returns how many messages that took.
 
     Raises DeliveryError when the queue cannot be written (the sender must send again; a part
     already kept is then delivered twice, never lost) and ``MetricTooLarge`` when one metric
-    cannot fit a queue message even alone (nothing is kept then)."""
-    envelopes = envelopes_for(EVERY_SINK, metrics, "", now_ns, attempt=0)
+    cannot fit a queue message even alone (nothing is kept then; its index is in ``metrics``)."""
+    envelopes = []
+    for sink, share in ({EVERY_SINK: metrics} if shares is None else shares.per_sink).items():
+        try:
+            envelopes += envelopes_for(sink, share, "", now_ns, attempt=0)
+        except MetricTooLarge as exc:
+            if shares is not None:
+                exc.index = shares.indexes[sink][exc.index]
+            raise
     try:
         for envelope in envelopes:
             queue.send(envelope.to_text())
@@ -54,26 +68,30 @@ def enqueue(queue: Queue, metrics: Sequence[Metric], now_ns: int) -> int:
     return len(envelopes)
 
 
-def read(text: str | bytes) -> list[Metric]:
-    """The metrics of a delivery-queue message; EnvelopeError naming the field when unreadable."""
+def read(text: str | bytes) -> tuple[str, list[Metric]]:
+    """The sink ('*': every sink) and metrics of a delivery-queue message; EnvelopeError naming
+    the field when unreadable."""
     envelope = Envelope.from_text(text)
-    if envelope.sink != EVERY_SINK:
-        raise EnvelopeError(f"retry envelope field 'sink': {envelope.sink!r} is a retry envelope, not the delivery queue's")
-    return metrics_of(envelope)
+    if envelope.attempt != 0:
+        raise EnvelopeError(f"retry envelope field 'attempt': {envelope.attempt} is a retry envelope's "
+                            f"(sink {envelope.sink!r}), not the delivery queue's")
+    return envelope.sink, metrics_of(envelope)
 
 
 @dataclass
 class Batch:
     """What one invocation delivered: how many messages, how many metrics, each sink's report
-    (its indexes point into ``merged``, the metrics of every message in order)."""
+    (its indexes point into ``merged``, the metrics of every message for every sink in order,
+    or with routes declared into that sink's share in ``shares``)."""
 
     messages: int
     reports: dict[str, SinkReport]
     merged: list[Metric]
+    shares: dict[str, list[Metric]] | None = None
 
     @property
     def metrics(self) -> int:
-        return len(self.merged)
+        return len(self.merged) + sum(map(len, (self.shares or {}).values()))
 
 
 class DeliveryWorker:
@@ -100,27 +118,40 @@ class DeliveryWorker:
     def process(self, text: str | bytes) -> Batch:
         """Raises on an unreadable triggering message or a retry queue that cannot be written:
         the host then retries the message (and, in the end, parks it in the poison queue)."""
-        metrics = read(text)
+        sink, metrics = read(text)
+        shares: dict[str, list[Metric]] = {}
+        if sink != EVERY_SINK:
+            shares[sink], metrics = metrics, []
         taken = []
         for message in self._take():
             try:
-                metrics.extend(read(message.text))
+                sink, more = read(message.text)
             except EnvelopeError as exc:
                 self._park(message, str(exc))
                 continue
+            (metrics if sink == EVERY_SINK else shares.setdefault(sink, [])).extend(more)
             taken.append(message)
         try:
-            reports = self.delivery.deliver(metrics, self.clock())
+            if shares:  # routed shares, and any message for every sink (kept before routes were declared)
+                enabled = self.delivery.sink_names
+                for name in set(shares) - set(enabled):
+                    log.error("delivery queue %s: %d metrics routed to %s, which is no longer enabled, are dropped",
+                              self.queue.name, len(shares[name]), name)
+                per_sink = {name: metrics + shares.get(name, []) for name in enabled}
+                reports = self.delivery.deliver((), self.clock(), per_sink=per_sink)
+            else:
+                reports = self.delivery.deliver(metrics, self.clock())
         except BaseException:
             for message in taken:
                 self._settle(self.queue.release, message)
             raise
         for message in taken:
             self._settle(self.queue.delete, message)
+        batch = Batch(1 + len(taken), reports, metrics, shares or None)
         if self.observe is not None:
-            self.observe(reports, len(metrics), f"delivery of {1 + len(taken)} queued messages")
+            self.observe(reports, batch.metrics, f"delivery of {batch.messages} queued messages")
         selfmetrics.log_queue(queue_status(self.queue, self.poison, self.clock()))
-        return Batch(1 + len(taken), reports, metrics)
+        return batch
 
     def _take(self) -> list[Message]:
         """Up to ``batch - 1`` more messages, waiting at most ``linger_seconds`` for them to

@@ -72,8 +72,9 @@ class Outcome:
     delivery: dict = field(default_factory=dict)
 
 
-# A format's answer: HTTP status, JSON body (None: empty body), extra headers.
-Answer = tuple[int, dict | None, dict]
+# A format's answer: HTTP status, body, extra headers. The body is JSON (a dict), None (an empty
+# body) or bytes in the format's own encoding, with its Content-Type among the headers.
+Answer = tuple[int, dict | bytes | None, dict]
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

@@ -3,9 +3,14 @@ binary protobuf (``application/x-protobuf``) or proto3 JSON (``application/json`
 OpenTelemetry SDK or Collector sends it (CONTRACTS 12.11; opentelemetry-proto
 ``docs/specification.md``). gzip is undone by the shared path before ``decode``.
 
-The messages are ``opentelemetry-proto``'s generated ones, imported at first use (cold start).
-JSON is read by protobuf's ``json_format`` with unknown fields ignored: lowerCamelCase (or
-original) names, enums as integers, int64 as strings or numbers.
+Protobuf is parsed into ``opentelemetry-proto``'s generated messages (imported at first use).
+JSON is read with ``json.loads`` into plain dicts, never through ``json_format`` (25 times
+slower): lowerCamelCase and original snake_case names, enums as integers or names, 64-bit
+integers as strings or numbers, doubles also as "NaN"/"Infinity"/"-Infinity", bytes as base64,
+unknown fields (exemplar contents included) ignored. A value of the wrong kind is a 400 naming
+its place (``resourceMetrics[0]...dataPoints[2].asDouble``). One walker holds every mapping rule
+below; it reads either encoding through a reader (``_Messages``, ``_Json``) that only turns
+fields into plain Python values, so both encodings of one request give the same metrics.
 
 Mapping, per data point (origin ``resourceMetrics[r].scopeMetrics[s].metrics[m].dataPoints[p]``):
 - Gauge -> gauge. Sum: monotonic with CUMULATIVE or DELTA temporality -> counter with that
@@ -20,7 +25,7 @@ Mapping, per data point (origin ``resourceMetrics[r].scopeMetrics[s].metrics[m].
   (the next bucket then starts at the previous upper limit, which is exact for per-bucket counts);
   when more than 256 buckets remain, the scale is lowered (adjacent buckets merged) until they fit.
   Bucket edges are inclusive on the other side than OTLP's, hence lossy: each such point is
-  counted in ``skipped`` under SKIPPED_EXPONENTIAL.
+  counted in ``skipped`` under SKIPPED_EXPONENTIAL. A scale outside OTLP's -10..20 is refused.
 - Summary -> summary (quantiles, sum, count); NaN quantiles are left out and counted.
 - Data point attributes -> tags (strings as they are; bool, int and double as text; arrays,
   maps and bytes as compact JSON / base64); resource attributes named by
@@ -31,26 +36,30 @@ Mapping, per data point (origin ``resourceMetrics[r].scopeMetrics[s].metrics[m].
 - A point flagged FLAG_NO_RECORDED_VALUE (OTLP's staleness marker) is skipped and counted; NaN
   or infinite values are refused (the canonical model holds finite numbers), as remote-write does.
 
-Answers (OTLP/HTTP spec): 200 with an ``ExportMetricsServiceResponse`` when anything was
-readable; when points were refused, ``partialSuccess`` with ``rejectedDataPoints`` and an
-``errorMessage`` naming the first reasons. For a protobuf request the full-success answer is
-the empty message (zero bytes, ``application/x-protobuf``); replies carry JSON only, so a
-partial success and an error are sent in their proto3 JSON encoding (``application/json``)
-whatever the request's encoding (clients read the status code; the Collector reads a JSON
-partial success by its Content-Type). Errors are a ``google.rpc.Status`` (``code``,
-``message``): 400 unreadable body, 413 too large, 415 a Content-Type other than the two.
+Answers (OTLP/HTTP spec), in the request's encoding: 200 with an ``ExportMetricsServiceResponse``
+when anything was readable; when points were refused, ``partial_success`` with
+``rejected_data_points`` and an ``error_message`` naming the first reasons. Errors are a
+``google.rpc.Status`` (code, message): 400 unreadable body, 413 too large, 415 a Content-Type
+other than the two, 503 with Retry-After when accepted points could not be kept or an app
+setting is bad. A protobuf request gets binary protobuf (``application/x-protobuf``; the full
+success is zero bytes), any other request proto3 JSON. googleapis-common-protos is not a runtime
+dependency, so Status is built from its field numbers in a private descriptor pool.
 
-One ``Otlp`` instance per request: ``decode`` notes the request's encoding for ``answer``.
+One ``Otlp`` instance per request: it knows the request's Content-Type (given, or noted by
+``decode``) so that ``answer`` and ``refuse`` use its encoding, also for a refusal before decoding.
 """
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from functools import cache
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused, media_type
+from bridges.formats.canonical import may_hold_surrogates
 from bridges.timestamps import format_rfc3339
 
 NAME = "otlp"
@@ -64,10 +73,20 @@ SKIPPED_NAN_QUANTILE = "NaN quantiles of summaries"
 MAX_SHOWN_REASONS = 3
 MAX_DESCRIPTION_CHARS = 1024
 MAX_BUCKETS = 256
+MIN_SCALE, MAX_SCALE = -10, 20  # OTLP's exponential histogram scales
 FLAG_NO_RECORDED_VALUE = 1
-_CUMULATIVE, _DELTA = 2, 1
+_TEMPORALITIES = {2: "cumulative", 1: "delta"}
+_TEMPORALITY_NAMES = {"AGGREGATION_TEMPORALITY_UNSPECIFIED": 0, "AGGREGATION_TEMPORALITY_DELTA": 1,
+                      "AGGREGATION_TEMPORALITY_CUMULATIVE": 2}
 _MIN_NS_AS_INTEGER = 10**17  # parse_timestamp reads smaller integers as seconds, ms or µs: send text
 _STATUS_CODES = {400: 3, 413: 8, 415: 3, 429: 8, 503: 14}  # HTTP -> google.rpc.Code
+# What the readers give the walker for one data point of each kind (besides flags, time, attributes).
+HistogramPoint = tuple[int, float | None, Sequence[float], Sequence[int]]  # count, sum, bounds, counts
+# count, sum, scale, zero count, zero threshold, positive offset and counts, negative offset and counts
+ExponentialPoint = tuple[int, float | None, int, int, float, int, Sequence[int], int, Sequence[int]]
+SummaryPoint = tuple[int, float, list[tuple[float, float]]]  # count, sum, (quantile, value)s
+_NO_DATA = "the metric has no data (gauge, sum, histogram, exponential histogram or summary)"
+_UNSPECIFIED = "a monotonic sum with an unspecified aggregation temporality cannot be carried"
 
 
 @cache
@@ -77,55 +96,93 @@ def _request_class():
     return ExportMetricsServiceRequest
 
 
+@cache
+def _response_class():
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+    return ExportMetricsServiceResponse
+
+
+@cache
+def _status_class():
+    """google.rpc.Status (code = 1, message = 2, repeated Any details = 3), built in a private
+    pool: googleapis-common-protos is not deployed, and a private pool never clashes with it."""
+    from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    any_file = descriptor_pb2.FileDescriptorProto()
+    any_pb2.DESCRIPTOR.CopyToProto(any_file)
+    pool.Add(any_file)
+    F = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="google/rpc/status.proto", package="google.rpc", syntax="proto3",
+                                              dependency=[any_file.name])
+    status = file.message_type.add(name="Status")
+    status.field.add(name="code", number=1, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL)
+    status.field.add(name="message", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    status.field.add(name="details", number=3, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED,
+                     type_name=".google.protobuf.Any")
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.Status"))
+
+
+def _is_protobuf(content_type: str | None) -> bool:
+    try:
+        return media_type(content_type) == PROTOBUF
+    except BodyError:  # not a media type: answered in JSON
+        return False
+
+
 class Otlp:
     """The OTLP/HTTP metrics input format, with the resource attributes to keep as tags."""
 
     NAME = NAME
 
-    def __init__(self, resource_attributes: Sequence[str] = DEFAULT_RESOURCE_ATTRIBUTES) -> None:
+    def __init__(self, resource_attributes: Sequence[str] = DEFAULT_RESOURCE_ATTRIBUTES,
+                 content_type: str | None = None) -> None:
         self.resource_attributes = tuple(resource_attributes)
-        self.json = False  # the request's encoding, noted by decode
+        self.protobuf = _is_protobuf(content_type)  # the request's encoding, that of every answer
 
     def decode(self, body: bytes, content_type: str | None, params: Mapping[str, str], max_bytes: int) -> Decoded:
         kind = media_type(content_type)
         if kind not in (PROTOBUF, JSON):
             raise BodyError(415, f"unsupported Content-Type {kind!r}: OTLP/HTTP sends {PROTOBUF} or {JSON}")
-        self.json = kind == JSON
-        request = parse(body, self.json)
-        return _decoded(request, self.resource_attributes)
+        self.protobuf = kind == PROTOBUF
+        if self.protobuf:
+            return _decoded(parse(body), _Messages, self.resource_attributes)
+        with _collection_paused():
+            decoded = _decoded(load(body), _Json, self.resource_attributes)
+        decoded.may_hold_surrogates = may_hold_surrogates(body)  # JSON escapes can spell lone surrogates
+        return decoded
 
     def answer(self, outcome: Outcome) -> Answer:
         if not outcome.rejected:
-            if self.json:
-                return 200, {}, {}
-            return 200, None, {"Content-Type": PROTOBUF}
+            return 200, *self._encoded({}, _response_class())
         shown = outcome.problems[:MAX_SHOWN_REASONS]
         reasons = "; ".join(f"{problem.origin}: {problem.message}" for problem in shown)
         more = outcome.rejected - len(shown)
         noun = "data point" if outcome.rejected == 1 else "data points"
         text = f"{outcome.rejected} {noun} refused: {reasons}" + (f" (and {more} more)" if more > 0 else "")
-        return 200, {"partialSuccess": {"rejectedDataPoints": str(outcome.rejected), "errorMessage": text}}, {}
+        partial = {"partialSuccess": {"rejectedDataPoints": str(outcome.rejected), "errorMessage": text}}
+        return 200, *self._encoded(partial, _response_class())
 
     def refuse(self, error: BodyError) -> Answer:
-        return error.status, {"code": _STATUS_CODES.get(error.status, 2), "message": error.message}, {}
+        status = {"code": _STATUS_CODES.get(error.status, 2), "message": error.message}
+        return error.status, *self._encoded(status, _status_class())
+
+    def _encoded(self, body: dict, message_class) -> tuple[dict | bytes, dict]:
+        """The answer in proto3 JSON (a dict) or, for a protobuf request, in binary protobuf."""
+        if not self.protobuf:
+            return body, {}
+        from google.protobuf import json_format
+
+        return json_format.ParseDict(body, message_class()).SerializeToString(), {"Content-Type": PROTOBUF}
 
 
-def parse(body: bytes, as_json: bool):
-    """The ExportMetricsServiceRequest of a body; BodyError 400 when it is not one."""
-    from google.protobuf import json_format
+def parse(body: bytes):
+    """The ExportMetricsServiceRequest of a binary protobuf body; BodyError 400 when it is not one."""
     from google.protobuf.message import DecodeError
 
     request = _request_class()()
-    if as_json:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BodyError(400, f"the JSON body is not UTF-8: {exc}", position=exc.start) from None
-        try:
-            json_format.Parse(text, request, ignore_unknown_fields=True)
-        except (json_format.ParseError, RecursionError, ValueError) as exc:
-            raise BodyError(400, f"not an OTLP ExportMetricsServiceRequest in JSON: {exc}") from None
-        return request
     try:
         request.ParseFromString(body)
     except (DecodeError, RecursionError) as exc:
@@ -133,81 +190,124 @@ def parse(body: bytes, as_json: bool):
     return request
 
 
+def load(body: bytes) -> object:
+    """The JSON document of a body; BodyError 400 when it is not UTF-8 JSON."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(400, f"the JSON body is not UTF-8: {exc}", position=exc.start) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BodyError(400, f"malformed JSON: {exc}", position=exc.pos) from None
+    except RecursionError:
+        raise BodyError(400, "the JSON is nested too deeply") from None
+    except ValueError as exc:  # Python's limit on the digits of an integer
+        raise BodyError(400, f"a number in the JSON is too long: {str(exc).split(';')[0]}") from None
+
+
+@contextmanager
+def _collection_paused():
+    """No cyclic garbage collection while a JSON body is parsed and walked: OTLP JSON is some ten
+    dicts and lists a point, and every collection meanwhile would walk them all again (twice the
+    time of the parse itself). A JSON tree and the items made of it hold no cycles; reference
+    counting frees as usual. Only whoever found collection enabled enables it again, so
+    concurrent requests leave it as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _count(decoded: Decoded, reason: str, number: int = 1) -> None:
     if number:
         decoded.skipped[reason] = decoded.skipped.get(reason, 0) + number
 
 
-def _decoded(request, resource_attributes: tuple[str, ...]) -> Decoded:
+# ---------------------------------------------------------------- the walker: every mapping rule
+
+def _decoded(request, read, resource_attributes: tuple[str, ...]) -> Decoded:
+    """The canonical items of a request, read through ``read`` (either encoding's reader)."""
     decoded = Decoded([], origins=[])
-    assert decoded.origins is not None
+    items, origins, refused = decoded.items, decoded.origins, decoded.refused
+    assert origins is not None
     wanted = set(resource_attributes)
-    for r, resource_metrics in enumerate(request.resource_metrics):
-        resource_tags = {kv.key: text for kv in resource_metrics.resource.attributes
-                         if kv.key in wanted and (text := _text(kv.value)) is not None}
-        for s, scope_metrics in enumerate(resource_metrics.scope_metrics):
-            for m, metric in enumerate(scope_metrics.metrics):
-                where = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
-                for p, point, item in _points(metric, where, decoded):
-                    origin = f"{where}.dataPoints[{p}]"
-                    _count(decoded, SKIPPED_EXEMPLARS, len(getattr(point, "exemplars", ())))  # summaries have none
-                    if point.flags & FLAG_NO_RECORDED_VALUE:
-                        _count(decoded, SKIPPED_NO_VALUE)
+    at = ""  # where the reader is, for a JSON value of the wrong kind
+    try:
+        for r, resource_metrics in enumerate(read.resource_metrics(request)):
+            at = f"resourceMetrics[{r}]"
+            resource = read.resource(resource_metrics)
+            at += ".resource"
+            resource_tags: dict[str, str] = {}
+            read.tags(resource, resource_tags)
+            resource_tags = {key: text for key, text in resource_tags.items() if key in wanted}
+            for s, scope_metrics in enumerate(read.scope_metrics(resource_metrics)):
+                at = f"resourceMetrics[{r}].scopeMetrics[{s}]"
+                for m, metric in enumerate(read.metrics(scope_metrics)):
+                    at = where = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
+                    name, unit, description, kind, data = read.metric(metric)
+                    convert = _converter(read, kind, data, decoded)
+                    if convert is None:
+                        refused.append(Refused(where, _NO_DATA))
                         continue
-                    if isinstance(item, str):
-                        decoded.refused.append(Refused(origin, item))
-                        continue
-                    tags = {**resource_tags}
-                    tags.update((kv.key, text) for kv in point.attributes if (text := _text(kv.value)) is not None)
-                    full: dict = {"name": metric.name, **item}
-                    if tags:
-                        full["tags"] = tags
-                    if point.time_unix_nano:
-                        ns = point.time_unix_nano
-                        full["dt"] = ns if ns >= _MIN_NS_AS_INTEGER else format_rfc3339(ns)
-                    if metric.unit:
-                        full["unit"] = metric.unit
-                    if metric.description:
-                        full["description"] = metric.description[:MAX_DESCRIPTION_CHARS]
-                    decoded.items.append(full)
-                    decoded.origins.append(origin)
+                    exemplars = kind != "summary"  # summaries have none
+                    for p, point in enumerate(read.data_points(data)):
+                        at = origin = f"{where}.dataPoints[{p}]"
+                        flags, time_ns, exemplar_count = read.point(point, exemplars)
+                        if exemplar_count:
+                            _count(decoded, SKIPPED_EXEMPLARS, exemplar_count)
+                        if flags & FLAG_NO_RECORDED_VALUE:
+                            _count(decoded, SKIPPED_NO_VALUE)
+                            continue
+                        item = convert(point)
+                        if isinstance(item, str):
+                            refused.append(Refused(origin, item))
+                            continue
+                        item["name"] = name
+                        tags = dict(resource_tags)
+                        read.tags(point, tags)
+                        if tags:
+                            item["tags"] = tags
+                        if time_ns:
+                            item["dt"] = time_ns if time_ns >= _MIN_NS_AS_INTEGER else format_rfc3339(time_ns)
+                        if unit:
+                            item["unit"] = unit
+                        if description:
+                            item["description"] = description[:MAX_DESCRIPTION_CHARS]
+                        items.append(item)
+                        origins.append(origin)
+    except _Shape as exc:
+        place = ".".join(part for part in (at, exc.field) if part) or "the body"
+        raise BodyError(400, f"not an OTLP ExportMetricsServiceRequest in JSON: {place}: expected {exc.expected}, "
+                             f"got {_shown_value(exc.value)}") from None
+    except RecursionError:  # attribute values nested past Python's stack (JSON only: protobuf stops at 100)
+        raise BodyError(400, f"not an OTLP ExportMetricsServiceRequest: attribute values nested too deeply at {at}") from None
     return decoded
 
 
-def _points(metric, where: str, decoded: Decoded):
-    """(index, point, canonical point dict or the reason it is refused) for each data point."""
-    kind = metric.WhichOneof("data")
+def _converter(read, kind: str | None, data, decoded: Decoded):
+    """The function making one data point of a metric canonical ({kind: point} or the reason
+    it is refused); None for a metric without data."""
     if kind == "gauge":
-        for p, point in enumerate(metric.gauge.data_points):
-            yield p, point, _number(point, "gauge")
-    elif kind == "sum":
-        sum_ = metric.sum
-        temporality = {_CUMULATIVE: "cumulative", _DELTA: "delta"}.get(sum_.aggregation_temporality)
-        for p, point in enumerate(sum_.data_points):
-            if not sum_.is_monotonic:
-                yield p, point, _number(point, "gauge")
-            elif temporality is None:
-                yield p, point, "a monotonic sum with an unspecified aggregation temporality cannot be carried"
-            else:
-                item = _number(point, "counter")
-                if isinstance(item, dict):
-                    item["counter"]["temporality"] = temporality
-                yield p, point, item
-    elif kind == "histogram":
-        for p, point in enumerate(metric.histogram.data_points):
-            yield p, point, _histogram(point)
-    elif kind == "exponential_histogram":
-        for p, point in enumerate(metric.exponential_histogram.data_points):
-            item = _exponential(point)
-            if isinstance(item, dict) and not point.flags & FLAG_NO_RECORDED_VALUE:
-                _count(decoded, SKIPPED_EXPONENTIAL)
-            yield p, point, item
-    elif kind == "summary":
-        for p, point in enumerate(metric.summary.data_points):
-            yield p, point, _summary(point, decoded)
-    else:
-        decoded.refused.append(Refused(where, "the metric has no data (gauge, sum, histogram, exponential histogram "
-                                              "or summary)"))
+        return lambda point: _number(read.number(point), "gauge", None)
+    if kind == "sum":
+        monotonic, temporality = read.sum(data)
+        if not monotonic:
+            return lambda point: _number(read.number(point), "gauge", None)
+        chosen = _TEMPORALITIES.get(temporality)
+        if chosen is None:
+            return lambda point: _UNSPECIFIED
+        return lambda point: _number(read.number(point), "counter", chosen)
+    if kind == "histogram":
+        return lambda point: _histogram(*read.histogram(point))
+    if kind == "exponential_histogram":
+        return lambda point: _exponential(read.exponential(point), decoded)
+    if kind == "summary":
+        return lambda point: _summary(read.summary(point), decoded)
+    return None
 
 
 def _shown(value: float) -> str:
@@ -220,49 +320,54 @@ def _finite(value: float, what: str) -> str | None:
     return f"the {what} {_shown(value)} cannot be carried: metrics hold finite numbers only"
 
 
-def _number(point, kind: str) -> dict | str:
-    which = point.WhichOneof("value")
-    if which is None:
+def _number(value: float | None, kind: str, temporality: str | None) -> dict | str:
+    if value is None:
         return "the data point has no value (asDouble or asInt)"
-    value = point.as_double if which == "as_double" else point.as_int
-    problem = _finite(value, "value")
-    return problem or {kind: {"value": value}}
-
-
-def _histogram(point) -> dict | str:
-    if not point.HasField("sum"):
-        return "a histogram point without sum cannot be carried"
-    if problem := _finite(point.sum, "sum"):
+    if problem := _finite(value, "value"):
         return problem
-    bounds, counts = list(point.explicit_bounds), list(point.bucket_counts)
+    point: dict = {"value": value}
+    if temporality:
+        point["temporality"] = temporality
+    return {kind: point}
+
+
+def _histogram(count: int, sum_: float | None, bounds: Sequence[float], counts: Sequence[int]) -> dict | str:
+    if sum_ is None:
+        return "a histogram point without sum cannot be carried"
+    if problem := _finite(sum_, "sum"):
+        return problem
+    bounds, counts = list(bounds), list(counts)
     if counts and len(counts) != len(bounds) + 1:
         return f"{len(counts)} bucket counts for {len(bounds)} explicit bounds (expected {len(bounds) + 1})"
-    buckets = [{"upper_limit": bound, "count": count} for bound, count in zip(bounds, counts, strict=False)]
-    return {"histogram": {"count": point.count, "sum": point.sum, "buckets": buckets}}
+    buckets = [{"upper_limit": bound, "count": n} for bound, n in zip(bounds, counts, strict=False)]
+    return {"histogram": {"count": count, "sum": sum_, "buckets": buckets}}
 
 
-def _exponential(point) -> dict | str:
-    if not point.HasField("sum"):
+def _exponential(point: ExponentialPoint, decoded: Decoded) -> dict | str:
+    count, sum_, scale, zero_count, zero_threshold, positive_offset, positive_counts, negative_offset, negative_counts = point
+    if sum_ is None:
         return "an exponential histogram point without sum cannot be carried"
-    if problem := _finite(point.sum, "sum"):
+    if problem := _finite(sum_, "sum"):
         return problem
-    scale = point.scale
-    positive = {point.positive.offset + i: c for i, c in enumerate(point.positive.bucket_counts) if c}
-    negative = {point.negative.offset + i: c for i, c in enumerate(point.negative.bucket_counts) if c}
-    room = MAX_BUCKETS - (1 if point.zero_count else 0)
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        return f"the exponential histogram scale {scale} is outside OTLP's {MIN_SCALE} to {MAX_SCALE}"
+    positive = {positive_offset + i: n for i, n in enumerate(positive_counts) if n}
+    negative = {negative_offset + i: n for i, n in enumerate(negative_counts) if n}
+    room = MAX_BUCKETS - (1 if zero_count else 0)
     while len(positive) + len(negative) > room:
         scale -= 1
         positive, negative = _halved(positive), _halved(negative)
     try:
-        buckets = [{"upper_limit": -_power(scale, i), "count": c} for i, c in sorted(negative.items(), reverse=True)]
-        if point.zero_count:
-            buckets.append({"upper_limit": point.zero_threshold, "count": point.zero_count})
-        buckets += [{"upper_limit": _power(scale, i + 1), "count": c} for i, c in sorted(positive.items())]
+        buckets = [{"upper_limit": -_power(scale, i), "count": n} for i, n in sorted(negative.items(), reverse=True)]
+        if zero_count:
+            buckets.append({"upper_limit": zero_threshold, "count": zero_count})
+        buckets += [{"upper_limit": _power(scale, i + 1), "count": n} for i, n in sorted(positive.items())]
     except OverflowError:
         return "an exponential histogram bucket lies beyond the range of a double"
     if any(not math.isfinite(bucket["upper_limit"]) for bucket in buckets):
         return "an exponential histogram bucket lies beyond the range of a double"
-    return {"histogram": {"count": point.count, "sum": point.sum, "buckets": buckets}}
+    _count(decoded, SKIPPED_EXPONENTIAL)
+    return {"histogram": {"count": count, "sum": sum_, "buckets": buckets}}
 
 
 def _halved(counts: dict[int, int]) -> dict[int, int]:
@@ -279,44 +384,417 @@ def _power(scale: int, index: int) -> float:
     return 2.0 ** (index / (1 << scale))
 
 
-def _summary(point, decoded: Decoded) -> dict | str:
-    if problem := _finite(point.sum, "sum"):
+def _summary(point: SummaryPoint, decoded: Decoded) -> dict | str:
+    count, sum_, quantiles = point
+    if problem := _finite(sum_, "sum"):
         return problem
-    quantiles = []
-    for entry in sorted(point.quantile_values, key=lambda q: q.quantile):
-        if math.isnan(entry.value):
+    kept = []
+    for quantile, value in sorted(quantiles, key=lambda entry: entry[0]):
+        if math.isnan(value):
             _count(decoded, SKIPPED_NAN_QUANTILE)
             continue
-        if problem := _finite(entry.value, "quantile value"):
+        if problem := _finite(value, "quantile value"):
             return problem
-        quantiles.append({"quantile": entry.quantile, "value": entry.value})
-    return {"summary": {"count": point.count, "sum": point.sum, "quantiles": quantiles}}
+        kept.append({"quantile": quantile, "value": value})
+    return {"summary": {"count": count, "sum": sum_, "quantiles": kept}}
 
 
-def _text(value) -> str | None:
-    """An attribute's AnyValue as a tag value; None when it holds nothing."""
-    which = value.WhichOneof("value")
-    if which is None:
+def _text(value: object) -> str | None:
+    """An attribute's value (as a reader gives it) as a tag value; None when it holds nothing."""
+    if isinstance(value, str):
+        return value
+    if value is None:
         return None
-    if which == "string_value":
-        return value.string_value
-    if which == "bool_value":
-        return "true" if value.bool_value else "false"
-    if which == "int_value":
-        return str(value.int_value)
-    if which == "double_value":
-        return repr(value.double_value)
-    if which == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     return json.dumps(_plain(value), separators=(",", ":"), ensure_ascii=False)
 
 
-def _plain(value):
+def _plain(value: object) -> object:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+# ---------------------------------------------------------------- readers: fields to plain values
+# Both give the walker the same plain values: ints, floats, str, bool, sequences; an AnyValue as
+# str/bool/int/float/bytes, a list (arrayValue), a dict (kvlistValue) or None (empty); ``tags``
+# adds a point's or resource's attributes as their tag text (``_text``).
+
+def _any_message(value) -> object:
     which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which is None:
+        return None
     if which == "array_value":
-        return [_plain(v) for v in value.array_value.values]
+        return [_any_message(v) for v in value.array_value.values]
     if which == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if which == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")
-    return None if which is None else getattr(value, which)
+        return {kv.key: _any_message(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, which)
+
+
+class _Messages:
+    """The generated messages of a binary protobuf request."""
+
+    @staticmethod
+    def resource_metrics(request):
+        return request.resource_metrics
+
+    @staticmethod
+    def resource(resource_metrics):
+        return resource_metrics.resource
+
+    @staticmethod
+    def scope_metrics(resource_metrics):
+        return resource_metrics.scope_metrics
+
+    @staticmethod
+    def metrics(scope_metrics):
+        return scope_metrics.metrics
+
+    @staticmethod
+    def metric(metric) -> tuple:
+        kind = metric.WhichOneof("data")
+        return metric.name, metric.unit, metric.description, kind, kind and getattr(metric, kind)
+
+    @staticmethod
+    def sum(data) -> tuple[bool, int]:
+        return data.is_monotonic, data.aggregation_temporality
+
+    @staticmethod
+    def data_points(data):
+        return data.data_points
+
+    @staticmethod
+    def point(point, exemplars: bool) -> tuple[int, int, int]:
+        return point.flags, point.time_unix_nano, len(point.exemplars) if exemplars else 0
+
+    @staticmethod
+    def tags(owner, tags: dict[str, str]) -> None:
+        for kv in owner.attributes:
+            value = kv.value
+            if value.WhichOneof("value") == "string_value":
+                tags[kv.key] = value.string_value
+            elif (text := _text(_any_message(value))) is not None:
+                tags[kv.key] = text
+
+    @staticmethod
+    def number(point) -> float | None:
+        which = point.WhichOneof("value")
+        return None if which is None else getattr(point, which)
+
+    @staticmethod
+    def histogram(point) -> HistogramPoint:
+        return point.count, point.sum if point.HasField("sum") else None, point.explicit_bounds, point.bucket_counts
+
+    @staticmethod
+    def exponential(point) -> ExponentialPoint:
+        positive, negative = point.positive, point.negative
+        return (point.count, point.sum if point.HasField("sum") else None, point.scale, point.zero_count,
+                point.zero_threshold, positive.offset, positive.bucket_counts, negative.offset, negative.bucket_counts)
+
+    @staticmethod
+    def summary(point) -> SummaryPoint:
+        return point.count, point.sum, [(entry.quantile, entry.value) for entry in point.quantile_values]
+
+
+class _Shape(Exception):
+    """A JSON value of the wrong kind: its field (under the walker's place) and what was expected."""
+
+    def __init__(self, field: str, expected: str, value: object):
+        super().__init__(field)
+        self.field, self.expected, self.value = field, expected, value
+
+    def under(self, parent: str) -> _Shape:
+        return _Shape(f"{parent}.{self.field}" if self.field else parent, self.expected, self.value)
+
+
+def _shown_value(value: object) -> str:
+    if isinstance(value, (dict, list)):  # never written out: it may be long or deep
+        return "an object" if isinstance(value, dict) else "an array"
+    shown = json.dumps(value)  # ASCII: a lone surrogate shows as its escape
+    return shown if len(shown) <= 60 else shown[:60] + "…"
+
+
+_I32 = (-(2**31), 2**31 - 1)
+_U32 = (0, 2**32 - 1)
+_I64 = (-(2**63), 2**63 - 1)
+_U64 = (0, 2**64 - 1)
+
+
+def _get(fields: dict, camel: str, snake: str):
+    """A field by its JSON name or, failing that, its proto name (proto3 JSON accepts both)."""
+    value = fields.get(camel)
+    return fields.get(snake) if value is None else value
+
+
+def _object(value, field: str) -> dict:
+    if value.__class__ is dict:
+        return value
+    if value is None:
+        return {}
+    raise _Shape(field, "an object", value)
+
+
+def _element(value) -> dict:
+    """One element of a repeated message field: an object (null is not one)."""
+    if value.__class__ is dict:
+        return value
+    raise _Shape("", "an object", value)
+
+
+def _array(value, field: str) -> list:
+    if value.__class__ is list:
+        return value
+    if value is None:
+        return []
+    raise _Shape(field, "an array", value)
+
+
+def _string(value, field: str) -> str:
+    if value.__class__ is str:
+        return value
+    if value is None:
+        return ""
+    raise _Shape(field, "a string", value)
+
+
+def _boolean(value, field: str) -> bool:
+    if value is True or value is False:
+        return value
+    if value is None:
+        return False
+    raise _Shape(field, "true or false", value)
+
+
+def _integer(value, field: str, bounds: tuple[int, int]) -> int:
+    """An integer given as a number or as text (64-bit integers are strings in proto3 JSON)."""
+    kind = value.__class__
+    if kind is int:
+        number = value
+    elif value is None:
+        return 0
+    elif kind is str or kind is float:
+        whole = _whole(value)
+        if whole is None:
+            raise _Shape(field, "an integer", value)
+        number = whole
+    else:
+        raise _Shape(field, "an integer", value)
+    if bounds[0] <= number <= bounds[1]:
+        return number
+    raise _Shape(field, f"an integer from {bounds[0]} to {bounds[1]}", value)
+
+
+def _whole(value: str | float) -> int | None:
+    """"12", "1e3" or 12.0 as an integer, as json_format reads them; None for anything else."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+    return int(value) if value.is_integer() else None
+
+
+def _double(value, field: str) -> float:
+    """A double given as a number or as text ("NaN", "Infinity", "-Infinity", "1.5")."""
+    kind = value.__class__
+    if kind is float:
+        return value
+    if kind is int or kind is str:
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            raise _Shape(field, "a number", value) from None
+    if value is None:
+        return 0.0
+    raise _Shape(field, "a number", value)
+
+
+def _bytes(value, field: str) -> bytes:
+    """Base64, standard or URL-safe, padding optional (as protobuf's json_format reads it)."""
+    if value.__class__ is str:
+        try:
+            encoded = value.encode("ascii")
+            return base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+        except ValueError:
+            pass
+    raise _Shape(field, "base64 text", value)
+
+
+def _any_json(value, field: str) -> object:
+    """An AnyValue: its one kind as a plain value, None when it has none."""
+    value = _object(value, field)
+    text = value.get("stringValue")
+    if text.__class__ is str:
+        return text
+    for camel, snake, read in _ANY_KINDS:
+        inner = _get(value, camel, snake)
+        if inner is not None:
+            return read(inner, f"{field}.{camel}")
+    return None
+
+
+def _array_value(value, field: str) -> list:
+    values = _array(_object(value, field).get("values"), f"{field}.values")
+    return [_any_json(v, f"{field}.values[{i}]") for i, v in enumerate(values)]
+
+
+def _kvlist_value(value, field: str) -> dict:
+    return dict(_key_values(_object(value, field).get("values"), f"{field}.values"))
+
+
+def _key_value(kv) -> tuple[str, object]:
+    kv = _element(kv)
+    return _string(kv.get("key"), "key"), _any_json(kv.get("value"), "value")
+
+
+def _key_values(values, field: str) -> list[tuple[str, object]]:
+    pairs = []
+    for i, kv in enumerate(_array(values, field)):
+        try:
+            pairs.append(_key_value(kv))
+        except _Shape as exc:
+            raise exc.under(f"{field}[{i}]") from None
+    return pairs
+
+
+_ANY_KINDS = (
+    ("stringValue", "string_value", _string),
+    ("boolValue", "bool_value", _boolean),
+    ("intValue", "int_value", lambda value, field: _integer(value, field, _I64)),
+    ("doubleValue", "double_value", _double),
+    ("arrayValue", "array_value", _array_value),
+    ("kvlistValue", "kvlist_value", _kvlist_value),
+    ("bytesValue", "bytes_value", _bytes),
+)
+_DATA_KINDS = {"gauge": "gauge", "sum": "sum", "histogram": "histogram", "exponentialHistogram": "exponential_histogram",
+               "exponential_histogram": "exponential_histogram", "summary": "summary"}  # the oneof, by either name
+
+
+def _buckets(value, field: str) -> tuple[int, list[int]]:
+    """An exponential histogram's positive or negative buckets: (offset, per-bucket counts)."""
+    value = _object(value, field)
+    counts = _array(_get(value, "bucketCounts", "bucket_counts"), f"{field}.bucketCounts")
+    return (_integer(value.get("offset"), f"{field}.offset", _I32),
+            [_integer(n, f"{field}.bucketCounts", _U64) for n in counts])
+
+
+class _Json:
+    """The plain dicts of a proto3 JSON request (``json.loads``), checked as they are read."""
+
+    @staticmethod
+    def resource_metrics(request) -> list:
+        if request.__class__ is not dict:
+            raise _Shape("", "an object", request)
+        return _array(_get(request, "resourceMetrics", "resource_metrics"), "resourceMetrics")
+
+    @staticmethod
+    def resource(resource_metrics) -> dict:
+        return _object(_element(resource_metrics).get("resource"), "resource")
+
+    @staticmethod
+    def scope_metrics(resource_metrics) -> list:
+        return _array(_get(_element(resource_metrics), "scopeMetrics", "scope_metrics"), "scopeMetrics")
+
+    @staticmethod
+    def metrics(scope_metrics) -> list:
+        return _array(_element(scope_metrics).get("metrics"), "metrics")
+
+    @staticmethod
+    def metric(metric) -> tuple:
+        kind = data = None
+        for key, found in _element(metric).items():
+            if key in _DATA_KINDS and found is not None:
+                kind, data = _DATA_KINDS[key], _object(found, key)
+                break
+        return (_string(metric.get("name"), "name"), _string(metric.get("unit"), "unit"),
+                _string(metric.get("description"), "description"), kind, data)
+
+    @staticmethod
+    def sum(data: dict) -> tuple[bool, int]:
+        monotonic = _boolean(_get(data, "isMonotonic", "is_monotonic"), "sum.isMonotonic")
+        temporality = _get(data, "aggregationTemporality", "aggregation_temporality")
+        if temporality.__class__ is str and not temporality.lstrip("-").isdigit():
+            return monotonic, _TEMPORALITY_NAMES.get(temporality, 0)  # an unknown name is ignored, as json_format does
+        return monotonic, _integer(temporality, "sum.aggregationTemporality", _I32)
+
+    @staticmethod
+    def data_points(data: dict) -> list:
+        return _array(_get(data, "dataPoints", "data_points"), "dataPoints")
+
+    @staticmethod
+    def point(point, exemplars: bool) -> tuple[int, int, int]:
+        flags, time_ns = _element(point).get("flags"), _get(point, "timeUnixNano", "time_unix_nano")
+        return (0 if flags is None else _integer(flags, "flags", _U32),
+                0 if time_ns is None else _integer(time_ns, "timeUnixNano", _U64),
+                len(_array(point.get("exemplars"), "exemplars")) if exemplars else 0)
+
+    @staticmethod
+    def tags(owner: dict, tags: dict[str, str]) -> None:
+        for i, kv in enumerate(_array(owner.get("attributes"), "attributes")):
+            if kv.__class__ is dict:  # the common case, a string value, read right here
+                key, value = kv.get("key"), kv.get("value")
+                text = value.get("stringValue") if value.__class__ is dict else None
+                if key.__class__ is str and text.__class__ is str:
+                    tags[key] = text
+                    continue
+            try:
+                key, plain = _key_value(kv)
+            except _Shape as exc:
+                raise exc.under(f"attributes[{i}]") from None
+            if (text := _text(plain)) is not None:
+                tags[key] = text
+
+    @staticmethod
+    def number(point: dict) -> float | None:
+        value = _get(point, "asDouble", "as_double")
+        if value is not None:
+            return _double(value, "asDouble")
+        value = _get(point, "asInt", "as_int")
+        return None if value is None else _integer(value, "asInt", _I64)
+
+    @staticmethod
+    def histogram(point: dict) -> HistogramPoint:
+        bounds = _array(_get(point, "explicitBounds", "explicit_bounds"), "explicitBounds")
+        counts = _array(_get(point, "bucketCounts", "bucket_counts"), "bucketCounts")
+        sum_ = point.get("sum")
+        return (_integer(point.get("count"), "count", _U64), None if sum_ is None else _double(sum_, "sum"),
+                [_double(bound, "explicitBounds") for bound in bounds],
+                [_integer(n, "bucketCounts", _U64) for n in counts])
+
+    @staticmethod
+    def exponential(point: dict) -> ExponentialPoint:
+        sum_ = point.get("sum")
+        positive = _buckets(point.get("positive"), "positive")
+        negative = _buckets(point.get("negative"), "negative")
+        return (_integer(point.get("count"), "count", _U64), None if sum_ is None else _double(sum_, "sum"),
+                _integer(point.get("scale"), "scale", _I32),
+                _integer(_get(point, "zeroCount", "zero_count"), "zeroCount", _U64),
+                _double(_get(point, "zeroThreshold", "zero_threshold"), "zeroThreshold"), *positive, *negative)
+
+    @staticmethod
+    def summary(point: dict) -> SummaryPoint:
+        quantiles = []
+        for i, entry in enumerate(_array(_get(point, "quantileValues", "quantile_values"), "quantileValues")):
+            try:
+                entry = _element(entry)
+                quantiles.append((_double(entry.get("quantile"), "quantile"), _double(entry.get("value"), "value")))
+            except _Shape as exc:
+                raise exc.under(f"quantileValues[{i}]") from None
+        return _integer(point.get("count"), "count", _U64), _double(point.get("sum"), "sum"), quantiles
+

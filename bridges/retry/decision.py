@@ -25,7 +25,6 @@ from typing import Any
 from bridges.delivery.sinks.base import Delivered, Drop, Outcome, Partial, Retry
 from bridges.model import Metric
 from bridges.retry.envelopes import (
-    EVERY_SINK,
     MAX_TEXT,
     Envelope,
     EnvelopeError,
@@ -131,7 +130,7 @@ class DeadLetter:
     def replayed(self, now_ns: int, new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> Envelope:
         """The envelope to enqueue again: a fresh start (attempt 1, age 0; a delivery-queue
         envelope stays attempt 0), same metrics."""
-        attempt = 0 if self.envelope.sink == EVERY_SINK else 1
+        attempt = 0 if self.envelope.attempt == 0 else 1
         return replace(self.envelope, id=str(new_id()), attempt=attempt, first_failure_ns=now_ns, not_before_ns=now_ns)
 
 

@@ -38,6 +38,7 @@ MAX_ERROR_CHARS = 2048  # the schema's maxLength for last_error; reasons are cut
 ENCODING = "canonical-ndjson+gzip+base64"
 SINKS = SINK_NAMES
 EVERY_SINK = "*"  # a delivery-queue envelope (attempt 0): for every enabled sink
+# A delivery-queue envelope named for one sink (attempt 0) is that sink's share when routes are declared.
 _ID_PLACEHOLDER = str(uuid.UUID(int=0))
 _GZIP_LEVEL = 6  # level 9 saves ~3 % here for twice the time
 _normalizer = Normalizer()
@@ -134,8 +135,8 @@ def envelopes_for(
             raise ValueError("an envelope for every sink is the delivery queue's: attempt 0")
     elif sink not in SINKS:
         raise ValueError(f"unknown sink {sink!r}: one of {', '.join(SINKS)}")
-    elif attempt < 1:
-        raise ValueError("attempt starts at 1")
+    elif attempt < 0:
+        raise ValueError("attempt starts at 1 (0: a routed share on the delivery queue)")
     lines = encode_ndjson(metrics).split(b"\n")[:-1]  # JSON never holds a raw newline
     fixed: dict[str, Any] = dict(
         sink=sink,

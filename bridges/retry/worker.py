@@ -25,7 +25,7 @@ from bridges.delivery.deliver import Delivery
 from bridges.delivery.sinks.base import LocalSink, Sink
 from bridges.model import Metric
 from bridges.retry.decision import AttemptReport, Decision, Policy, decide, next_delay
-from bridges.retry.envelopes import Envelope, MetricTooLarge, envelopes_for, metrics_of
+from bridges.retry.envelopes import Envelope, EnvelopeError, MetricTooLarge, envelopes_for, metrics_of
 from bridges.settings import Settings, environment
 from bridges.timestamps import NS_PER_SECOND
 
@@ -116,6 +116,9 @@ class RetryWorker:
     def process(self, text: str | bytes) -> Decision:
         """Raises on an unreadable envelope or an unwritable queue: the host retries, then poisons."""
         envelope = Envelope.from_text(text)
+        if envelope.attempt == 0:
+            raise EnvelopeError(f"retry envelope field 'attempt': 0 is the delivery queue's, not the retry queue's "
+                                f"(sink {envelope.sink!r})")
         metrics = metrics_of(envelope)
         now_ns = self.clock()
         sink = self.sinks.get(envelope.sink)

@@ -1,6 +1,7 @@
 """Declarations read from a file or an inline setting and validated by a JSON Schema: the
-synthetic checks (BRIDGE_CHECKS_FILE / BRIDGE_CHECKS) and the polled sources
-(BRIDGE_SOURCES_FILE / BRIDGE_SOURCES).
+synthetic checks (BRIDGE_CHECKS_FILE / BRIDGE_CHECKS), the polled sources
+(BRIDGE_SOURCES_FILE / BRIDGE_SOURCES) and the routes (BRIDGE_ROUTES_FILE / BRIDGE_ROUTES, read by
+``bridges.routing``).
 
 Every problem is a SettingsError naming the setting, the file and the field (a JSON pointer),
 so start-up stops with a message that says what to fix. Secret header values are named by
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +28,41 @@ def load_declared(file_setting: str, path: Path | None, inline_setting: str, inl
                   key: str) -> tuple[list[dict], str]:
     """The entries under ``key`` of the file or of the inline JSON (both set is an error: one
     would be ignored), and where they come from, for messages."""
-    if path is not None and inline.strip():
-        raise SettingsError(f"{inline_setting}: set {file_setting} or {inline_setting}, not both")
-    if path is not None:
-        from bridges.webhooks.rule_files import MappingError, read_document
-
-        where = f"{file_setting}: {path}"
-        try:
-            document: Any = read_document(path)  # schema-validated below
-        except MappingError as exc:
-            raise SettingsError(f"{file_setting}: {exc}") from None
-    elif inline.strip():
-        where = inline_setting
-        try:
-            document = json.loads(inline)
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"{inline_setting}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    else:
+    document, where = read_declaration(file_setting, path, inline_setting, inline)
+    if not where:
         return [], ""
-    _validate(document, schema_name, where)
+    validate_declaration(document, schema_name, where)
     declared = document[key]
     _unique_names(declared, key, where)
     return declared, where
 
 
-def _validate(document: object, schema_name: str, where: str) -> None:
+def read_declaration(file_setting: str, path: Path | None, inline_setting: str, inline: str) -> tuple[Any, str]:
+    """The document of the file or of the inline JSON, not yet validated, and where it comes
+    from (``file_setting: path``, the path alone when ``file_setting`` is "", or
+    ``inline_setting``); where is "" when neither is set."""
+    if path is not None and inline.strip():
+        raise SettingsError(f"{inline_setting}: set {file_setting} or {inline_setting}, not both")
+    if path is not None:
+        from bridges.webhooks.rule_files import MappingError, read_document
+
+        named = f"{file_setting}: " if file_setting else ""
+        try:
+            return read_document(path), f"{named}{path}"
+        except MappingError as exc:
+            raise SettingsError(f"{named}{exc}") from None
+    if inline.strip():
+        try:
+            return json.loads(inline), inline_setting
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{inline_setting}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    return None, ""
+
+
+def validate_declaration(document: object, schema_name: str, where: str,
+                         place: Callable[[Sequence], str] = lambda path: "") -> None:
+    """SettingsError ``{where}: {place}at {pointer}: {message}`` for the first schema error;
+    ``place(path)`` may name the entry the path is in (e.g. ``route 2 'flags' ``)."""
     from referencing import Registry, Resource
 
     from bridges.ingest.jsonschemas import explaining_validator
@@ -69,7 +80,7 @@ def _validate(document: object, schema_name: str, where: str) -> None:
         error = errors[0]
         message = error.schema.get("description") if error.validator == "not" else None
         pointer = json_pointer(error.absolute_path) or "/"
-        raise SettingsError(f"{where}: at {pointer}: {message or error.message}")
+        raise SettingsError(f"{where}: {place(list(error.absolute_path))}at {pointer}: {message or error.message}")
 
 
 def _unique_names(declared: list[dict], key: str, where: str) -> None:

@@ -18,7 +18,7 @@ import azure.functions as func
 from bridges import runtime
 
 if TYPE_CHECKING:
-    from bridges.core import Bridge
+    from bridges.core import Bridge, InputFormat
     from bridges.replies import Reply
 
 blueprint = func.Blueprint()
@@ -28,6 +28,8 @@ OPENAPI_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"
 def to_response(reply: Reply) -> func.HttpResponse:
     if reply.body is None:  # vendors that answer with an empty body (202, 204)
         return func.HttpResponse(status_code=reply.status, headers=reply.headers)
+    if isinstance(reply.body, bytes):  # a format's own encoding (OTLP's protobuf): its Content-Type is in the headers
+        return func.HttpResponse(reply.body, status_code=reply.status, headers=reply.headers)
     return func.HttpResponse(
         json.dumps(reply.body, ensure_ascii=False),
         status_code=reply.status,
@@ -37,15 +39,17 @@ def to_response(reply: Reply) -> func.HttpResponse:
     )
 
 
-def _answer(handle: Callable[[Bridge], Reply]) -> func.HttpResponse:
-    """The Bridge's reply; while a setting is bad, 503 naming it (the function still indexed)."""
-    from bridges.core import misconfigured
+def _answer(handle: Callable[[Bridge], Reply], fmt: InputFormat | None = None) -> func.HttpResponse:
+    """The Bridge's reply; while a setting is bad, 503 naming it (the function still indexed),
+    in ``fmt``'s shape when given (a client reading its own protocol's errors)."""
+    from bridges.core import misconfigured, refused_as
     from bridges.settings import SettingsError
 
     try:
         bridge = runtime.bridge()
     except SettingsError as exc:
-        return to_response(misconfigured(exc))
+        reply = misconfigured(exc)
+        return to_response(refused_as(fmt, reply) if fmt is not None else reply)
     return to_response(handle(bridge))
 
 
@@ -85,10 +89,12 @@ def ingest_otlp(req: func.HttpRequest) -> func.HttpResponse:
     """OTLP/HTTP metrics (protobuf or JSON): an OpenTelemetry SDK's or Collector's endpoint base `/api`."""
     from bridges.formats import otlp
 
-    # One format instance per request (it notes the request's encoding), with the setting's attributes.
+    # One format instance per request: it answers in the request's encoding (OTLP/HTTP), also a
+    # refusal before decoding; the setting's resource attributes.
+    content_type = req.headers.get("content-type")
     return _answer(lambda bridge: bridge.receive(
-        otlp.Otlp(bridge.settings.otlp_resource_attributes), req.get_body(), req.headers.get("content-type"),
-        req.headers.get("content-encoding"), req.route_params))
+        otlp.Otlp(bridge.settings.otlp_resource_attributes, content_type), req.get_body(), content_type,
+        req.headers.get("content-encoding"), req.route_params), otlp.Otlp(content_type=content_type))
 
 
 @blueprint.route(route="v2/write", methods=["POST"])

@@ -13,13 +13,15 @@ import math
 import numbers
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, TimestampError, parse_timestamp
 
 TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
 _PREVIEW_CHARS = 60
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Refuse(Exception):
@@ -130,7 +132,7 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
 
         return epoch
 
-    read = _numeric_strptime(form) or datetime.strptime
+    quick = _numeric_strptime(form)
 
     def pattern(raw):
         if isinstance(raw, int) and not isinstance(raw, bool):
@@ -138,12 +140,12 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
         if not isinstance(raw, str):
             raise Refuse(f"{preview(raw)} is {kind_of(raw)}; the pattern {form!r} reads strings")
         try:
-            moment = read(raw, form)
+            time_ns = quick(raw) if quick is not None else _epoch_ns(datetime.strptime(raw, form))
         except ValueError as exc:
-            raise Refuse(f"{preview(raw)} does not match {form!r}: {exc}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return parse_timestamp(moment)
+            raise _Unmatched(raw, form, exc) from None
+        if not 0 <= time_ns <= MAX_TIME_NS:
+            raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
+        return time_ns
 
     return pattern
 
@@ -157,12 +159,33 @@ _DIRECTIVES = {
 }
 
 
-def _numeric_strptime(form: str) -> Callable[[str, str], datetime] | None:
-    """``datetime.strptime`` for a pattern of numeric directives only (%Y %m %d %H %M %S %f %z,
-    each at most once, and literal text), several times faster: CI webhooks write their times
-    this way on every delivery. None for any other pattern, which strptime itself reads. Matches
-    as strptime does (its expressions, a run of spaces as one or more, case-insensitive) and fails
-    with its messages; an offset with seconds is left to strptime (a test holds the two alike)."""
+def _epoch_ns(moment: datetime) -> int:
+    """A strptime result as epoch ns (not yet checked to lie in 1970..9999): a time without a
+    zone is UTC."""
+    delta = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
+
+
+class _Unmatched(Refuse):
+    """A text a pattern does not read. The message is written only when asked for: a list of
+    formats tries several patterns on each delivery and shows none of their messages."""
+
+    def __init__(self, raw: str, form: str, error: ValueError):
+        super().__init__(raw, form, error)
+
+    def __str__(self) -> str:
+        raw, form, error = self.args
+        return f"{preview(raw)} does not match {form!r}: {error}"
+
+
+def _numeric_strptime(form: str) -> Callable[[str], int] | None:
+    """Epoch ns (not yet checked to lie in 1970..9999) for a text written in a pattern of numeric directives only (%Y %m %d %H %M %S
+    %f %z, each at most once, and literal text), as ``datetime.strptime`` and then the UTC
+    instant would give, several times faster: CI webhooks write their times this way on every
+    delivery. None for any other pattern, which strptime itself reads. Matches as strptime does
+    (its expressions, a run of spaces as one or more, case-insensitive) and fails with a
+    ValueError where it does (its words for a text that does not match); an offset with seconds
+    is left to strptime. A test holds the two to each other."""
     parts, seen = [], set()
     for literal, directive in re.findall(r"([^%]*)(%.|%$|$)", form):
         parts.append(r"\s+".join(re.escape(piece) for piece in re.split(r"\s+", literal)))
@@ -180,7 +203,7 @@ def _numeric_strptime(form: str) -> Callable[[str, str], datetime] | None:
             return None
     expression = re.compile("".join(parts), re.IGNORECASE)
 
-    def read(text: str, form: str) -> datetime:
+    def read(text: str) -> int:
         found = expression.match(text)
         if found is None:
             raise ValueError(f"time data {text!r} does not match format {form!r}")
@@ -188,18 +211,20 @@ def _numeric_strptime(form: str) -> Callable[[str, str], datetime] | None:
             raise ValueError(f"unconverted data remains: {text[found.end():]}")
         groups = found.groupdict()
         if groups.get("zs"):
-            return datetime.strptime(text, form)
-        zone = None
-        if groups.get("z"):
-            if groups["z"] in "Zz":
-                zone = UTC
-            else:
-                offset = timedelta(hours=int(groups["zh"]), minutes=int(groups["zm"]))
-                zone = timezone(-offset if groups["sign"] == "-" else offset)
+            return _epoch_ns(datetime.strptime(text, form))
+        offset = 0
+        if groups.get("z") and groups["z"] not in "Zz":
+            offset = int(groups["zh"]) * 3600 + int(groups["zm"]) * 60
+            if offset >= 86400:
+                raise ValueError(f"offset {groups['z']} is not strictly between -24 and 24 hours")
+            offset = -offset if groups["sign"] == "-" else offset
+        second = int(groups.get("S") or 0)
+        if second > 59:
+            raise ValueError("second must be in 0..59")
+        days = date(int(groups.get("Y") or 1900), int(groups.get("m") or 1), int(groups.get("d") or 1)).toordinal()
+        seconds = (days - _EPOCH_ORDINAL) * 86400 + int(groups.get("H") or 0) * 3600 + int(groups.get("M") or 0) * 60
         fraction = groups.get("f")
-        return datetime(int(groups.get("Y") or 1900), int(groups.get("m") or 1), int(groups.get("d") or 1),
-                        int(groups.get("H") or 0), int(groups.get("M") or 0), int(groups.get("S") or 0),
-                        int(fraction.ljust(6, "0")) if fraction else 0, zone)
+        return (seconds + second - offset) * NS_PER_SECOND + (int(fraction.ljust(6, "0")) * 1000 if fraction else 0)
 
     return read
 

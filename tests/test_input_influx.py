@@ -74,6 +74,27 @@ def test_keys_given_twice_keep_the_last_value():
     assert influx.parse_line("m,t=1,t=2 f=1,f=2") == ("m", {"t": "2"}, {"f": 2.0}, None)
 
 
+def test_an_integer_past_pythons_digit_limit_is_refused_as_out_of_range():
+    [refused] = decode("m f=" + "9" * 5000 + "i").refused
+    assert refused.origin == 1 and refused.message.endswith("value out of range")
+    assert "value out of range" in reason("m f=" + "1" * 5000 + "u")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["m", ",", "=", " ", "  ", "\\", '"', "t", "1", "i", "u", "-", ".", "e", "+", "é",
+                                 "\t", "٣", "²", "0", "true", "1700000000000000000", "k=v", "f=1.5"]), max_size=40).map("".join))
+def test_lines_without_escapes_read_by_splitting_read_as_the_element_parser_reads_them(line):
+    """parse_line reads a line without backslash or quote by splitting: the same result, or the
+    same reason, as the parser that knows the escapes."""
+    def read(parse):
+        try:
+            return parse(line)
+        except influx.LineError as exc:
+            return str(exc)
+
+    assert read(influx.parse_line) == read(influx._escaped_line)
+
+
 # --- precision and time -----------------------------------------------------------------------
 
 

@@ -268,6 +268,36 @@ def test_json_and_protobuf_encodings_of_one_request_give_the_same_metrics(reques
     assert _same_text(from_json) == _same_text(from_protobuf)
 
 
+PLAIN_POINTS = st.builds(  # gauge and sum points as SDKs write them, the form the walker reads in one call
+    metrics_pb2.NumberDataPoint, time_unix_nano=st.just(1_700_000_000_123_456_789) | TIMES, as_double=DOUBLES, flags=FLAGS,
+    attributes=st.lists(st.builds(common_pb2.KeyValue, key=TEXT, value=TEXT.map(
+        lambda v: common_pb2.AnyValue(string_value=v))), max_size=3))
+PLAIN_REQUESTS = st.builds(ExportMetricsServiceRequest, resource_metrics=st.lists(st.builds(
+    metrics_pb2.ResourceMetrics, resource=st.builds(resource_pb2.Resource, attributes=ATTRIBUTES),
+    scope_metrics=st.lists(st.builds(metrics_pb2.ScopeMetrics, metrics=st.lists(st.one_of(
+        st.builds(metrics_pb2.Metric, name=TEXT, gauge=st.builds(metrics_pb2.Gauge, data_points=st.lists(PLAIN_POINTS, max_size=3))),
+        st.builds(metrics_pb2.Metric, name=TEXT, unit=TEXT, sum=st.builds(
+            metrics_pb2.Sum, data_points=st.lists(PLAIN_POINTS | number_points(), max_size=3),
+            aggregation_temporality=TEMPORALITIES, is_monotonic=st.booleans()))), max_size=3)), max_size=2)), max_size=2))
+
+
+@FUZZ
+@given(request=REQUESTS | PLAIN_REQUESTS, snake_case=st.booleans(), int64_numbers=st.booleans())
+def test_the_one_call_reading_of_usual_points_gives_what_reading_field_by_field_gives(request, snake_case, int64_numbers):
+    """``plain`` (both readers) is a shortcut only: without it every request decodes the same."""
+    from unittest import mock
+
+    text = json_format.MessageToJson(request, preserving_proto_field_name=snake_case)
+    if int64_numbers:
+        text = json.dumps(_int64_as_numbers(json.loads(text)))
+    bodies = [(request.SerializeToString(), PROTOBUF), (text.encode(), "application/json")]
+    with_shortcut = [_same_text(_decoded(body, content_type)) for body, content_type in bodies]
+    with mock.patch.object(otlp._Json, "plain", lambda point, tags: None), \
+            mock.patch.object(otlp._Messages, "plain", lambda point, tags: None):
+        without = [_same_text(_decoded(body, content_type)) for body, content_type in bodies]
+    assert with_shortcut == without
+
+
 def test_the_proto3_json_spellings_read_alike():
     """The same sum point with every spelling proto3 JSON allows."""
     camel = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "orders", "sum": {

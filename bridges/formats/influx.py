@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from bridges.formats import Answer, BodyError, Decoded, Outcome, Refused
 from bridges.timestamps import format_rfc3339
@@ -92,6 +92,47 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, object], int |
     """(measurement, tags, fields, timestamp) of one line as written; raises LineError.
 
     Field values are float, int (integer and unsigned), bool or str."""
+    if "\\" not in line and '"' not in line:  # what agents mostly send: read by splitting
+        plain = _plain_line(line)
+        if plain is not None:
+            return plain
+    return _escaped_line(line)
+
+
+def _plain_line(line: str) -> tuple[str, dict[str, str], dict[str, object], int | None] | None:
+    """A line without escapes or quotes read with ``str.split`` (a few times faster than the
+    element regexes); None for anything unusual, which ``_escaped_line`` then reads (or refuses
+    with InfluxDB's reason): never a different result, only a faster one."""
+    parts = line.split(" ")
+    if len(parts) == 2:
+        head, field_set, stamp = parts[0], parts[1], None
+    elif len(parts) == 3 and parts[2].isdecimal() and len(parts[2]) <= 25:  # isdecimal: as _TIMESTAMP's \d
+        head, field_set, stamp = parts
+    else:
+        return None
+    measurement, *pairs = head.split(",")
+    if not measurement:
+        return None
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key or not value or "=" in value:
+            return None
+        tags[key] = value
+    fields: dict[str, object] = {}
+    try:
+        for pair in field_set.split(","):
+            key, _, value = pair.partition("=")
+            if not key:
+                return None
+            fields[key] = _value(value)
+    except LineError:
+        return None
+    return measurement, tags, fields, None if stamp is None else int(stamp)
+
+
+def _escaped_line(line: str) -> tuple[str, dict[str, str], dict[str, object], int | None]:
+    """Any line, element by element with the regexes that know the escapes and quoted strings."""
     end = _MEASUREMENT.match(line).end()  # type: ignore[union-attr]  # matches the empty string
     measurement = _unescape(line[:end], ", \\")
     if not measurement:
@@ -157,6 +198,13 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, object], int |
 
 
 def _value(text: str) -> object:
+    """A bare field value. Floats, the most common, are tried first: the forms cannot overlap
+    (an integer ends in i, an unsigned in u, a boolean is a word)."""
+    if _FLOAT.fullmatch(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise LineError(f"unable to parse float {text}: value out of range")
+        return value
     if not text:
         raise LineError("missing field value")
     if text in _TRUE:
@@ -164,28 +212,54 @@ def _value(text: str) -> object:
     if text in _FALSE:
         return False
     if _INTEGER.fullmatch(text):
-        number = int(text[:-1])
+        number = _digits(text)
         if not -_INT64 <= number < _INT64:
             raise LineError(f"unable to parse integer {text}: value out of range")
         return number
     if _UNSIGNED.fullmatch(text):
-        number = int(text[:-1])
+        number = _digits(text)
         if number >= _UINT64:
             raise LineError(f"unable to parse unsigned {text}: value out of range")
         return number
-    if _FLOAT.fullmatch(text):
-        value = float(text)
-        if not math.isfinite(value):
-            raise LineError(f"unable to parse float {text}: value out of range")
-        return value
     if text[:1] in "-.0123456789":
         raise LineError("invalid number")
     raise LineError("invalid boolean")
 
 
+def _digits(text: str) -> int:
+    """The number before an integer's i or u. Past Python's limit on the digits of an int
+    (4300) it is far out of range: refused as such, not a ValueError (a 500)."""
+    try:
+        return int(text[:-1])
+    except ValueError:
+        kind = "integer" if text.endswith("i") else "unsigned"
+        raise LineError(f"unable to parse {kind} {_shown(text)}: value out of range") from None
+
+
 def _shown(text: str) -> str:
     """Client text for a reason, cut so that reasons stay short."""
     return text if len(text) <= 100 else text[:100] + "…"
+
+
+def _text_lines(body: bytes) -> Iterator[tuple[int, str | int]]:
+    """(number, text) of each line that is not blank or a comment, or (number, position of its
+    first byte that is not UTF-8). A body that is UTF-8 throughout, the usual one, is decoded
+    once: a UTF-8 sequence never holds the byte of ``\\n``, so its lines are the same."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        for number, raw in enumerate(body.split(b"\n"), start=1):
+            raw = raw.removesuffix(b"\r").lstrip(b" \t")
+            if raw and not raw.startswith(b"#"):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield number, exc.start
+        return
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r").lstrip(" \t")
+        if line and not line.startswith("#"):
+            yield number, line
 
 
 class _Format:
@@ -201,43 +275,42 @@ class _Format:
         if precision not in self._precisions:
             raise BodyError(400, f"invalid precision {_shown(precision)!r}: expected {self._expected}")
         multiplier = self._precisions[precision]
-        decoded = Decoded([], origins=[])
+        items: list[dict] = []
+        origins: list[int] = []
+        decoded = Decoded(items, origins=origins)
         strings = 0
         lines = 0
-        for number, raw in enumerate(body.split(b"\n"), start=1):
-            raw = raw.removesuffix(b"\r").lstrip(b" \t")
-            if not raw or raw.startswith(b"#"):
-                continue
+        for number, line in _text_lines(body):
             lines += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                decoded.refused.append(Refused(number, f"the line is not valid UTF-8 (byte {exc.start})"))
+            if isinstance(line, int):
+                decoded.refused.append(Refused(number, f"the line is not valid UTF-8 (byte {line})"))
                 continue
             try:
                 measurement, tags, fields, timestamp = parse_line(line)
-                time_ns = None
+                dt: int | str | None = None
                 if timestamp is not None:
                     time_ns = timestamp * multiplier
                     if not -_INT64 <= time_ns < _INT64:
                         raise LineError("time outside range")
                     if time_ns < 0:
                         raise LineError("time before 1970-01-01: the bridge's metric model cannot keep it")
+                    # An integer dt is read by its size; nanoseconds before 1973 go as text.
+                    dt = time_ns if time_ns >= 10**17 else format_rfc3339(time_ns)
             except LineError as problem:
                 decoded.refused.append(Refused(number, f"unable to parse '{_shown(line)}': {problem}"))
                 continue
+            prefix = measurement + "_"
             for key, value in fields.items():
                 if isinstance(value, str):
                     strings += 1
                     continue
-                item: dict = {"name": f"{measurement}_{key}", "gauge": {"value": int(value) if isinstance(value, bool) else value}}
-                if tags:
-                    item["tags"] = dict(tags)
-                if time_ns is not None:
-                    # An integer dt is read by its size; nanoseconds before 1973 go as text.
-                    item["dt"] = time_ns if time_ns >= 10**17 else format_rfc3339(time_ns)
-                decoded.items.append(item)
-                decoded.origins.append(number)  # type: ignore[union-attr]
+                item: dict = {"name": prefix + key, "gauge": {"value": int(value) if value.__class__ is bool else value}}
+                if tags:  # one dict for the fields of a line: items are read, never changed
+                    item["tags"] = tags
+                if dt is not None:
+                    item["dt"] = dt
+                items.append(item)
+                origins.append(number)
         if not lines:
             raise BodyError(400, NO_POINTS)
         if strings:

@@ -8,8 +8,10 @@ total, consistent aggregates, real calendar dates) are checked while converting.
 """
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
@@ -74,6 +76,25 @@ class Normalized:
         return self.rejected - len({e.index for e in self.errors})
 
 
+PAUSE_COLLECTION_FROM = 100  # items: below this, pausing the cycle collector is not worth its calls
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a large request is decoded and normalized: every item
+    and metric made is a tracked object, and each collection meanwhile would walk them all again
+    (a third of the time, measured). Decoded bodies, items and metrics hold no cycles; reference
+    counting frees them as usual. Only whoever found collection enabled enables it again, so
+    concurrent requests leave it as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Invalid(Exception):
     """A rule broken while converting; ``path`` is relative to the item."""
 
@@ -126,6 +147,12 @@ class Normalizer:
 
         ``check_unicode=False`` skips the lone-surrogate check for input that cannot hold them.
         """
+        if len(items) < PAUSE_COLLECTION_FROM:
+            return self._normalized(items, now_ns, item_pointer, check_unicode)
+        with collection_paused():
+            return self._normalized(items, now_ns, item_pointer, check_unicode)
+
+    def _normalized(self, items: Sequence[Any], now_ns: int, item_pointer, check_unicode: bool) -> Normalized:
         pointer_of = item_pointer or (lambda i: f"/{i}")
         result = Normalized()
         # One call for the whole batch is the common case; items are checked one by one only

@@ -46,7 +46,7 @@ class Plan:
     """What steps 1-4 make of one (name, tags), and what folding would make of the result."""
 
     __slots__ = ("admitted", "changed", "dropped", "fold_note", "folded_tags", "guard_key", "minute", "name", "notes",
-                 "refused", "tags")
+                 "rebuilt", "refused", "tags")
 
     def __init__(self, name: str, tags: tuple, notes: tuple[str, ...], dropped: bool = False,
                  changed: bool = False, refused: bool = False):
@@ -59,6 +59,8 @@ class Plan:
         # (the sets only grow), so a plan asks the guard once per minute.
         self.minute = -1
         self.admitted = True
+        # The common case, decided once: a new name or tags, nothing dropped, refused or guarded.
+        self.rebuilt = changed and not dropped and not refused
 
 
 class CardinalityGuard:
@@ -161,6 +163,7 @@ class SinkProcessors:
         if self.guard is not None:
             guarded = [key for key, _ in new_tags if self.guard.tags is None or key in self.guard.tags]
             if guarded:
+                plan.rebuilt = False
                 plan.guard_key = tuple(pair for pair in new_tags if pair[0] in guarded)
                 plan.folded_tags = tuple((key, FOLDED if key in guarded else value) for key, value in new_tags)
                 plan.fold_note = f"folded {', '.join(guarded)} -> {FOLDED} (limit {self.guard.limit})"
@@ -170,28 +173,29 @@ class SinkProcessors:
         """The metric as this sink gets it (the same object when nothing changed), or None when
         keep/drop dropped it; ``plan`` is ``self.plan(metric.name, metric.tags)``. ``notes``
         (when given) gets what each processor did."""
-        if notes is not None:
-            notes.extend(plan.notes)
-        if plan.dropped:
-            self.dropped += 1
-            return None
-        if plan.refused:
-            self.refused += 1
         tags = plan.tags
-        if plan.guard_key is not None and plan.minute != self.minute:
-            plan.minute = self.minute
-            plan.admitted = self._guard.admit(plan.name, plan.guard_key)
-        if not plan.admitted:
-            tags = plan.folded_tags
-            self.folded += 1
-            try:
-                self.folded_by_name[plan.name] += 1
-            except KeyError:
-                self._count_fold(plan.name)
+        if not plan.rebuilt or notes is not None:  # else the common case: straight to the copy
             if notes is not None:
-                notes.append(plan.fold_note)
-        elif not plan.changed:
-            return metric
+                notes.extend(plan.notes)
+            if plan.dropped:
+                self.dropped += 1
+                return None
+            if plan.refused:
+                self.refused += 1
+            if plan.guard_key is not None and plan.minute != self.minute:
+                plan.minute = self.minute
+                plan.admitted = self._guard.admit(plan.name, plan.guard_key)
+            if not plan.admitted:
+                tags = plan.folded_tags
+                self.folded += 1
+                try:
+                    self.folded_by_name[plan.name] += 1
+                except KeyError:
+                    self._count_fold(plan.name)
+                if notes is not None:
+                    notes.append(plan.fold_note)
+            elif not plan.changed:
+                return metric
         return Metric(plan.name, metric.point, metric.time_ns, tags, metric.namespace, metric.unit,
                       metric.description, metric.azure)
 

@@ -993,19 +993,21 @@ def test_numeric_patterns_read_times_as_strptime_does(form, moment, junk, writte
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS).map(_identifier) | _paths(), st.sampled_from(["'a'", "''", "'x-y'"]),
-                          st.sampled_from(["==", "contains"]), st.booleans()), min_size=1, max_size=4),
+                          st.sampled_from(["==", "contains"]), st.booleans(), st.booleans()), min_size=1, max_size=4),
        st.lists(st.dictionaries(st.sampled_from(KEYS), st.sampled_from(["a", "", "x-y", "b", 0, None]) | _json,
-                                max_size=4) | _json, max_size=3))
-def test_rules_passed_over_by_their_guard_give_what_their_filters_give(tmp_path_factory, filters, events):
+                                max_size=4) | _json, max_size=3)
+       | st.dictionaries(st.sampled_from(KEYS), st.sampled_from(["a", "", "x-y", "b", 0, None]) | _json, max_size=4))
+def test_rules_passed_over_by_their_guard_give_what_their_filters_give(tmp_path_factory, filters, body):
     """Rules whose filter starts by comparing a key with literals are passed over by that guard,
-    the key read once per event for every rule: the delivery's items and refusals are the same
-    as when every filter runs."""
+    the key read once per event (or per delivery, for rules without ``events``) for every rule:
+    the delivery's items and refusals are the same as when every filter runs."""
     rules = []
-    for n, (path, literal, form, more) in enumerate(filters):
+    for n, (path, literal, form, more, per_event) in enumerate(filters):
         key = "event" + (path if path.startswith("[") else "." + path)
         test = f"{key} == {literal}" if form == "==" else f"contains([{literal}, 'b'], {key})"
         test += " && event.a != `null`" if more else ""
-        rules.append(f"  - {{name: r{n}, events: body, filter: {json.dumps(test)}, "
+        events = "events: body, " if per_event else ""
+        rules.append(f"  - {{name: r{n}, {events}filter: {json.dumps(test)}, "
                      f"metrics: [{{name: m{n}, type: gauge, value: event.a}}]}}\n")
     path = tmp_path_factory.mktemp("guards")
     guarded = _one_rule(path, "".join(rules))
@@ -1013,4 +1015,4 @@ def test_rules_passed_over_by_their_guard_give_what_their_filters_give(tmp_path_
     for rule in unguarded._rules:
         assert rule.guard is not None
         rule.guard = None
-    assert guarded.apply(events, {}, NOW_NS) == unguarded.apply(events, {}, NOW_NS)
+    assert guarded.apply(body, {}, NOW_NS) == unguarded.apply(body, {}, NOW_NS)

@@ -516,7 +516,7 @@ def _compile_file(document: dict, path: Path | str,
         rules.append((rule_name, events, filter_, timestamp, time_format, rule_tags, metrics))
     if errors:
         return None, errors
-    built = tuple(
+    built: tuple[CompiledRule, ...] = tuple(
         CompiledRule(rule_name, events, filter_, timestamp, time_format, tuple(rule_tags.items()),
                      tuple(CompiledMetric(spec, namespace, parts, value, tuple(tags.items()))
                            for spec, namespace, parts, value, tags in metrics),
@@ -538,4 +538,6 @@ def _compile_file(document: dict, path: Path | str,
         # A conservative test (a field named "headers" in a body also counts): when no rule reads
         # the headers, they are not copied lower-cased for every delivery.
         _reads_headers="headers" in json.dumps([defaults, document["rules"]]),
+        _delivery_guards=tuple({rule.guard.shape: rule.guard for rule in built
+                                if rule.guard is not None and rule.events is None}.values()),
     ), []

@@ -202,6 +202,10 @@ class SourceRules:
     _rules: tuple
     _delivery_expression: Expression | None
     _reads_headers: bool = True
+    # The distinct guards of the rules that read the delivery as one event (no ``events``):
+    # their keys are evaluated once per delivery and such a rule whose guard says no is passed
+    # over without a call (e.g. GitHub's nine rules, each asking X-GitHub-Event first).
+    _delivery_guards: tuple[Guard, ...] = ()
 
     @property
     def signature(self) -> dict | None:
@@ -232,7 +236,18 @@ class SourceRules:
         context = {"body": body, "headers": lowered, "event": body, "source": self.source}
         result = _Result()
         guards: dict = {}
+        keys = {}
+        for guard in self._delivery_guards:
+            try:
+                keys[guard.shape] = guard.key(context)
+            except Exception:  # the rules' filters then say what is wrong
+                continue
         for rule in self._rules:
+            guard = rule.guard
+            if guard is not None and rule.events is None and guard.shape in keys:
+                key = keys[guard.shape]
+                if not (isinstance(key, str) and key in guard.values):
+                    continue
             context["event"] = body
             try:
                 self._apply_rule(rule, body, context, result, guards)
@@ -262,7 +277,7 @@ class SourceRules:
                 return
         for index, event in enumerate(events):
             context["event"] = event
-            if rule.guard is not None and not _may_match(rule.guard, event, context, guards):
+            if rule.guard is not None and rule.events is not None and not _may_match(rule.guard, event, context, guards):
                 continue
             try:
                 if rule.filter is not None:

@@ -212,3 +212,39 @@ def test_the_readme_routing_examples_are_valid_declarations():
     for kind, block in blocks:
         document = json.loads(block) if kind == "json" else yaml.safe_load(block)
         assert parse_routes(document, "README").declared
+
+
+def test_a_routed_metric_too_large_for_a_queue_message_is_413_naming_it_in_the_request(tmp_path):
+    import random
+
+    rng = random.Random(3)
+    huge = {"name": "ff_huge", "gauge": {"value": 1},
+            "tags": {f"k{n}": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(1000))
+                     for n in range(60)}}
+    with FakeDynatrace(token=DT_TOKEN) as dynatrace, FakeBetterStack(BS_TOKEN) as betterstack:
+        bridge = make_bridge(tmp_path, dynatrace, betterstack)
+        status, answer = ingest(bridge, [*POINTS, huge])  # the fourth item: dynatrace's third metric
+        assert status == 413 and "the metric at /3 is too large" in answer["error"], answer
+        assert bridge.delivery_queue.depth() == 0  # nothing kept, for any sink
+
+
+def test_a_share_for_a_sink_no_longer_enabled_is_dead_lettered_with_that_reason_and_the_rest_delivered(tmp_path):
+    with FakeDynatrace(token=DT_TOKEN) as dynatrace, FakeBetterStack(BS_TOKEN) as betterstack:
+        ingest(make_bridge(tmp_path, dynatrace, betterstack), POINTS)
+    # the app restarts with Dynatrace's and Better Stack's settings removed while their shares wait
+    later = Bridge(load_settings({"BRIDGE_OUTBOX_DIR": str(tmp_path / "outbox"), "BRIDGE_ROUTES": json.dumps(ROUTES),
+                                  "BRIDGE_SINKS": "outbox"}))
+    [batch] = drain(later)
+    assert set(batch.reports) == {"outbox"}
+    assert [line["name"] for line in outbox_lines(later)] == ["queue.depth"]
+    database = tmp_path / ".bridge" / LOCAL_FILE
+    retry = SqliteQueue(database, "bridge-retry", clock=lambda: time.time() + 3600)
+    dead = SqliteQueue(database, "bridge-deadletter")
+    sinks = {sink.name: sink for sink in later.delivery.sinks}
+    while messages := retry.receive(32, 60):
+        for message in messages:
+            RetryWorker(later.settings, sinks, retry, dead, delivery=later.delivery).process(message.text)
+            retry.delete(message)
+    records = [json.loads(m.text) for m in dead.peek(32)]
+    assert sorted((r["envelope"]["sink"], r["envelope"]["count"]) for r in records) == [("betterstack", 1), ("dynatrace", 2)]
+    assert all("not enabled" in r["reason"] for r in records), records

@@ -134,9 +134,8 @@ class DeliveryWorker:
         try:
             if shares:  # routed shares, and any message for every sink (kept before routes were declared)
                 enabled = self.delivery.sink_names
-                for name in set(shares) - set(enabled):
-                    log.error("delivery queue %s: %d metrics routed to %s, which is no longer enabled, are dropped",
-                              self.queue.name, len(shares[name]), name)
+                for name in sorted(set(shares) - set(enabled)):
+                    self._not_enabled(name, shares[name])
                 per_sink = {name: metrics + shares.get(name, []) for name in enabled}
                 reports = self.delivery.deliver((), self.clock(), per_sink=per_sink)
             else:
@@ -152,6 +151,17 @@ class DeliveryWorker:
             self.observe(reports, batch.metrics, f"delivery of {batch.messages} queued messages")
         selfmetrics.log_queue(queue_status(self.queue, self.poison, self.clock()))
         return batch
+
+    def _not_enabled(self, sink: str, metrics: list[Metric]) -> None:
+        """A share routed to a sink that is no longer enabled (its settings went while it waited):
+        handed to the retry queue, whose function dead-letters it with that reason, to be
+        replayed once the sink is back. Raises when the retry queue cannot be written."""
+        reason = f"sink {sink} is not enabled"
+        log.error("delivery queue %s: %d metrics routed to %s, which is not enabled: handed to the retry queue",
+                  self.queue.name, len(metrics), sink)
+        if self.delivery.handoff is None:  # a stage without a retry queue (tests): nothing can keep them
+            raise DeliveryError(sink, f"{reason} and there is no retry queue to keep its metrics")
+        self.delivery.handoff.hand_off(sink, metrics, reason, None, self.clock())
 
     def _take(self) -> list[Message]:
         """Up to ``batch - 1`` more messages, waiting at most ``linger_seconds`` for them to

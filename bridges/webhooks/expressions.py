@@ -134,19 +134,19 @@ class Guard:
     """What a filter first asks: does ``key`` give one of ``values``? (``key == 'push' && ...``,
     ``contains(['a', 'b'], key)``.) Rules over the same events often ask it of the same key, so
     it is evaluated once per event and a rule whose answer is no is passed over without running
-    its filter, which would give false. ``shape`` is the key's parsed form: equal shapes, the
-    same key."""
+    its filter, which would give false. When the answer is yes, what the filter asks besides is
+    ``rest`` (None: nothing). ``shape`` is the key's parsed form: equal shapes, the same key."""
 
     shape: str
     key: Callable[[object], object]
     values: frozenset
+    rest: Callable[[object], object] | None = None
 
 
 def guard_of(text: str) -> Guard | None:
     """The guard of a filter that starts with a comparison of one key to string literals."""
-    node = jmespath.compile(text).parsed
-    if node["type"] == "and_expression":
-        node = node["children"][0]
+    conjuncts = _conjuncts(jmespath.compile(text).parsed)
+    node = conjuncts[0]
     key, values = None, None
     if node["type"] == "comparator" and node["value"] == "eq":
         right = node["children"][1]
@@ -158,7 +158,21 @@ def guard_of(text: str) -> Guard | None:
     if key is None or values is None:
         return None
     evaluate, _ = _compile_node(key)
-    return Guard(json.dumps(key, sort_keys=True), evaluate, frozenset(values))
+    rest = None
+    if len(conjuncts) > 1:
+        # ``(guard && a) && b`` with a true guard is ``a && b``: && gives its right side then.
+        node = conjuncts[1]
+        for right in conjuncts[2:]:
+            node = {"type": "and_expression", "children": [node, right]}
+        rest, _ = _compile_node(node)
+    return Guard(json.dumps(key, sort_keys=True), evaluate, frozenset(values), rest)
+
+
+def _conjuncts(node: _TreeNode) -> list:
+    """``a && b && c`` (parsed as ``(a && b) && c``) as [a, b, c]."""
+    if node["type"] == "and_expression":
+        return [*_conjuncts(node["children"][0]), node["children"][1]]
+    return [node]
 
 
 def _check_functions(node: _TreeNode, text: str) -> None:

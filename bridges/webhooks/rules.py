@@ -244,13 +244,15 @@ class SourceRules:
                 continue
         for rule in self._rules:
             guard = rule.guard
+            passed = False  # the guard said yes: only the rest of the filter is left to ask
             if guard is not None and rule.events is None and guard.shape in keys:
                 key = keys[guard.shape]
                 if not (isinstance(key, str) and key in guard.values):
                     continue
+                passed = True
             context["event"] = body
             try:
-                self._apply_rule(rule, body, context, result, guards)
+                self._apply_rule(rule, body, context, result, guards, passed)
             except Exception as exc:  # a last guard: a rule that fails unexpectedly refuses itself
                 result.refused.append(Refused(rule.origin, f"cannot be evaluated: {_error_text(exc)}"))
         skipped = {}
@@ -260,7 +262,8 @@ class SourceRules:
             skipped[VALUE_IS_NULL] = result.nulls
         return Decoded(result.items, origins=result.origins, refused=result.refused, skipped=skipped)
 
-    def _apply_rule(self, rule: CompiledRule, body: object, context: dict, result: _Result, guards: dict) -> None:
+    def _apply_rule(self, rule: CompiledRule, body: object, context: dict, result: _Result, guards: dict,
+                    passed: bool) -> None:
         if rule.events is None:
             events = (body,)
         else:
@@ -277,12 +280,19 @@ class SourceRules:
                 return
         for index, event in enumerate(events):
             context["event"] = event
-            if rule.guard is not None and rule.events is not None and not _may_match(rule.guard, event, context, guards):
-                continue
+            test = rule.filter
+            if rule.guard is not None:
+                if rule.events is not None:
+                    verdict = _guard_says(rule.guard, event, context, guards)
+                    if verdict is False:
+                        continue
+                    passed = verdict is True
+                if passed:
+                    test = rule.guard.rest
             try:
-                if rule.filter is not None:
+                if test is not None:
                     try:
-                        if is_false(rule.filter(context)):
+                        if is_false(test(context)):
                             continue
                     except Exception as exc:
                         raise Refuse(f"filter {rule.filter_text}: {_error_text(exc)}") from None
@@ -330,11 +340,11 @@ class SourceRules:
 _UNSET = object()
 
 
-def _may_match(guard: Guard, event: object, context: dict, guards: dict) -> bool:
-    """False when the rule's filter would be false by its guard, whose key is evaluated once per
-    event for every rule that asks it (``guards``: id of the event -> the event, kept so the id
-    stays its own, and the answers by key). A key that cannot be evaluated says maybe: the
-    filter then says what is wrong."""
+def _guard_says(guard: Guard, event: object, context: dict, guards: dict) -> bool | None:
+    """False when the rule's filter would be false by its guard, True when the guard holds (the
+    rest of the filter decides), None when its key cannot be evaluated (the whole filter then
+    says what is wrong). The key is evaluated once per event for every rule that asks it
+    (``guards``: id of the event -> the event, kept so the id stays its own, and the answers)."""
     seen = guards.get(id(event))
     if seen is None:
         seen = guards[id(event)] = (event, {})
@@ -344,7 +354,7 @@ def _may_match(guard: Guard, event: object, context: dict, guards: dict) -> bool
         try:
             value = guard.key(context)
         except Exception:
-            return True
+            return None
         answers[guard.shape] = value
     return isinstance(value, str) and value in guard.values
 

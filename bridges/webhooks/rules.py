@@ -133,6 +133,7 @@ def _error_text(exc: Exception) -> str:
 
 class CompiledRule:
     __slots__ = (
+        "asks",
         "events",
         "events_text",
         "filter",
@@ -151,6 +152,7 @@ class CompiledRule:
     def __init__(self, name, events, filter_, timestamp, time_format, tags, metrics, guard: Guard | None = None):
         self.name = name
         self.guard = guard
+        self.asks = (events.text if events else None, guard.shape if guard else None)  # see _event_keys
         self.origin = f"rule '{name}'"
         self.events = events.evaluate if events else None
         self.events_text = events.text if events else None
@@ -242,6 +244,7 @@ class SourceRules:
                 keys[guard.shape] = guard.key(context)
             except Exception:  # the rules' filters then say what is wrong
                 continue
+        asked: dict = {}  # (events expression, guard key) -> the keys of all those events
         for rule in self._rules:
             guard = rule.guard
             passed = False  # the guard said yes: only the rest of the filter is left to ask
@@ -250,6 +253,13 @@ class SourceRules:
                 if not (isinstance(key, str) and key in guard.values):
                     continue
                 passed = True
+            elif guard is not None and rule.events is not None:
+                found = asked.get(rule.asks, _UNSET)
+                if found is _UNSET:
+                    context["event"] = body
+                    found = asked[rule.asks] = _event_keys(rule, guard, context, guards)
+                if found is not None and found.isdisjoint(guard.values):
+                    continue  # no event of the delivery passes the guard
             context["event"] = body
             try:
                 self._apply_rule(rule, body, context, result, guards, passed)
@@ -340,15 +350,34 @@ class SourceRules:
 _UNSET = object()
 
 
+def _event_keys(rule: CompiledRule, guard: Guard, context: dict, guards: dict) -> frozenset | None:
+    """The guard's key of every event the rule's ``events`` gives (the text ones), worked out
+    once per delivery for all the rules that share both expressions (``rule.asks``: Event Grid's
+    six rules over ``body``); None when an expression fails or gives no array: the rule itself
+    then says so. Each event's key is kept in ``guards`` for ``_guard_says``."""
+    found: frozenset | None = None
+    assert rule.events is not None  # the caller asks only for rules with events
+    try:
+        events = rule.events(context)
+        if isinstance(events, list):
+            keys = set()
+            for event in events:
+                context["event"] = event
+                key = _answers(event, guards)[guard.shape] = guard.key(context)
+                if isinstance(key, str):
+                    keys.add(key)
+            found = frozenset(keys)
+    except Exception:  # noqa: BLE001 - the rule's own evaluation reports it
+        found = None
+    return found
+
+
 def _guard_says(guard: Guard, event: object, context: dict, guards: dict) -> bool | None:
     """False when the rule's filter would be false by its guard, True when the guard holds (the
     rest of the filter decides), None when its key cannot be evaluated (the whole filter then
     says what is wrong). The key is evaluated once per event for every rule that asks it
     (``guards``: id of the event -> the event, kept so the id stays its own, and the answers)."""
-    seen = guards.get(id(event))
-    if seen is None:
-        seen = guards[id(event)] = (event, {})
-    answers: dict = seen[1]
+    answers = _answers(event, guards)
     value = answers.get(guard.shape, _UNSET)
     if value is _UNSET:
         try:
@@ -357,6 +386,15 @@ def _guard_says(guard: Guard, event: object, context: dict, guards: dict) -> boo
             return None
         answers[guard.shape] = value
     return isinstance(value, str) and value in guard.values
+
+
+def _answers(event: object, guards: dict) -> dict:
+    """The guards' answers for this event so far, by key (kept with the event, so its id stays
+    its own while the delivery is read)."""
+    seen = guards.get(id(event))
+    if seen is None:
+        seen = guards[id(event)] = (event, {})
+    return seen[1]
 
 
 def _lower_headers(headers: Mapping[str, str] | None) -> dict:

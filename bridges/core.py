@@ -30,7 +30,7 @@ from bridges.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from bridges.model import Metric
-    from bridges.routing import Router
+    from bridges.routing import Routed, Router
     from bridges.scheduled.checks import Check, CheckResult
     from bridges.scheduled.polling import Poll, Source
     from bridges.webhooks.handler import Webhooks
@@ -235,46 +235,44 @@ class Bridge:
     def _deliver(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
         """Keep the metrics on the delivery queue (``{"queued": N}``), or with BRIDGE_DELIVERY
         inline deliver to every sink: the per-sink reports, each rejection named by its origin.
-        With routes declared, each metric is routed (and processed for each sink) first."""
-        if self.router.declared:
-            return self._deliver_routed(metrics, origin_of, route)
-        if self.settings.delivery == "queued":
-            from bridges.delivery.queued import enqueue
 
-            messages = enqueue(self.delivery_queue, metrics, self.clock())
-            log.info("%s: %d metrics queued for delivery in %d messages", route, len(metrics), messages)
-            return {"queued": len(metrics)}
-        reports = self.delivery.deliver(metrics, self.clock())
-        self.observe(reports, len(metrics), route)
-        return {name: report.to_json(origin_of) for name, report in reports.items()}
-
-    def _deliver_routed(self, metrics: list, origin_of: Callable[[int], object], route: str) -> dict:
-        """Route once, before delivery: each sink gets its own share, queued as envelopes named
-        for it, or delivered inline (a report's indexes point into that share). The answer's
-        ``routing`` says how many each sink was sent, how many no route matched and how many a
-        sink's keep/drop removed (health counts them too)."""
-        from bridges.routing import Origin
-
+        With routes declared, each metric is routed (and processed for each sink) once, first:
+        each sink's share is kept as envelopes named for it, or delivered to it alone (a report's
+        indexes then point into that share), and the answer's ``routing`` says how many each
+        sink was sent, how many no route matched and how many a sink's keep/drop removed."""
         now_ns = self.clock()
-        routed = self.router.route(metrics, Origin.of_each(route, origin_of), self.delivery.sink_names, now_ns)
-        counted: dict[str, Any] = {"routing": {"sinks": {name: len(share) for name, share in routed.per_sink.items()},
-                                               "unrouted": routed.unrouted, "dropped": routed.dropped}}
-        if routed.unrouted:
-            log.warning("%s: %d metrics matched no route and go to no sink (BRIDGE_ROUTES)", route, routed.unrouted)
+        routed = self._routed(metrics, origin_of, route, now_ns)
+        counted: dict[str, Any] = {} if routed is None else {"routing": {
+            "sinks": {name: len(share) for name, share in routed.per_sink.items()},
+            "unrouted": routed.unrouted, "dropped": routed.dropped}}
         if self.settings.delivery == "queued":
             from bridges.delivery.queued import enqueue
 
             messages = enqueue(self.delivery_queue, metrics, now_ns, shares=routed)
-            log.info("%s: %d metrics routed to %s, queued in %d messages", route, len(metrics),
-                     ", ".join(f"{name} ({len(share)})" for name, share in routed.per_sink.items()) or "no sink", messages)
+            log.info("%s: %d metrics queued for delivery in %d messages%s", route, len(metrics), messages,
+                     f" ({counted['routing']})" if counted else "")
             return {"queued": len(metrics), **counted}
-        reports = self.delivery.deliver((), now_ns, per_sink=routed.per_sink)
+        reports = self.delivery.deliver(metrics, now_ns, per_sink=None if routed is None else routed.per_sink)
         self.observe(reports, len(metrics), route)
-        def origin_in(places: list[int]) -> Callable[[int], object]:
+
+        def origin_in(sink: str) -> Callable[[int], object]:
+            if routed is None:
+                return origin_of
+            places = routed.indexes[sink]
             return lambda i: origin_of(places[i])
 
-        answer = {name: report.to_json(origin_in(routed.indexes[name])) for name, report in reports.items()}
-        return {**answer, **counted}
+        return {**{name: report.to_json(origin_in(name)) for name, report in reports.items()}, **counted}
+
+    def _routed(self, metrics: list, origin_of: Callable[[int], object], route: str, now_ns: int) -> Routed | None:
+        """Each enabled sink's share by the routes declared; None without a declaration."""
+        if not self.router.declared:
+            return None
+        from bridges.routing import Origin
+
+        routed = self.router.route(metrics, Origin.of_each(route, origin_of), self.delivery.sink_names, now_ns)
+        if routed.unrouted:
+            log.warning("%s: %d metrics matched no route and go to no sink (BRIDGE_ROUTES)", route, routed.unrouted)
+        return routed
 
     def observe(self, reports: dict, accepted: int, route: str) -> None:
         """Log (and, with BRIDGE_SELF_METRICS, send) what each sink made of this request."""

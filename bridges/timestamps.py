@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 
 NS_PER_SECOND = 1_000_000_000
 MAX_TIME_NS = 253_402_300_799 * NS_PER_SECOND  # 9999-12-31T23:59:59Z
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -35,22 +35,19 @@ def parse_timestamp(value: object) -> int:
     if isinstance(value, bool):
         raise TimestampError("a timestamp is a number or an RFC 3339 string, not a boolean")
     if isinstance(value, int):
-        return _check_range(_int_to_ns(value))
+        return check_range(_int_to_ns(value))
     if isinstance(value, float):
         if not math.isfinite(value) or value < 0:
             raise TimestampError("a numeric timestamp must be a finite, non-negative epoch time")
         if value > MAX_TIME_NS / NS_PER_SECOND:  # checked first: 1e300 s in nanoseconds is no float
             raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
-        return _check_range(round(value * NS_PER_SECOND))
+        return check_range(round(value * NS_PER_SECOND))
     if isinstance(value, str):
-        return _check_range(_parse_string(value))
+        return check_range(_parse_string(value))
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise TimestampError("a timestamp needs a time zone")
-        delta = value - _EPOCH
-        return _check_range(
-            (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
-        )
+        return check_range(datetime_ns(value))
     raise TimestampError("a timestamp is an epoch number or an RFC 3339 string")
 
 
@@ -75,12 +72,12 @@ def _parse_string(text: str) -> int:
     if plain is not None:
         fraction = plain.group(1)
         try:  # digits past the sixth (Azure writes seven) are cut for it and added back
-            delta = datetime.fromisoformat(text if fraction is None or len(fraction) <= 6 else text[:26] + "Z") - _EPOCH
+            moment = datetime.fromisoformat(text if fraction is None or len(fraction) <= 6 else text[:26] + "Z")
         except ValueError:
             pass
         else:
             nanos = int(fraction[6:].ljust(3, "0")) if fraction is not None and len(fraction) > 6 else 0
-            return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000 + nanos
+            return datetime_ns(moment) + nanos
     return _by_parts(text)
 
 
@@ -100,11 +97,11 @@ def _by_parts(text: str) -> int:
             nanos = int(text[cut:match.end(7)].ljust(3, "0"))
             micro_text = text[:cut] + text[match.end(7):]
         try:
-            delta = datetime.fromisoformat(micro_text) - _EPOCH
+            moment = datetime.fromisoformat(micro_text)
         except ValueError:
             pass  # the parser below explains what is wrong
         else:
-            return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000 + nanos
+            return datetime_ns(moment) + nanos
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
     try:
         ordinal = date(int(year), int(month), int(day)).toordinal()
@@ -119,12 +116,19 @@ def _by_parts(text: str) -> int:
         if off_hours > 23 or off_minutes > 59:
             raise TimestampError("time zone offset out of range")
         offset = (off_hours * 3600 + off_minutes * 60) * (1 if sign == "+" else -1)
-    seconds = (ordinal - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second - offset
+    seconds = (ordinal - EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second - offset
     nanos = int(fraction.ljust(9, "0")) if fraction else 0
     return seconds * NS_PER_SECOND + nanos
 
 
-def _check_range(time_ns: int) -> int:
+def datetime_ns(moment: datetime) -> int:
+    """Epoch ns of an aware datetime, to the microsecond; not yet checked to lie in 1970..9999."""
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
+
+
+def check_range(time_ns: int) -> int:
+    """The time itself when it lies in 1970-01-01 .. 9999-12-31, else TimestampError."""
     if time_ns < 0 or time_ns > MAX_TIME_NS:
         raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
     return time_ns

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bridges.delivery.sinks import SINK_NAMES
-from bridges.routing.matching import MatcherError, metric_matcher, origin_matcher
+from bridges.routing.matching import MatcherError, MetricMatcher, metric_matcher, origin_matcher
 from bridges.routing.processing import CardinalityGuard, SinkProcessors
 from bridges.routing.router import Route, Router, route_label
 from bridges.settings import SettingsError
@@ -84,14 +84,7 @@ def _known_sink(sink: str, place: str) -> None:
 def _processors(sink: str, spec: Mapping, where: str) -> SinkProcessors:
     place = f"{where}: at /sinks/{sink}"
     _known_sink(sink, place)
-    try:
-        keep = metric_matcher(spec["keep"]) if "keep" in spec else None
-    except MatcherError as exc:
-        raise RoutesError(f"{place}/keep{exc.pointer}: {exc}") from None
-    try:
-        drop = metric_matcher(spec["drop"]) if "drop" in spec else None
-    except MatcherError as exc:
-        raise RoutesError(f"{place}/drop{exc.pointer}: {exc}") from None
+    keep, drop = (_matcher_of(spec, key, place) for key in ("keep", "drop"))
     rename = spec.get("rename", {})
     replace = _replacement(rename["replace"], f"{place}/rename/replace") if "replace" in rename else None
     tag_keys = spec.get("tag_keys", {})
@@ -108,6 +101,16 @@ def _processors(sink: str, spec: Mapping, where: str) -> SinkProcessors:
     return SinkProcessors(sink, keep=keep, drop=drop, replace=replace, prefix=rename.get("prefix", ""),
                           add_tags=spec.get("add_tags"), keep_keys=keep_keys,
                           drop_keys=frozenset(tag_keys.get("drop", ())), guard=guard)
+
+
+def _matcher_of(spec: Mapping, key: str, place: str) -> MetricMatcher | None:
+    """The metric matcher ``spec[key]`` (keep or drop), compiled; None when it is not given."""
+    if key not in spec:
+        return None
+    try:
+        return metric_matcher(spec[key])
+    except MatcherError as exc:
+        raise RoutesError(f"{place}/{key}{exc.pointer}: {exc}") from None
 
 
 def _replacement(spec: Mapping, place: str) -> tuple[re.Pattern, str]:

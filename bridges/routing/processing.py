@@ -26,8 +26,10 @@ kept for at most 1,000 names per sink, the others summed under ``(other names)``
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from functools import cache
 
 from bridges.model import Metric
 from bridges.routing.matching import MetricMatcher
@@ -38,8 +40,6 @@ MAX_GUARDED_NAMES = 10_000
 MAX_REPORTED_NAMES = 1_000
 OTHER_NAMES = "(other names)"
 MINUTE_NS = 60_000_000_000
-MAX_NAME_CHARS = 255  # schemas/metric.schema.json: 1-255 characters, no control character
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Plan:
@@ -241,11 +241,22 @@ class SinkProcessors:
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid metric name, or None."""
+    """Why ``name`` is not a valid metric name by the canonical schema's rule, or None."""
+    most, allowed = _name_rule()
     if not name:
         return "empty"
-    if len(name) > MAX_NAME_CHARS:
-        return f"longer than {MAX_NAME_CHARS} characters"
-    if _CONTROL.search(name):
+    if len(name) > most:
+        return f"longer than {most} characters"
+    if not allowed.fullmatch(name):  # not search: Python's $ also matches before a final newline
         return "a control character"
     return None
+
+
+@cache
+def _name_rule() -> tuple[int, re.Pattern]:
+    """The name's longest length and pattern, from schemas/metric.schema.json (read at the first
+    rename, not at start-up)."""
+    from bridges.ingest.normalize import METRIC_SCHEMA
+
+    rule = json.loads(METRIC_SCHEMA.read_text(encoding="utf-8"))["$defs"]["name"]
+    return rule["maxLength"], re.compile(rule["pattern"])

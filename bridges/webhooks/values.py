@@ -16,12 +16,18 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from bridges.timestamps import MAX_TIME_NS, NS_PER_SECOND, TimestampError, parse_timestamp
+from bridges.timestamps import (
+    EPOCH_ORDINAL,
+    MAX_TIME_NS,
+    NS_PER_SECOND,
+    TimestampError,
+    check_range,
+    datetime_ns,
+    parse_timestamp,
+)
 
 TIMESTAMP_FORMATS = ("auto", "rfc3339", "unix", "unix_ms", "unix_us", "unix_ns")
 _PREVIEW_CHARS = 60
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Refuse(Exception):
@@ -143,9 +149,7 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
             time_ns = quick(raw) if quick is not None else _epoch_ns(datetime.strptime(raw, form))
         except ValueError as exc:
             raise _Unmatched(raw, form, exc) from None
-        if not 0 <= time_ns <= MAX_TIME_NS:
-            raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
-        return time_ns
+        return check_range(time_ns)
 
     return pattern
 
@@ -162,8 +166,7 @@ _DIRECTIVES = {
 def _epoch_ns(moment: datetime) -> int:
     """A strptime result as epoch ns (not yet checked to lie in 1970..9999): a time without a
     zone is UTC."""
-    delta = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)) - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
+    return datetime_ns(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 class _Unmatched(Refuse):
@@ -222,7 +225,7 @@ def _numeric_strptime(form: str) -> Callable[[str], int] | None:
         if second > 59:
             raise ValueError("second must be in 0..59")
         days = date(int(groups.get("Y") or 1900), int(groups.get("m") or 1), int(groups.get("d") or 1)).toordinal()
-        seconds = (days - _EPOCH_ORDINAL) * 86400 + int(groups.get("H") or 0) * 3600 + int(groups.get("M") or 0) * 60
+        seconds = (days - EPOCH_ORDINAL) * 86400 + int(groups.get("H") or 0) * 3600 + int(groups.get("M") or 0) * 60
         fraction = groups.get("f")
         return (seconds + second - offset) * NS_PER_SECOND + (int(fraction.ljust(6, "0")) * 1000 if fraction else 0)
 

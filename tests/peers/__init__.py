@@ -9,11 +9,18 @@ import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 INSTALL_HINT = "run `bash scripts/install-peers.sh` to install it"
+# Peers are on loopback: a proxy from the environment must never be asked for them.
+NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PeerUnavailable(Exception):
@@ -66,6 +73,44 @@ def npm_package(folder: Path, version: str, needed: str) -> Path:
     if problem:
         unavailable(problem)
     return folder
+
+
+def log_tail(path: str | Path, lines: int = 40) -> str:
+    """The last lines of a peer's log, for the reason it could not start."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextmanager
+def served(command: Sequence[str], log_path: Path, ready_url: str, what: str,
+           start_timeout: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Run a server binary (its output in ``log_path``, in a session of its own) until the block
+    ends; the block starts once ``ready_url`` answers 200. PeerUnavailable, with the log's tail,
+    when it exits first or is not ready within ``start_timeout`` seconds."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise PeerUnavailable(f"{what} exited with {proc.returncode}:\n{log_tail(log_path)}")
+            try:
+                with NO_PROXY_OPENER.open(ready_url, timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise PeerUnavailable(f"{what} not answering {ready_url} within {start_timeout:.0f} s:\n"
+                                      f"{log_tail(log_path)}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from peers import PeerUnavailable, free_port, serve_peer, stop_process
+from peers import PeerUnavailable, free_port, log_tail, serve_peer, served
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -39,7 +36,6 @@ batch_wait_seconds_bucket{queue="sms",le="+Inf"} 1
 batch_wait_seconds_sum{queue="sms"} 0.5
 batch_wait_seconds_count{queue="sms"} 1
 """
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -53,10 +49,7 @@ class NodeExporterPeer:
         return f"{self.url}/metrics"
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "".join(Path(self.log_path).read_text(errors="replace").splitlines(True)[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 def run_node_exporter():
@@ -70,32 +63,13 @@ def run_node_exporter():
     (workdir / "textfile").mkdir()
     (workdir / "textfile" / "batches.prom").write_text(TEXTFILE)
     port = free_port(HOST)
-    log_path = workdir / "node_exporter.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [binary, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
-             f"--collector.textfile.directory={workdir / 'textfile'}", f"--web.listen-address={HOST}:{port}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    peer = NodeExporterPeer(f"http://{HOST}:{port}", version_line, str(log_path))
+    peer = NodeExporterPeer(f"http://{HOST}:{port}", version_line, str(workdir / "node_exporter.log"))
+    command = [binary, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
+               f"--collector.textfile.directory={workdir / 'textfile'}", f"--web.listen-address={HOST}:{port}"]
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise PeerUnavailable(f"node_exporter exited with {proc.returncode}:\n{peer.log_tail()}")
-            try:
-                with _NO_PROXY_OPENER.open(peer.metrics_url, timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise PeerUnavailable(f"node_exporter not answering /metrics within {START_TIMEOUT:.0f} s:\n"
-                                      f"{peer.log_tail()}")
-            time.sleep(0.1)
-        yield peer
+        with served(command, Path(peer.log_path), peer.metrics_url, "node_exporter", START_TIMEOUT):
+            yield peer
     finally:
-        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

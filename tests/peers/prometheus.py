@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from peers import PeerUnavailable, free_port, serve_peer
+from peers import NO_PROXY_OPENER, PeerUnavailable, free_port, log_tail, serve_peer, served
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 CONFIG = "global:\n  scrape_interval: 1h\n  evaluation_interval: 1h\n"
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -44,16 +40,13 @@ class PrometheusPeer:
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         """The instant query's result vector: [{"metric": {labels}, "value": [t, "v"]}]."""
         params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
-        with _NO_PROXY_OPENER.open(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as reply:
+        with NO_PROXY_OPENER.open(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as reply:
             answer = json.load(reply)
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "".join(Path(self.log_path).read_text(errors="replace").splitlines(True)[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 def run_prometheus(config=lambda port: CONFIG):
@@ -66,37 +59,13 @@ def run_prometheus(config=lambda port: CONFIG):
     workdir = Path(tempfile.mkdtemp(prefix="prometheus-peer-"))
     port = free_port(HOST)
     (workdir / "prometheus.yml").write_text(config(port))
-    log_path = workdir / "prometheus.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [binary, "--web.enable-remote-write-receiver", f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    peer = PrometheusPeer(f"http://{HOST}:{port}", version, str(log_path))
+    peer = PrometheusPeer(f"http://{HOST}:{port}", version, str(workdir / "prometheus.log"))
+    command = [binary, "--web.enable-remote-write-receiver", f"--config.file={workdir / 'prometheus.yml'}",
+               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}"]
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise PeerUnavailable(f"prometheus exited with {proc.returncode}:\n{peer.log_tail()}")
-            try:
-                with _NO_PROXY_OPENER.open(f"{peer.url}/-/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise PeerUnavailable(f"prometheus not ready within {START_TIMEOUT:.0f} s:\n{peer.log_tail()}")
-            time.sleep(0.1)
-        yield peer
+        with served(command, Path(peer.log_path), f"{peer.url}/-/ready", "prometheus", START_TIMEOUT):
+            yield peer
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

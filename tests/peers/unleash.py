@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import PeerUnavailable, free_port, serve_peer
+from peers import NO_PROXY_OPENER, PeerUnavailable, free_port, log_tail, serve_peer
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
@@ -45,7 +45,6 @@ UNLEASH_START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 
 # Never route loopback traffic through a proxy from the environment.
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -60,19 +59,11 @@ class UnleashPeer:
     pg_port: int = 0
     log_path: str = ""
 
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path, lines)
+    def loglog_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _tail(path: str, lines: int = 40) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _find_pg_bin() -> Path:
@@ -99,7 +90,7 @@ def _find_pg_bin() -> Path:
 def _http_get(url: str, timeout: float = 2.0) -> int:
     req = urllib.request.Request(url, method="GET")
     try:
-        with _NO_PROXY_OPENER.open(req, timeout=timeout) as resp:
+        with NO_PROXY_OPENER.open(req, timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -194,7 +185,7 @@ class _Postgres:
         if cp.returncode != 0:
             raise PeerUnavailable(
                 f"pg_ctl start failed (exit {cp.returncode}): {cp.stdout[-800:]}\n"
-                f"{_tail(str(self.logfile), 20)}"
+                f"{log_tail(str(self.logfile), 20)}"
             )
         self._started = True
         cp = self._run(
@@ -294,7 +285,7 @@ class _UnleashProcess:
             if rc is not None:
                 raise PeerUnavailable(
                     f"unleash-server {self.version} exited with code {rc} during start:\n"
-                    f"{_tail(str(self.log_path))}"
+                    f"{log_tail(str(self.log_path))}"
                 )
             try:
                 if _http_get(health, timeout=1.0) == 200:
@@ -304,7 +295,7 @@ class _UnleashProcess:
             if time.monotonic() > deadline:
                 raise PeerUnavailable(
                     f"unleash-server {self.version} did not answer {health} within "
-                    f"{UNLEASH_START_TIMEOUT:.0f} s:\n{_tail(str(self.log_path))}"
+                    f"{UNLEASH_START_TIMEOUT:.0f} s:\n{log_tail(str(self.log_path))}"
                 )
             time.sleep(0.1)
 

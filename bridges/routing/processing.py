@@ -13,7 +13,9 @@
                     per metric name (as renamed) per minute for this sink. A set already seen this
                     minute passes; a new one beyond the limit is folded: its guarded tags read
                     ``other``, so the overflow is one series per combination of the other tags.
-                    Counted per sink and metric name, as a conversion.
+                    Counted per sink and metric name, as a conversion. The sets are each
+                    process's own: N instances of the function app may send a sink up to N
+                    times the limit (a shared store would cost a round trip per metric).
 
 Steps 1-4 depend only on a metric's name and tags, so their outcome (a ``Plan``) is worked out
 once per distinct (name, tags) and kept with the router's decision; a metric they leave as it is

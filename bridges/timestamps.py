@@ -22,8 +22,8 @@ _RFC3339 = re.compile(
 )
 
 
-# The commonest form, in ASCII digits: 2024-01-07T18:25:20Z, with up to nine fraction digits.
-_PLAIN_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,9}))?Z", re.ASCII)
+# The commonest forms, in ASCII digits: 2024-01-07T18:25:20Z or …+02:00, with up to nine fraction digits.
+_COMMON = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)", re.ASCII)
 
 
 class TimestampError(ValueError):
@@ -43,12 +43,15 @@ def parse_timestamp(value: object) -> int:
             raise TimestampError("timestamp outside 1970-01-01 .. 9999-12-31")
         return check_range(round(value * NS_PER_SECOND))
     if isinstance(value, str):
-        return check_range(_parse_string(value))
+        return check_range(parse_rfc3339(value))
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise TimestampError("a timestamp needs a time zone")
         return check_range(datetime_ns(value))
     raise TimestampError("a timestamp is an epoch number or an RFC 3339 string")
+
+
+EPOCH_NS_FROM = 10**17  # an integer from here on is epoch nanoseconds (below: s, ms or µs)
 
 
 def _int_to_ns(value: int) -> int:
@@ -58,21 +61,21 @@ def _int_to_ns(value: int) -> int:
         return value * NS_PER_SECOND
     if value < 10**14:
         return value * 1_000_000
-    if value < 10**17:
+    if value < EPOCH_NS_FROM:
         return value * 1000
     return value
 
 
-def _parse_string(text: str) -> int:
-    """Epoch ns of an RFC 3339 text. The commonest form (``2024-01-07T18:25:20Z``, with or
-    without a fraction) is read by the C parser alone; every other text, or one it refuses, by
-    ``_by_parts``, which reads every form and explains what is wrong (a test holds the two
-    alike)."""
-    plain = _PLAIN_UTC.fullmatch(text)
-    if plain is not None:
-        fraction = plain.group(1)
+def parse_rfc3339(text: str) -> int:
+    """Epoch ns of an RFC 3339 text. The commonest forms (``2024-01-07T18:25:20Z`` or
+    ``…+02:00``, with or without a fraction) are read by the C parser alone; every other text,
+    or one it refuses, by ``_by_parts``, which reads every form and explains what is wrong (a
+    test holds the two alike)."""
+    common = _COMMON.fullmatch(text)
+    if common is not None:
+        fraction, zone = common.groups()
         try:  # digits past the sixth (Azure writes seven) are cut for it and added back
-            moment = datetime.fromisoformat(text if fraction is None or len(fraction) <= 6 else text[:26] + "Z")
+            moment = datetime.fromisoformat(text if fraction is None or len(fraction) <= 6 else text[:26] + zone)
         except ValueError:
             pass
         else:

@@ -32,7 +32,7 @@ from bridges.model import (
     Quantile,
     Summary,
 )
-from bridges.timestamps import TimestampError, parse_timestamp
+from bridges.timestamps import EPOCH_NS_FROM, MAX_TIME_NS, TimestampError, parse_timestamp
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 METRIC_SCHEMA = SCHEMA_DIR / "metric.schema.json"
@@ -295,6 +295,8 @@ def _convert(item: dict, now_ns: int, check_unicode: bool = True) -> Metric:
     dt = item.get("dt")
     if dt is None:
         time_ns = now_ns
+    elif dt.__class__ is int and EPOCH_NS_FROM <= dt <= MAX_TIME_NS:  # epoch ns, as rules write them
+        time_ns = dt
     else:
         try:
             time_ns = parse_timestamp(dt)

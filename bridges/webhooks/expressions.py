@@ -5,19 +5,19 @@ for a null argument, so a missing field still means "skip". jmespath finds an un
 a wrong number of arguments only when the expression runs; ``compile_expression`` refuses them, so
 a rule file is refused at load instead.
 
-Expressions are compiled once, into Python closures for the node types webhook rules use almost
-exclusively (field paths with indexes, literals, comparisons, ``&&``, ``||``, ``!``, function
-calls); every other node is handed to jmespath's own interpreter. Each closure copies the
-interpreter's semantics for its node (tests check this against ``jmespath.search``), so results are
-identical and a plain path such as ``event.a.b`` costs a few dictionary lookups. (JMESPath reads
-``!event.draft`` as ``(!event).draft``; rule writers want ``!(event.draft)``.)
+Expressions are compiled once, into Python source (``PythonSource``) for the node types webhook
+rules use almost exclusively; every other node is handed to jmespath's own interpreter. The text
+written for each node copies the interpreter's semantics (tests check this against
+``jmespath.search``), so results are identical and a plain path such as ``event.a.b`` costs a
+few dictionary lookups.
 
 A metric's name is a template (``parse_template``): literal text and ``{expression}`` parts.
 """
 from __future__ import annotations
 
-import json
+import functools
 import operator
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,12 +82,13 @@ _INTERPRETER = TreeInterpreter(_OPTIONS)
 
 
 # ---------------------------------------------------------------------------------------------
-# Expressions: jmespath's semantics, compiled to closures where that is simple
+# Expressions: jmespath's semantics, compiled to Python source
 
 
 def is_false(value: object) -> bool:
-    """JMESPath falsiness: empty string, array or object, null and false."""
-    return value is None or value is False or value == "" or value == [] or value == {}
+    """JMESPath falsiness: null, false, empty string, array and object (0 is true). The compiled
+    ``&&`` and ``||`` write the same test inline."""
+    return not value and value.__class__ is not int and value.__class__ is not float
 
 
 def jmespath_equals(left: object, right: object) -> bool:
@@ -103,13 +104,15 @@ def jmespath_equals(left: object, right: object) -> bool:
 _ORDERING = {"lt": operator.lt, "gt": operator.gt, "lte": operator.le, "gte": operator.ge}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Expression:
-    """A compiled expression: ``evaluate(context)``; ``fast`` when no node needs the interpreter."""
+    """A compiled expression: ``evaluate(context)``; ``fast`` when no node needs the interpreter.
+    ``node`` is the parsed form, which the rule engine writes into its own function."""
 
     text: str
     evaluate: Callable[[object], object]
     fast: bool
+    node: _TreeNode
 
 
 def compile_expression(text: str) -> Expression:
@@ -125,54 +128,9 @@ def compile_expression(text: str) -> Expression:
     except jmespath_errors.JMESPathError as exc:
         raise ValueError(f"{text!r} is not a valid JMESPath expression: {exc}") from None
     _check_functions(parsed.parsed, text)
-    evaluate, fast = _compile_node(parsed.parsed)
-    return Expression(text, evaluate, fast)
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """What a filter first asks: does ``key`` give one of ``values``? (``key == 'push' && ...``,
-    ``contains(['a', 'b'], key)``.) Rules over the same events often ask it of the same key, so
-    it is evaluated once per event and a rule whose answer is no is passed over without running
-    its filter, which would give false. When the answer is yes, what the filter asks besides is
-    ``rest`` (None: nothing). ``shape`` is the key's parsed form: equal shapes, the same key."""
-
-    shape: str
-    key: Callable[[object], object]
-    values: frozenset
-    rest: Callable[[object], object] | None = None
-
-
-def guard_of(text: str) -> Guard | None:
-    """The guard of a filter that starts with a comparison of one key to string literals."""
-    conjuncts = _conjuncts(jmespath.compile(text).parsed)
-    node = conjuncts[0]
-    key, values = None, None
-    if node["type"] == "comparator" and node["value"] == "eq":
-        right = node["children"][1]
-        if right["type"] == "literal" and isinstance(right["value"], str):
-            key, values = node["children"][0], [right["value"]]
-    elif node["type"] == "function_expression" and node["value"] == "contains":
-        values = _string_literals(node["children"][0])
-        key = node["children"][1] if values is not None else None
-    if key is None or values is None:
-        return None
-    evaluate, _ = _compile_node(key)
-    rest = None
-    if len(conjuncts) > 1:
-        # ``(guard && a) && b`` with a true guard is ``a && b``: && gives its right side then.
-        node = conjuncts[1]
-        for right in conjuncts[2:]:
-            node = {"type": "and_expression", "children": [node, right]}
-        rest, _ = _compile_node(node)
-    return Guard(json.dumps(key, sort_keys=True), evaluate, frozenset(values), rest)
-
-
-def _conjuncts(node: _TreeNode) -> list:
-    """``a && b && c`` (parsed as ``(a && b) && c``) as [a, b, c]."""
-    if node["type"] == "and_expression":
-        return [*_conjuncts(node["children"][0]), node["children"][1]]
-    return [node]
+    source = PythonSource()
+    body = source.expression(parsed.parsed, "value")
+    return Expression(text, source.function("evaluate", "value", f"return {body}"), source.fast, parsed.parsed)
 
 
 def _check_functions(node: _TreeNode, text: str) -> None:
@@ -195,40 +153,187 @@ def _check_functions(node: _TreeNode, text: str) -> None:
             _check_functions(child, text)
 
 
-def _compile_node(node: _TreeNode) -> tuple[Callable[[object], object], bool]:
-    steps = _path_steps(node)
-    if steps is not None:
-        return _walker(steps), True
+_INLINE_STEPS = 4  # longer paths are walked by _walk: each inline step nests the text deeper
+
+
+class PythonSource:
+    """JMESPath expressions written as Python expressions, with jmespath's semantics (a test
+    holds them to its interpreter), so that a path costs a few dictionary lookups instead of a
+    call per node, and a rule file becomes one function (``bridges.webhooks.rules``).
+
+    Written inline: field paths with indexes, literals, comparisons, ``&&``, ``||``, ``!``,
+    multi-select lists, projections (``[*]``, ``[?...]``, ``.*``, ``[]``) and function calls;
+    every other node (slices, ``&expression`` arguments, multi-select hashes...) is handed to
+    jmespath's own interpreter. What the text needs besides builtins (literal objects,
+    sets, callers, nodes for the interpreter) is kept in ``names``; temporaries are fresh local
+    names (``_t1``...). ``fields``: keys of the subject named ``context`` that the caller holds in
+    local variables of those names; ``reads`` collects those read, and "*" when an expression
+    may read the context whole (``@``, a node left to the interpreter). (JMESPath reads
+    ``!event.draft`` as ``(!event).draft``; rule writers want ``!(event.draft)``.)"""
+
+    def __init__(self, fields: Sequence[str] = ()):
+        self.names: dict[str, object] = dict(_RUNTIME)
+        self.fast = True
+        self._fields = frozenset(fields)
+        self.reads: set[str] = set()
+        self._temporaries = 0
+
+    def expression(self, node: _TreeNode, subject: str) -> str:
+        """``node`` read from ``subject`` (Python text, evaluated exactly once). A text too deeply
+        nested for Python's compiler is left to the interpreter whole."""
+        text = self._emit(node, subject)
+        try:
+            compile(text, "<jmespath>", "eval")
+        except (SyntaxError, RecursionError, MemoryError, ValueError):
+            return self._interpreted(node, subject)
+        return text
+
+    def _interpreted(self, node: _TreeNode, subject: str) -> str:
+        self.fast = False
+        if subject == "context":
+            self.reads.add("*")
+        return f"_visit({self.constant(node)}, {subject})"
+
+    def function(self, name: str, parameters: str, body: str) -> Callable:
+        """Define ``def name(parameters): body`` (body indented as written) with the names kept."""
+        namespace = dict(self.names)
+        exec(f"def {name}({parameters}):\n{textwrap.indent(body, '    ')}\n", namespace)  # noqa: S102
+        made = namespace[name]
+        assert callable(made)
+        return made
+
+    def constant(self, value: object) -> str:
+        name = f"_k{len(self.names) - len(_RUNTIME)}"
+        self.names[name] = value
+        return name
+
+    def _literal(self, value: object) -> str:
+        """A value as Python text: written out when that is short and exact, else kept by name."""
+        if value is None or isinstance(value, str) or (isinstance(value, int) and -2**63 < value < 2**63):
+            return repr(value)
+        return self.constant(value)
+
+    def temporary(self) -> str:
+        self._temporaries += 1
+        return f"_t{self._temporaries}"
+
+    def _bind(self, subject: str) -> tuple[str, str]:
+        """(first use, later uses) of a subject read more than once: a plain name as it is, else a
+        temporary assigned where it is read first, which must be where it is evaluated first."""
+        if subject.isidentifier():
+            return subject, subject
+        name = self.temporary()
+        return f"({name} := {subject})", name
+
+    def _emit(self, node: _TreeNode, subject: str) -> str:
+        steps = _path_steps(node)
+        if steps is not None:
+            return self._path(steps, subject)
+        kind = node["type"]
+        children = node.get("children", [])
+        if kind == "literal":
+            value = node["value"]
+            text = self._literal(value)
+            # What a literal follows is still evaluated (``f(a) | 'x'`` fails where f(a) fails).
+            return text if subject.isidentifier() else f"({subject}, {text})[1]"
+        if kind in ("subexpression", "index_expression", "pipe"):  # each child reads what the one before gave
+            for child in children:
+                subject = self._emit(child, subject)
+            return subject
+        if kind == "not_expression":
+            return f"_negate({self._emit(children[0], subject)})"
+        if kind == "flatten":
+            return f"_flatten({self._emit(children[0], subject)})"
+        if kind in ("projection", "filter_projection", "value_projection"):
+            # [right(e) for each e of the left side (the values of an object for ``.*``) that
+            # passes the filter, when right(e) is not null]; null when there is nothing to project.
+            base, element, found = self.temporary(), self.temporary(), self.temporary()
+            left, right = self._emit(children[0], subject), self._emit(children[1], element)
+            test = f"not {self.false(self._emit(children[2], element))[0]} and " if kind == "filter_projection" else ""
+            values, source = ("dict", f"{base}.values()") if kind == "value_projection" else ("list", base)
+            return (f"([{found} for {element} in {source} if {test}({found} := {right}) is not None] "
+                    f"if isinstance(({base} := {left}), {values}) else None)")
+        if kind == "function_expression" and children and all(child["type"] != "expref" for child in children):
+            first, later = self._bind(subject)
+            listed = _string_literals(children[0]) if node["value"] == "contains" else None
+            if listed is None:
+                return self._call(node["value"], children, first, later)
+            call = self._call(node["value"], children, later, later)
+            # contains(['a', 'b'], x), the filters' "one of these": a set lookup. Only a string can
+            # equal a string; against null the list itself is null, an error the call raises.
+            found, strings = self.temporary(), self.constant(frozenset(listed))
+            inner = self._emit(children[1], later)
+            return f"({call} if {first} is None else ({found} in {strings} if isinstance(({found} := {inner}), str) else False))"
+        if kind not in ("comparator", "and_expression", "or_expression", "multi_select_list"):
+            return self._interpreted(node, subject)
+        first, later = self._bind(subject)
+        if kind == "multi_select_list":
+            return f"(None if {first} is None else [{', '.join(self._emit(child, later) for child in children)}])"
+        left = self._emit(children[0], first)
+        op, right_node = node.get("value"), children[1]
+        if kind == "comparator" and op in ("eq", "ne") and right_node["type"] == "literal" and isinstance(right_node["value"], str):
+            # Against a string, JMESPath equality is Python's (the 0/1-versus-boolean care is for numbers).
+            return f"({left} {'==' if op == 'eq' else '!='} {right_node['value']!r})"
+        right = self._emit(right_node, later)
+        if kind == "comparator":
+            if op in ("eq", "ne"):
+                return f"({'' if op == 'eq' else 'not '}_equals({left}, {right}))"
+            return f"_order({self.constant(_ORDERING[op])}, {left}, {right})"
+        if _boolean(children[0]):  # a boolean is false when it is False
+            value = self.temporary()
+            false = f"(not ({value} := {left}))"
+        else:
+            false, value = self.false(left)
+        return f"({value} if {false} else {right})" if kind == "and_expression" else f"({right} if {false} else {value})"
+
+    def test(self, node: _TreeNode, subject: str) -> str:
+        """A Python condition true when ``node`` read from ``subject`` is true as JMESPath sees
+        it: a comparison, ``&&``, ``||`` and ``!`` of such as Python's own, anything else by the
+        ``false`` test."""
+        kind, children = node["type"], node.get("children", [])
+        if kind == "not_expression":
+            return self.false(self._emit(children[0], subject))[0]
+        if _boolean(node):
+            return self._emit(node, subject)
+        if kind in ("and_expression", "or_expression"):
+            first, later = self._bind(subject)
+            joined = " and " if kind == "and_expression" else " or "
+            return f"({self.test(children[0], first)}{joined}{self.test(children[1], later)})"
+        return f"not {self.false(self._emit(node, subject))[0]}"
+
+    def false(self, text: str) -> tuple[str, str]:
+        """``is_false`` of ``text`` inline, and the temporary that then holds its value."""
+        value = self.temporary()
+        return f"(not ({value} := {text}) and {value}.__class__ is not int and {value}.__class__ is not float)", value
+
+    def _call(self, name: str, children: list, first: str, later: str) -> str:
+        arguments = [self._emit(child, first if i == 0 else later) for i, child in enumerate(children)]
+        return f"{self.constant(_caller(name, len(children)))}({', '.join(arguments)})"
+
+    def _path(self, steps: list, subject: str) -> str:
+        if subject == "context":
+            if steps and steps[0][0] == "key" and steps[0][1] in self._fields:
+                subject, steps = steps[0][1], steps[1:]
+                self.reads.add(subject)
+            elif not steps:  # @: the context itself
+                self.reads.add("*")
+        if len(steps) > _INLINE_STEPS:
+            return f"_walk({subject}, {self.constant(tuple(steps))})"
+        for kind, key in steps:
+            first, later = self._bind(subject)
+            if kind == "key":
+                subject = f"({later}.get({key!r}) if isinstance({first}, dict) else None)"
+            else:
+                index = self._literal(key)
+                subject = f"({later}[{index}] if isinstance({first}, list) and -len({later}) <= {index} < len({later}) else None)"
+        return subject
+
+
+def _boolean(node: _TreeNode) -> bool:
+    """Whether a node always gives True or False (or fails): ==, !=, !, and the functions that test."""
     kind = node["type"]
-    children = node.get("children", [])
-    if kind == "literal":
-        constant = node["value"]
-        return (lambda _value: constant), True
-    if kind == "comparator":
-        (left, left_fast), (right, right_fast) = _compile_node(children[0]), _compile_node(children[1])
-        return _comparator(node["value"], left, right, children), left_fast and right_fast
-    if kind in ("and_expression", "or_expression"):
-        (left, left_fast), (right, right_fast) = _compile_node(children[0]), _compile_node(children[1])
-        return (_and(left, right) if kind == "and_expression" else _or(left, right)), left_fast and right_fast
-    if kind == "not_expression":
-        inner, fast = _compile_node(children[0])
-        return _not(inner), fast
-    if kind in ("subexpression", "index_expression", "pipe"):
-        # Each child reads what the one before it gave (e.g. ``(!a).b``, ``f(a).b``).
-        compiled = [_compile_node(child) for child in children]
-        return _chain([fn for fn, _ in compiled]), all(fast for _, fast in compiled)
-    if kind == "multi_select_list":  # ``[a, 'b']``, e.g. the list of event types a filter looks in
-        compiled = [_compile_node(child) for child in children]
-        return _select_list([fn for fn, _ in compiled]), all(fast for _, fast in compiled)
-    if kind == "function_expression" and node["value"] == "contains" and _string_literals(children[0]) is not None:
-        (listed, _), (inner, fast) = _compile_node(children[0]), _compile_node(children[1])
-        general = _call("contains", [listed, inner])
-        return _contains_one_of(frozenset(_string_literals(children[0]) or ()), inner, general), fast
-    if kind == "function_expression" and all(child["type"] != "expref" for child in children):
-        compiled = [_compile_node(child) for child in children]
-        return _call(node["value"], [fn for fn, _ in compiled]), all(fast for _, fast in compiled)
-    visit = _INTERPRETER.visit
-    return (lambda value: visit(node, value)), False
+    return ((kind == "comparator" and node["value"] in ("eq", "ne")) or kind == "not_expression"
+            or (kind == "function_expression" and node["value"] in ("contains", "starts_with", "ends_with")))
 
 
 def _string_literals(node: _TreeNode) -> list[str] | None:
@@ -239,28 +344,6 @@ def _string_literals(node: _TreeNode) -> list[str] | None:
     if len(values) != len(node["children"]) or not all(isinstance(value, str) for value in values):
         return None
     return values
-
-
-def _contains_one_of(strings: frozenset, subject: Callable[[object], object],
-                     general: Callable[[object], object]) -> Callable[[object], object]:
-    """``contains(['a', 'b'], x)``, the filters' "one of these event types": a set lookup. Only
-    a string can equal a string, so anything else is not contained (jmespath's answer too).
-    Against null the list itself is null (a type error): the general call says so."""
-    def contains(value):
-        if value is None:
-            return general(value)
-        found = subject(value)
-        return found in strings if isinstance(found, str) else False
-
-    return contains
-
-
-def _select_list(items: list[Callable[[object], object]]) -> Callable[[object], object]:
-    """jmespath's multi_select_list: null for a null value, else each item's result."""
-    def select(value):
-        return None if value is None else [item(value) for item in items]
-
-    return select
 
 
 def _path_steps(node: _TreeNode) -> list | None:
@@ -283,151 +366,89 @@ def _path_steps(node: _TreeNode) -> list | None:
     return None
 
 
-def _walker(steps: Sequence) -> Callable[[object], object]:
-    if not steps:
-        return lambda value: value
-    if all(kind == "key" for kind, _ in steps):
-        keys = tuple(key for _, key in steps)
-        if len(keys) == 1:
-            (first,) = keys
-            return lambda value: value.get(first) if isinstance(value, dict) else None
-        if len(keys) == 2:
-            first, second = keys
-
-            def two(value):
-                if isinstance(value, dict):
-                    value = value.get(first)
-                    if isinstance(value, dict):
-                        return value.get(second)
+def _walk(value: object, steps: tuple) -> object:
+    """A long plain path, step by step."""
+    for kind, key in steps:
+        if kind == "key":
+            if not isinstance(value, dict):
                 return None
-
-            return two
-
-        def walk_keys(value):
-            for key in keys:
-                if not isinstance(value, dict):
-                    return None
-                value = value.get(key)
-            return value
-
-        return walk_keys
-    steps = tuple(steps)
-
-    def walk(value):
-        for kind, key in steps:
-            if kind == "key":
-                if not isinstance(value, dict):
-                    return None
-                value = value.get(key)
-            else:
-                if not isinstance(value, list):
-                    return None
-                try:
-                    value = value[key]
-                except IndexError:
-                    return None
-        return value
-
-    return walk
+            value = value.get(key)
+        else:
+            if not isinstance(value, list):
+                return None
+            try:
+                value = value[key]
+            except IndexError:
+                return None
+    return value
 
 
-def _comparator(op: str, left, right, children) -> Callable[[object], object]:
-    if op in ("eq", "ne"):
-        # Against a string literal, JMESPath equality is Python's (the 0/1-versus-boolean care
-        # applies to numbers only).
-        if children[1]["type"] == "literal" and isinstance(children[1]["value"], str):
-            constant = children[1]["value"]
-            if op == "eq":
-                return lambda value: left(value) == constant
-            return lambda value: left(value) != constant
-        if op == "eq":
-            return lambda value: jmespath_equals(left(value), right(value))
-        return lambda value: not jmespath_equals(left(value), right(value))
-    compare = _ORDERING[op]
-
-    def ordered(value):
-        a, b = left(value), right(value)
-        if not ((is_number(a) or isinstance(a, str)) and (is_number(b) or isinstance(b, str))):
-            return None
-        return compare(a, b)
-
-    return ordered
+def _flatten(value: object) -> list | None:
+    """``[]``: a list with the elements of its lists in their place."""
+    if not isinstance(value, list):
+        return None
+    merged: list = []
+    for element in value:
+        if isinstance(element, list):
+            merged.extend(element)
+        else:
+            merged.append(element)
+    return merged
 
 
-def _chain(steps: list):
-    def chained(value):
-        for step in steps:
-            value = step(value)
-        return value
-
-    return chained
+def _order(compare: Callable[[object, object], bool], left: object, right: object) -> bool | None:
+    """<, <=, >, >=: null unless both sides are numbers or strings."""
+    if not ((is_number(left) or isinstance(left, str)) and (is_number(right) or isinstance(right, str))):
+        return None
+    return compare(left, right)
 
 
-def _and(left, right):
-    def both(value):
-        matched = left(value)
-        if is_false(matched):
-            return matched
-        return right(value)
-
-    return both
+def _negate(result: object) -> bool:
+    """``!``: not 0 is false in JMESPath."""
+    if is_number(result) and result == 0:
+        return False
+    return not result
 
 
-def _or(left, right):
-    def either(value):
-        matched = left(value)
-        if is_false(matched):
-            matched = right(value)
-        return matched
-
-    return either
-
-
-def _not(inner):
-    def negate(value):
-        result = inner(value)
-        if is_number(result) and result == 0:
-            return False
-        return not result
-
-    return negate
-
-
-def _call(name: str, arguments: list):
-    """A function call. jmespath checks argument types on every call, slowly; for one or two
-    arguments without array subtypes the same check (by type name, as jmespath does) is made
-    here, and any argument that fails it goes to jmespath, which raises its usual error."""
+@functools.cache
+def _caller(name: str, count: int) -> Callable[..., object]:
+    """A function called with its evaluated arguments. jmespath checks argument types on every
+    call, slowly; for one or two arguments without array subtypes the same check (by type name,
+    as jmespath does) is made here, and any argument that fails it goes to jmespath, which raises
+    its usual error."""
     call = _FUNCTIONS.call_function
     spec = _FUNCTIONS.FUNCTION_TABLE[name]
     signature = spec["signature"]
-    simple = len(arguments) == len(signature) in (1, 2) and not any(
+    simple = count == len(signature) in (1, 2) and not any(
         s.get("variadic") or any("-" in t for t in s["types"]) for s in signature)
     if not simple:
-        return lambda value: call(name, [argument(value) for argument in arguments])
+        return lambda *arguments: call(name, list(arguments))
     function = spec["function"]
     allowed = [
         frozenset(n for t in s["types"] for n in jmespath_functions.REVERSE_TYPES_MAP[t]) if s["types"] else None
         for s in signature
     ]
-    if len(arguments) == 1:
-        (argument,), (ok,) = arguments, allowed
+    if count == 1:
+        (ok,) = allowed
 
-        def call_one(value):
-            a = argument(value)
+        def call_one(a):
             if ok is None or type(a).__name__ in ok:
                 return function(_FUNCTIONS, a)
             return call(name, [a])
 
         return call_one
-    (first, second), (ok_first, ok_second) = arguments, allowed
+    ok_first, ok_second = allowed
 
-    def call_two(value):
-        a, b = first(value), second(value)
+    def call_two(a, b):
         if (ok_first is None or type(a).__name__ in ok_first) and (ok_second is None or type(b).__name__ in ok_second):
             return function(_FUNCTIONS, a, b)
         return call(name, [a, b])
 
     return call_two
+
+
+_RUNTIME: dict[str, object] = {"_equals": jmespath_equals, "_order": _order, "_negate": _negate, "_walk": _walk,
+                               "_flatten": _flatten, "_visit": _INTERPRETER.visit}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bridges.ingest.normalize import SCHEMA_DIR, json_pointer
-from bridges.webhooks.expressions import Expression, compile_expression, guard_of, parse_template
+from bridges.webhooks.expressions import Expression, compile_expression, parse_template
 from bridges.webhooks.rules import CompiledMetric, CompiledRule, SourceRules
 from bridges.webhooks.values import TIMESTAMP_FORMATS, check_strptime
 
@@ -519,8 +519,7 @@ def _compile_file(document: dict, path: Path | str,
     built: tuple[CompiledRule, ...] = tuple(
         CompiledRule(rule_name, events, filter_, timestamp, time_format, tuple(rule_tags.items()),
                      tuple(CompiledMetric(spec, namespace, parts, value, tuple(tags.items()))
-                           for spec, namespace, parts, value, tags in metrics),
-                     guard_of(filter_.text) if filter_ is not None else None)
+                           for spec, namespace, parts, value, tags in metrics))
         for rule_name, events, filter_, timestamp, time_format, rule_tags, metrics in rules
     )
     signature = document.get("signature")
@@ -535,9 +534,4 @@ def _compile_file(document: dict, path: Path | str,
         _idempotency=dict(idempotency) if idempotency else None,
         _rules=built,
         _delivery_expression=delivery_expression,
-        # A conservative test (a field named "headers" in a body also counts): when no rule reads
-        # the headers, they are not copied lower-cased for every delivery.
-        _reads_headers="headers" in json.dumps([defaults, document["rules"]]),
-        _delivery_guards=tuple({rule.guard.shape: rule.guard for rule in built
-                                if rule.guard is not None and rule.events is None}.values()),
     ), []

@@ -23,6 +23,7 @@ from bridges.timestamps import (
     TimestampError,
     check_range,
     datetime_ns,
+    parse_rfc3339,
     parse_timestamp,
 )
 
@@ -107,14 +108,14 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
     """Raw value -> epoch ns for a timestamp format, or for the first of a list of formats that
     reads it (a sender that writes one field in several forms); raises Refuse or TimestampError."""
     if isinstance(form, list):
-        return _first_of([timestamp_reader(one) for one in form], form)
+        return _first_of(form)
     if form == "auto":
         return parse_timestamp
     if form == "rfc3339":
         def rfc3339(raw):
             if not isinstance(raw, str):
                 raise Refuse(f"{preview(raw)} is {kind_of(raw)}; the rfc3339 format reads strings")
-            return parse_timestamp(raw)
+            return check_range(parse_rfc3339(raw))
 
         return rfc3339
     if form in _SCALES:
@@ -138,9 +139,24 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
 
         return epoch
 
-    quick = _numeric_strptime(form)
+    attempt = _pattern_attempt(form)
 
     def pattern(raw):
+        time_ns = attempt(raw)
+        if time_ns is None:
+            raise _Unmatched(raw, form)
+        return time_ns
+
+    return pattern
+
+
+def _pattern_attempt(form: str) -> Callable[[object], int | None]:
+    """Epoch ns of a value written in a strptime pattern; None for a text that does not match it
+    at all (no exception: in a list of formats, that is the commonest outcome); raises Refuse
+    for anything else that cannot be read."""
+    quick = _numeric_strptime(form)
+
+    def attempt(raw):
         if isinstance(raw, int) and not isinstance(raw, bool):
             raw = str(raw)
         if not isinstance(raw, str):
@@ -149,9 +165,9 @@ def timestamp_reader(form: str | list[str]) -> Callable[[object], int]:
             time_ns = quick(raw) if quick is not None else _epoch_ns(datetime.strptime(raw, form))
         except ValueError as exc:
             raise _Unmatched(raw, form, exc) from None
-        return check_range(time_ns)
+        return None if time_ns is None else check_range(time_ns)
 
-    return pattern
+    return attempt
 
 
 # strptime's own expressions (CPython Lib/_strptime.py) for the numeric directives.
@@ -161,6 +177,9 @@ _DIRECTIVES = {
     "M": r"(?P<M>[0-5]\d|\d)", "S": r"(?P<S>6[0-1]|[0-5]\d|\d)", "f": r"(?P<f>[0-9]{1,6})",
     "z": r"(?P<z>(?-i:Z)|(?P<sign>[+-])(?P<zh>\d\d):?(?P<zm>[0-5]\d)(?P<zs>:?[0-5]\d(?:\.\d{1,6})?)?)",
 }
+
+
+_GROUPS = ("Y", "m", "d", "H", "M", "S", "f", "z", "sign", "zh", "zm", "zs")
 
 
 def _epoch_ns(moment: datetime) -> int:
@@ -173,22 +192,23 @@ class _Unmatched(Refuse):
     """A text a pattern does not read. The message is written only when asked for: a list of
     formats tries several patterns on each delivery and shows none of their messages."""
 
-    def __init__(self, raw: str, form: str, error: ValueError):
+    def __init__(self, raw: str, form: str, error: ValueError | None = None):
         super().__init__(raw, form, error)
 
     def __str__(self) -> str:
         raw, form, error = self.args
-        return f"{preview(raw)} does not match {form!r}: {error}"
+        return f"{preview(raw)} does not match {form!r}: {error or f'time data {raw!r} does not match format {form!r}'}"
 
 
-def _numeric_strptime(form: str) -> Callable[[str], int] | None:
+def _numeric_strptime(form: str) -> Callable[[str], int | None] | None:
     """Epoch ns (not yet checked to lie in 1970..9999) for a text written in a pattern of numeric directives only (%Y %m %d %H %M %S
     %f %z, each at most once, and literal text), as ``datetime.strptime`` and then the UTC
     instant would give, several times faster: CI webhooks write their times this way on every
     delivery. None for any other pattern, which strptime itself reads. Matches as strptime does
     (its expressions, a run of spaces as one or more, case-insensitive) and fails with a
-    ValueError where it does (its words for a text that does not match); an offset with seconds
-    is left to strptime. A test holds the two to each other."""
+    ValueError where it does, except for a text that does not match the pattern at all: None,
+    where strptime says "does not match format". An offset with seconds is left to strptime. A
+    test holds the two to each other."""
     parts, seen = [], set()
     for literal, directive in re.findall(r"([^%]*)(%.|%$|$)", form):
         parts.append(r"\s+".join(re.escape(piece) for piece in re.split(r"\s+", literal)))
@@ -204,41 +224,49 @@ def _numeric_strptime(form: str) -> Callable[[str], int] | None:
             parts.append(_DIRECTIVES[code])
         else:
             return None
-    expression = re.compile("".join(parts), re.IGNORECASE)
+    # Every group exists, those of directives the pattern lacks empty at the end, so one call
+    # reads them all in a fixed order.
+    missing = "".join(f"(?P<{name}>)" for name in _GROUPS if f"(?P<{name}>" not in "".join(parts))
+    expression = re.compile("".join(parts) + missing, re.IGNORECASE)
 
-    def read(text: str) -> int:
+    def read(text: str) -> int | None:
         found = expression.match(text)
         if found is None:
-            raise ValueError(f"time data {text!r} does not match format {form!r}")
+            return None
         if len(text) != found.end():
             raise ValueError(f"unconverted data remains: {text[found.end():]}")
-        groups = found.groupdict()
-        if groups.get("zs"):
+        year, month, day, hour, minute, second, fraction, zone, sign, zone_hours, zone_minutes, zone_seconds = \
+            found.group(*_GROUPS)
+        if zone_seconds:
             return _epoch_ns(datetime.strptime(text, form))
         offset = 0
-        if groups.get("z") and groups["z"] not in "Zz":
-            offset = int(groups["zh"]) * 3600 + int(groups["zm"]) * 60
+        if zone and zone not in "Zz":
+            offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
             if offset >= 86400:
-                raise ValueError(f"offset {groups['z']} is not strictly between -24 and 24 hours")
-            offset = -offset if groups["sign"] == "-" else offset
-        second = int(groups.get("S") or 0)
-        if second > 59:
+                raise ValueError(f"offset {zone} is not strictly between -24 and 24 hours")
+            offset = -offset if sign == "-" else offset
+        if second and int(second) > 59:
             raise ValueError("second must be in 0..59")
-        days = date(int(groups.get("Y") or 1900), int(groups.get("m") or 1), int(groups.get("d") or 1)).toordinal()
-        seconds = (days - EPOCH_ORDINAL) * 86400 + int(groups.get("H") or 0) * 3600 + int(groups.get("M") or 0) * 60
-        fraction = groups.get("f")
-        return (seconds + second - offset) * NS_PER_SECOND + (int(fraction.ljust(6, "0")) * 1000 if fraction else 0)
+        days = date(int(year or 1900), int(month or 1), int(day or 1)).toordinal()
+        seconds = (days - EPOCH_ORDINAL) * 86400 + int(hour or 0) * 3600 + int(minute or 0) * 60 + int(second or 0)
+        return (seconds - offset) * NS_PER_SECOND + (int(fraction.ljust(6, "0")) * 1000 if fraction else 0)
 
     return read
 
 
-def _first_of(readers: list[Callable[[object], int]], forms: list[str]) -> Callable[[object], int]:
+def _first_of(forms: list[str]) -> Callable[[object], int]:
+    """The first format of the list that reads a value (a pattern that does not match is passed
+    over without an exception)."""
+    attempts = [timestamp_reader(form) if form in TIMESTAMP_FORMATS else _pattern_attempt(form) for form in forms]
+
     def first(raw):
-        for reader in readers:
+        for attempt in attempts:
             try:
-                return reader(raw)
+                time_ns = attempt(raw)
             except (Refuse, TimestampError):
                 continue
+            if time_ns is not None:
+                return time_ns
         raise Refuse(f"{preview(raw)} matches none of the formats {', '.join(map(repr, forms))}")
 
     return first

@@ -263,8 +263,8 @@ def main() -> None:
     measure_floor()  # again after warming up, so one slow moment does not set the floor
     floor_best, floor_median = best_and_median(floor)
     floor_us = floor_best / len(metrics) * 1e6
-    lines = [f"floor (json.loads + msgpack.packb, foundation payload): {floor_us:.2f} us/point "
-             f"(median {floor_median / len(metrics) * 1e6:.2f})"]
+    lines = [(f"floor (json.loads + msgpack.packb, foundation payload): {floor_us:.2f} us/point "
+              f"(median {floor_median / len(metrics) * 1e6:.2f})")]
     for label, fmt, content_type, params, bodies in timed:
         started = time.perf_counter()
         items = read_all(fmt, bodies, content_type, params, normalizer, now_ns)
@@ -295,10 +295,11 @@ def main() -> None:
         decoded = rules.apply(body, headers, now_ns)
         raw = json.dumps(body).encode()
         payload_floor = min(seconds(lambda: msgpack.packb(json.loads(raw))) for _ in range(ROUNDS)) / count * 1e6  # noqa: B023
+        per_metric = per_event * count / len(decoded.items)
         lines.append(f"mapping {source:<16} {per_event:6.2f} us/event (median {median / (repeat * count) * 1e6:.2f}), "
                      f"{len(decoded.items) / count:.1f} metrics per event: {per_event / floor_us:.2f}x the per-point "
-                     f"floor; {per_event / payload_floor:.2f}x json.loads + msgpack.packb of its own payload "
-                     f"({payload_floor:.2f} us/event)")
+                     f"floor, {per_metric / floor_us:.2f}x per metric; {per_event / payload_floor:.2f}x json.loads + "
+                     f"msgpack.packb of its own payload ({payload_floor:.2f} us/event)")
     lines += every_sample_case(normalizer, now_ns, floor_us)
     lines.append("target: each at most 4x the floor (for a sample case: per metric it produces)")
     report("inputs", lines)

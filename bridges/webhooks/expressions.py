@@ -104,15 +104,25 @@ def jmespath_equals(left: object, right: object) -> bool:
 _ORDERING = {"lt": operator.lt, "gt": operator.gt, "lte": operator.le, "gte": operator.ge}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, eq=False)
 class Expression:
-    """A compiled expression: ``evaluate(context)``; ``fast`` when no node needs the interpreter.
-    ``node`` is the parsed form, which the rule engine writes into its own function."""
+    """A checked expression. ``evaluate(context)`` is compiled when first used: the rule engine
+    writes ``node``, the parsed form, into its own function instead, so most never need it."""
 
     text: str
-    evaluate: Callable[[object], object]
-    fast: bool
     node: _TreeNode
+
+    @functools.cached_property
+    def evaluate(self) -> Callable[[object], object]:
+        source = PythonSource()
+        return source.function("evaluate", "value", f"return {source.expression(self.node, 'value')}")
+
+    @property
+    def fast(self) -> bool:
+        """No node needs the interpreter."""
+        source = PythonSource()
+        source.expression(self.node, "value")
+        return source.fast
 
 
 def compile_expression(text: str) -> Expression:
@@ -128,9 +138,7 @@ def compile_expression(text: str) -> Expression:
     except jmespath_errors.JMESPathError as exc:
         raise ValueError(f"{text!r} is not a valid JMESPath expression: {exc}") from None
     _check_functions(parsed.parsed, text)
-    source = PythonSource()
-    body = source.expression(parsed.parsed, "value")
-    return Expression(text, source.function("evaluate", "value", f"return {body}"), source.fast, parsed.parsed)
+    return Expression(text, parsed.parsed)
 
 
 def _check_functions(node: _TreeNode, text: str) -> None:
@@ -154,6 +162,8 @@ def _check_functions(node: _TreeNode, text: str) -> None:
 
 
 _INLINE_STEPS = 4  # longer paths are walked by _walk: each inline step nests the text deeper
+# Python's tokenizer takes 200 nested brackets: a text with fewer in all compiles without a check.
+_NESTING_CHECKED_FROM = 190
 
 
 class PythonSource:
@@ -182,6 +192,8 @@ class PythonSource:
         """``node`` read from ``subject`` (Python text, evaluated exactly once). A text too deeply
         nested for Python's compiler is left to the interpreter whole."""
         text = self._emit(node, subject)
+        if sum(map(text.count, "([{")) < _NESTING_CHECKED_FROM:  # cannot nest deeper than the compiler takes
+            return text
         try:
             compile(text, "<jmespath>", "eval")
         except (SyntaxError, RecursionError, MemoryError, ValueError):
@@ -203,7 +215,7 @@ class PythonSource:
         return made
 
     def constant(self, value: object) -> str:
-        name = f"_k{len(self.names) - len(_RUNTIME)}"
+        name = f"_k{len(self.names)}"
         self.names[name] = value
         return name
 

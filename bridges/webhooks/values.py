@@ -226,8 +226,9 @@ def _numeric_strptime(form: str) -> Callable[[str], int | None] | None:
             return None
     # Every group exists, those of directives the pattern lacks empty at the end, so one call
     # reads them all in a fixed order.
-    missing = "".join(f"(?P<{name}>)" for name in _GROUPS if f"(?P<{name}>" not in "".join(parts))
-    expression = re.compile("".join(parts) + missing, re.IGNORECASE)
+    written = "".join(parts)
+    missing = "".join(f"(?P<{name}>)" for name in _GROUPS if f"(?P<{name}>" not in written)
+    expression = re.compile(written + missing, re.IGNORECASE)
 
     def read(text: str) -> int | None:
         found = expression.match(text)

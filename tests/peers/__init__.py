@@ -6,9 +6,11 @@ test fails under CI (CI=true) and is skipped elsewhere, saying why and how to in
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +84,22 @@ def log_tail(path: str | Path, lines: int = 40) -> str:
             return "".join(fh.readlines()[-lines:])
     except OSError:
         return ""
+
+
+def version_line(binary: str) -> str:
+    """The first line ``binary --version`` prints (on stdout or stderr, as Go programs choose)."""
+    found = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True, timeout=10)
+    return (found.stdout or found.stderr).split("\n")[0]
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a peer's files, removed with them when the block ends."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager

@@ -10,14 +10,12 @@ install it with `bash scripts/install-peers.sh`.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from peers import PeerUnavailable, free_port, log_tail, serve_peer, served
+from peers import PeerUnavailable, free_port, log_tail, scratch_dir, serve_peer, served, version_line
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -57,20 +55,16 @@ def run_node_exporter():
     binary = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     if binary is None:
         raise PeerUnavailable("neither `prometheus-node-exporter` nor `node_exporter` is on PATH")
-    version = subprocess.run([binary, "--version"], check=False, capture_output=True, text=True, timeout=10)
-    version_line = (version.stdout or version.stderr).split("\n")[0]
-    workdir = Path(tempfile.mkdtemp(prefix="node-exporter-peer-"))
-    (workdir / "textfile").mkdir()
-    (workdir / "textfile" / "batches.prom").write_text(TEXTFILE)
-    port = free_port(HOST)
-    peer = NodeExporterPeer(f"http://{HOST}:{port}", version_line, str(workdir / "node_exporter.log"))
-    command = [binary, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
-               f"--collector.textfile.directory={workdir / 'textfile'}", f"--web.listen-address={HOST}:{port}"]
-    try:
+    version = version_line(binary)
+    with scratch_dir("node-exporter-peer-") as workdir:
+        (workdir / "textfile").mkdir()
+        (workdir / "textfile" / "batches.prom").write_text(TEXTFILE)
+        port = free_port(HOST)
+        peer = NodeExporterPeer(f"http://{HOST}:{port}", version, str(workdir / "node_exporter.log"))
+        command = [binary, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
+                   f"--collector.textfile.directory={workdir / 'textfile'}", f"--web.listen-address={HOST}:{port}"]
         with served(command, Path(peer.log_path), peer.metrics_url, "node_exporter", START_TIMEOUT):
             yield peer
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import NO_PROXY_OPENER, PeerUnavailable, free_port, log_tail, serve_peer, served
+from peers import NO_PROXY_OPENER, PeerUnavailable, free_port, log_tail, scratch_dir, serve_peer, served, version_line
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -55,18 +53,15 @@ def run_prometheus(config=lambda port: CONFIG):
     binary = shutil.which("prometheus")
     if binary is None:
         raise PeerUnavailable("the `prometheus` binary is not on PATH")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
-    workdir = Path(tempfile.mkdtemp(prefix="prometheus-peer-"))
-    port = free_port(HOST)
-    (workdir / "prometheus.yml").write_text(config(port))
-    peer = PrometheusPeer(f"http://{HOST}:{port}", version, str(workdir / "prometheus.log"))
-    command = [binary, "--web.enable-remote-write-receiver", f"--config.file={workdir / 'prometheus.yml'}",
-               f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}"]
-    try:
+    version = version_line(binary)
+    with scratch_dir("prometheus-peer-") as workdir:
+        port = free_port(HOST)
+        (workdir / "prometheus.yml").write_text(config(port))
+        peer = PrometheusPeer(f"http://{HOST}:{port}", version, str(workdir / "prometheus.log"))
+        command = [binary, "--web.enable-remote-write-receiver", f"--config.file={workdir / 'prometheus.yml'}",
+                   f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}"]
         with served(command, Path(peer.log_path), f"{peer.url}/-/ready", "prometheus", START_TIMEOUT):
             yield peer
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
